@@ -1,0 +1,116 @@
+"""Provider metadata that Airflow reads through the ``apache_airflow_provider`` entry point.
+
+In Airflow 3.2+ the connection form is built from ``conn-fields`` and ``ui-field-behaviour`` here, without
+importing the hook, so everything the UI needs about the ``carerix`` connection lives in this dict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_carerix import __version__
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-provider-carerix",
+        "name": "Carerix",
+        "description": "Provision Carerix webhooks and run DAGs on Carerix events (candidates, jobs, matches, ...).",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Carerix",
+                "external-doc-url": "https://help.carerix.com/",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": "Carerix",
+                "python-modules": ["airflow_provider_carerix.hooks.carerix"],
+            }
+        ],
+        "operators": [
+            {
+                "integration-name": "Carerix",
+                "python-modules": ["airflow_provider_carerix.operators.webhooks"],
+            }
+        ],
+        "sensors": [
+            {
+                "integration-name": "Carerix",
+                "python-modules": ["airflow_provider_carerix.sensors.events"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": "Carerix",
+                "python-modules": ["airflow_provider_carerix.triggers.events"],
+            }
+        ],
+        "connection-types": [
+            {
+                "connection-type": "carerix",
+                "hook-class-name": "airflow_provider_carerix.hooks.carerix.CarerixHook",
+                "hook-name": "Carerix",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login", "password"],
+                    "relabeling": {"host": "API base URL"},
+                    "placeholders": {
+                        "host": "https://api.carerix.io",
+                        "client_id": "urn:yourvendor/your-application",
+                        "realm": "yourcompany",
+                        "identity_host": "https://id.carerix.io",
+                        "auth_url": "https://id-2.carerix.io/auth/realms/yourcompany/protocol/openid-connect/token",
+                        "scope": "urn:cx/webhooks:data:manage",
+                    },
+                },
+                "conn-fields": {
+                    "client_id": {
+                        "label": "Client ID",
+                        "description": "Confidential OAuth2 client, code like urn:{vendor}/{application name}.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "client_secret": {
+                        "label": "Client Secret",
+                        "schema": {"type": ["string", "null"], "format": "password"},
+                    },
+                    "realm": {
+                        "label": "Realm",
+                        "description": "Keycloak realm of your Carerix tenant (csmdemo in the Carerix guide).",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "identity_host": {
+                        "label": "Identity host",
+                        "description": "id.carerix.io, id-2.carerix.io, id-3..., id-s1...: see your tenant's login URL.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "auth_url": {
+                        "label": "Access token URL",
+                        "description": "Full token URL; when set it wins over realm and identity host.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "scope": {
+                        "label": "Scope",
+                        "description": "Defaults to urn:cx/webhooks:data:manage.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                },
+            }
+        ],
+        "config": {
+            "carerix": {
+                "description": "Carerix provider settings.",
+                "options": {
+                    "event_store_url": {
+                        "description": "SQLAlchemy URL of the Carerix event store shared by the receiver, "
+                        "triggers and CLI. Empty means sqlite:///$AIRFLOW_HOME/carerix_events.db.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "postgresql+psycopg://airflow@db/carerix",
+                        "default": "",
+                    }
+                },
+            }
+        },
+    }

@@ -1,0 +1,105 @@
+"""Typed views of Carerix's Webhooks Management API objects and of the events it delivers.
+
+The models read and write Carerix's own field names (``_kind``, ``_id``, ``eventType``, ``customHeaders``,
+``applicationId``, ...) so that ``Model.model_validate(api_json)`` and ``model.to_api()`` are lossless, and
+they accept Python names too, so users can build them from plain dicts either way.
+
+Parsing here is deliberately lenient: what Carerix returns must always load, even a webhook someone created by
+hand with a typo in it. Strict checking of what *we* are about to send lives in
+:mod:`airflow_provider_carerix.validation`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+_ID = Field(default=None, validation_alias=AliasChoices("_id", "id"), serialization_alias="_id")
+
+
+class _CarerixModel(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="allow", serialize_by_alias=True)
+
+    def to_api(self) -> dict[str, Any]:
+        """The JSON body Carerix expects: its own field names, no unset optional fields."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class Application(_CarerixModel):
+    """A webhook application: the container Carerix groups webhooks under."""
+
+    kind: str = Field(default="Application", alias="_kind")
+    id: str | None = _ID
+    name: str | None = None
+
+
+class CustomHeader(_CarerixModel):
+    """A header Carerix adds to every delivery of a webhook (how a receiver authenticates Carerix)."""
+
+    name: str
+    # repr=False: header values are usually secrets and must not leak through logs of a model's repr.
+    value: str = Field(repr=False)
+
+
+class WebhookFilter(_CarerixModel):
+    """One ``eventType`` (``<entity>:<action>``) with an optional condition in Carerix's condition language."""
+
+    event_type: str = Field(alias="eventType")
+    condition: str | None = None
+
+
+class Webhook(_CarerixModel):
+    """A webhook: where Carerix POSTs events, for which event types, with which extra headers."""
+
+    kind: str = Field(default="Webhook", alias="_kind")
+    id: str | None = _ID
+    url: str | None = None
+    filters: list[WebhookFilter] = Field(default_factory=list)
+    custom_headers: list[CustomHeader] = Field(default_factory=list, alias="customHeaders")
+    status: str | None = None
+    created: datetime | None = Field(default=None, alias="_createdDateTime")
+    updated: datetime | None = Field(default=None, alias="_updatedDateTime")
+
+    @property
+    def enabled(self) -> bool:
+        """Carerix reports ``enabled``, ``disabled`` or ``error``; an absent status means enabled."""
+        return self.status in (None, "enabled")
+
+    def to_create_body(self) -> dict[str, Any]:
+        """Only what a create request carries: server-owned fields (id, status, timestamps) are dropped."""
+        body = self.to_api()
+        for key in ("_id", "status", "_createdDateTime", "_updatedDateTime"):
+            body.pop(key, None)
+        if not body.get("customHeaders"):
+            body.pop("customHeaders", None)
+        return body
+
+
+class EventData(_CarerixModel):
+    """The ``data`` part of a delivery: which entity changed and, for updates, which fields."""
+
+    entity_id: str | int | None = Field(default=None, alias="entityId")
+    changed_fields: list[str] | None = Field(default=None, alias="changedFields")
+
+
+class WebhookEvent(_CarerixModel):
+    """One delivery as Carerix POSTs it to a webhook's URL (the guide's "Expected payload")."""
+
+    id: str = Field(min_length=1)
+    time: datetime
+    type: str = Field(min_length=1)
+    application_id: str | None = Field(default=None, alias="applicationId")
+    webhook_id: str | None = Field(default=None, alias="webhookId")
+    tenant: str | None = None
+    data: EventData = Field(default_factory=EventData)
+
+    @property
+    def entity(self) -> str:
+        """The entity part of the type, lowercased (Carerix has been seen sending ``CREmployee:updated``)."""
+        return self.type.split(":", 1)[0].lower()
+
+    @property
+    def action(self) -> str:
+        return self.type.split(":", 1)[1].lower() if ":" in self.type else ""

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: venv, install, lint, format check, every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+VENV="${VENV:-.venv}"
+export PATH="$PWD/$VENV/bin:$PATH"
+
+echo "==> ruff check"
+ruff check .
+echo "==> ruff format --check"
+ruff format --check .
+
+echo "==> pytest"
+set +e
+python -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "error: pytest collected no tests" >&2
+  exit 1
+fi
+exit "$rc"

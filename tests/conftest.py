@@ -1,0 +1,28 @@
+"""Test-wide setup: an isolated AIRFLOW_HOME, configured before anything imports Airflow.
+
+Fixture modules live in ``tests/fixtures/`` (one per area: emulator, postgres, airflow, ...) and are
+registered below, so areas do not edit one shared file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_home = Path(tempfile.mkdtemp(prefix="carerix-airflow-home-"))
+os.environ["AIRFLOW_HOME"] = str(_home)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "example_dags")
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_home / 'airflow.db'}"
+os.environ["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = "http://127.0.0.1:8080/execution/"
+# The event store of tests that do not pick their own: inside this session's AIRFLOW_HOME.
+os.environ.setdefault("CARERIX_EVENT_STORE_URL", f"sqlite:///{_home / 'carerix_events.db'}")
+os.environ.pop("CARERIX_RECEIVER_SECRET", None)
+
+pytest_plugins = sorted(
+    f"tests.fixtures.{p.stem}" for p in (ROOT / "tests" / "fixtures").glob("*.py") if p.stem != "__init__"
+)
