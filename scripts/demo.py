@@ -1,0 +1,501 @@
+"""The whole story on one machine: Carerix emulator -> webhooks provisioned by Airflow -> events delivered to
+the receiver -> stored -> DAG runs started by them.
+
+Run through ``make demo`` (which creates the venv first). ``--headless`` runs the same steps, checks the
+outcome and exits (0 when every expected DAG run succeeded with the delivered payloads): that is what the
+demo test runs. Everything listens on 127.0.0.1 only; every process is started in its own process group and
+stopped by its own pid, also when a previous demo was killed without cleaning up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+console = Console(highlight=False)
+
+PROVISION_DAG = "carerix_provision_webhooks"
+EVENT_DRIVEN_DAG = "carerix_event_driven"
+WAIT_DAG = "carerix_wait_for_event"
+
+# The guide's events, as the demo delivers them. `data` holds the entity fields Carerix evaluates the
+# webhook conditions on (the placeholder status ids of the example spec) plus what a delivery carries.
+GUIDE_EVENTS: list[tuple[str, str, dict[str, Any]]] = [
+    (
+        "A candidate changed (cremployee:updated)",
+        "cremployee:updated",
+        {
+            "entityId": "1",
+            "changedFields": ["touser.lastname", "modificationdate"],
+        },
+    ),
+    (
+        "A candidate is open for work (cremployee:updated)",
+        "cremployee:updated",
+        {
+            "entityId": "2",
+            "changedFields": ["touser.tosinglestatusnode"],
+            "touser": {"tosinglestatusnode": "1234"},
+        },
+    ),
+    (
+        "A match moved to stage Intake (crmatch:updated)",
+        "crmatch:updated",
+        {"entityId": "77", "changedFields": ["statusinfo"], "statusinfo": "1234"},
+    ),
+    ("A new match (crmatch:created)", "crmatch:created", {"entityId": "78"}),
+    ("A new publication (crpublication:created)", "crpublication:created", {"entityId": "501"}),
+    (
+        "A placement became active (crjob:updated)",
+        "crjob:updated",
+        {"entityId": "9", "changedFields": ["tostatusnode"], "tostatusnode": "1234"},
+    ),
+]
+
+
+def free_port(preferred: int) -> int:
+    """The preferred port when it is free on loopback, else any free one."""
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+@dataclass
+class Stack:
+    """The processes the demo started, so that exactly those are stopped."""
+
+    state_dir: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def pidfile(self) -> Path:
+        return self.state_dir / "pids.json"
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        log = (self.state_dir / "logs" / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # own process group: stopping it stops its children too
+            # A non-interactive parent may leave SIGINT ignored; Airflow would then ignore Ctrl-C.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        self.procs[name] = proc
+        self.pidfile.write_text(json.dumps({n: p.pid for n, p in self.procs.items()}))
+
+    def alive(self, name: str) -> bool:
+        return self.procs[name].poll() is None
+
+    def stop(self) -> None:
+        for name, proc in reversed(list(self.procs.items())):
+            _stop_group(proc.pid)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=15)
+            console.print(f"[dim]stopped {name} (pid {proc.pid})[/dim]")
+        self.procs.clear()
+        self.pidfile.unlink(missing_ok=True)
+
+
+def _stop_group(pid: int, grace: float = 10.0) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def stop_leftovers(state_dir: Path) -> None:
+    """Stop what a previous demo left running (killed with -9, terminal closed...), by its recorded pids."""
+    pidfile = state_dir / "pids.json"
+    if not pidfile.exists():
+        return
+    with contextlib.suppress(ValueError, OSError):
+        for name, pid in json.loads(pidfile.read_text()).items():
+            cmdline = Path(f"/proc/{pid}/cmdline")
+            if cmdline.exists() and str(ROOT) in cmdline.read_bytes().decode(errors="replace") + os.readlink(
+                f"/proc/{pid}/cwd"
+            ):
+                console.print(f"[yellow]stopping {name} left by a previous demo (pid {pid})[/yellow]")
+                _stop_group(pid)
+    pidfile.unlink(missing_ok=True)
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except Exception as exc:  # the thing is not up yet; say why if it never comes up
+            last_error = exc
+        else:
+            if result:
+                return result
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error!r})")
+
+
+class Airflow:
+    """The few REST calls the demo needs (the API server runs in all-admins mode: no token)."""
+
+    def __init__(self, base: str) -> None:
+        self.client = httpx.Client(base_url=f"{base}/api/v2", timeout=10)
+
+    def healthy(self) -> bool:
+        r = self.client.get("/monitor/health")
+        body = r.json()
+        return r.status_code == 200 and all(
+            body.get(c, {}).get("status") == "healthy" for c in ("metadatabase", "scheduler", "triggerer")
+        )
+
+    def dag_loaded(self, dag_id: str) -> bool:
+        return self.client.get(f"/dags/{dag_id}").status_code == 200
+
+    def unpause(self, dag_id: str) -> None:
+        self.client.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        r = self.client.post(
+            f"/dags/{dag_id}/dagRuns",
+            json={"dag_run_id": f"demo__{uuid.uuid4().hex[:8]}", "logical_date": None, "conf": conf or {}},
+        )
+        r.raise_for_status()
+        return str(r.json()["dag_run_id"])
+
+    def runs(self, dag_id: str) -> list[dict[str, Any]]:
+        r = self.client.get(f"/dags/{dag_id}/dagRuns", params={"order_by": "run_after", "limit": 100})
+        r.raise_for_status()
+        return list(r.json()["dag_runs"])
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        r = self.client.get(f"/dags/{dag_id}/dagRuns/{run_id}")
+        r.raise_for_status()
+        return str(r.json()["state"])
+
+    def xcoms(self, dag_id: str, run_id: str) -> list[Any]:
+        """Every XCom value of a run: where the DAGs put the payloads they handled."""
+        r = self.client.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/~/xcomEntries")
+        r.raise_for_status()
+        values = []
+        for entry in r.json().get("xcom_entries", []):
+            one = self.client.get(
+                f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{entry['task_id']}/xcomEntries/{entry['key']}",
+                params={"map_index": entry.get("map_index", -1), "deserialize": True},
+            )
+            if one.status_code == 200:
+                values.append(one.json().get("value"))
+        return values
+
+
+@contextlib.contextmanager
+def running_stack(state_dir: Path, ui_port: int) -> Iterator[tuple[Stack, dict[str, Any]]]:
+    stop_leftovers(state_dir)
+    # A fresh state each run: a second demo needs no cleaning up by hand.
+    shutil.rmtree(state_dir, ignore_errors=True)
+    (state_dir / "logs").mkdir(parents=True)
+
+    ports = {
+        "emulator": free_port(8089),
+        "receiver": free_port(8090),
+        "api": free_port(ui_port),
+    }
+    realm, client_id, client_secret = "demo", "urn:demo/airflow", secrets.token_urlsafe(16)
+    receiver_secret = secrets.token_urlsafe(24)
+    store_url = f"sqlite:///{state_dir / 'carerix_events.db'}"
+    emulator_url = f"http://127.0.0.1:{ports['emulator']}"
+    receiver_url = f"http://127.0.0.1:{ports['receiver']}"
+    api_url = f"http://127.0.0.1:{ports['api']}"
+
+    base_env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "CARERIX_EVENT_STORE_URL": store_url,
+    }
+    base_env.pop("CARERIX_RECEIVER_SECRET", None)
+    airflow_env = {
+        **base_env,
+        "AIRFLOW_HOME": str(state_dir / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url}/execution/",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(ports["api"]),
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW_CONN_CARERIX_DEFAULT": json.dumps(
+            {
+                "conn_type": "carerix",
+                "host": emulator_url,
+                "extra": {
+                    "client_id": client_id,
+                    "client_secret": client_secret,
+                    "realm": realm,
+                    "identity_host": emulator_url,
+                },
+            }
+        ),
+        "AIRFLOW_VAR_CARERIX_RECEIVER_URL": f"{receiver_url}/events",
+        "AIRFLOW_VAR_CARERIX_RECEIVER_SECRET": receiver_secret,
+    }
+
+    stack = Stack(state_dir)
+    info = {
+        "ports": ports,
+        "store_url": store_url,
+        "emulator_url": emulator_url,
+        "receiver_url": receiver_url,
+        "api_url": api_url,
+    }
+    try:
+        console.print("[bold]1. Starting the Carerix emulator and the event receiver[/bold]")
+        stack.start(
+            "emulator",
+            [
+                str(BIN / "carerix-emulator"),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ports["emulator"]),
+                "--realm",
+                realm,
+                "--client-id",
+                client_id,
+            ],
+            {**base_env, "CARERIX_EMULATOR_CLIENT_SECRET": client_secret},
+        )
+        stack.start(
+            "receiver",
+            [
+                str(BIN / "carerix-receiver"),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ports["receiver"]),
+                "--store",
+                store_url,
+            ],
+            {**base_env, "CARERIX_RECEIVER_SECRET": receiver_secret},
+        )
+        wait_until(
+            "the emulator", lambda: httpx.get(f"{emulator_url}/_emulator/state").status_code == 200, 30
+        )
+        wait_until("the receiver", lambda: httpx.get(f"{receiver_url}/health").status_code == 200, 30)
+        console.print(f"   emulator  {emulator_url}   receiver  {receiver_url}/events")
+
+        console.print("[bold]2. Starting Airflow (scheduler, triggerer, dag-processor, API server)[/bold]")
+        migrate = subprocess.run(
+            [str(BIN / "airflow"), "db", "migrate"],
+            env=airflow_env,
+            cwd=ROOT,
+            capture_output=True,
+            check=False,
+        )
+        if migrate.returncode != 0:
+            raise RuntimeError(
+                f"airflow db migrate failed:\n{migrate.stdout.decode()}{migrate.stderr.decode()}"
+            )
+        for component in ("scheduler", "triggerer", "dag-processor"):
+            stack.start(component, [str(BIN / "airflow"), component], airflow_env)
+        stack.start(
+            "api-server",
+            [str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(ports["api"])],
+            airflow_env,
+        )
+        yield stack, info
+    finally:
+        stack.stop()
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir).resolve()
+    ok = True
+    with running_stack(state_dir, args.ui_port) as (stack, info):
+        api = Airflow(info["api_url"])
+        wait_until("Airflow's API server and scheduler", api.healthy, args.timeout)
+        for dag_id in (PROVISION_DAG, EVENT_DRIVEN_DAG, WAIT_DAG):
+            wait_until(f"DAG {dag_id} to be parsed", lambda d=dag_id: api.dag_loaded(d), args.timeout)
+            api.unpause(dag_id)
+        console.print(f"   Airflow UI {info['api_url']}  (login: none needed, local all-admins demo mode)")
+
+        console.print(f"[bold]3. Provisioning the spec's webhooks ({PROVISION_DAG})[/bold]")
+        run_id = api.trigger(PROVISION_DAG)
+        state = wait_until(
+            "the provisioning run",
+            lambda: (s := api.run_state(PROVISION_DAG, run_id)) in ("success", "failed") and s,
+            args.timeout,
+        )
+        hooks = httpx.get(f"{info['emulator_url']}/_emulator/state").json()
+        webhooks = [w for app in hooks.get("applications", []) for w in app.get("webhooks", [])]
+        console.print(
+            f"   provisioning run {run_id}: {state}; {len(webhooks)} webhooks now in Carerix (emulator)"
+        )
+        ok &= state == "success" and len(webhooks) > 0
+
+        console.print(f"[bold]4. Waiting for an Intake match ({WAIT_DAG}, deferrable sensor)[/bold]")
+        wait_run = api.trigger(WAIT_DAG)
+        # Give the sensor time to defer before the match arrives, as it would in real life.
+        wait_until(
+            "the sensor to start", lambda: api.run_state(WAIT_DAG, wait_run) == "running", args.timeout
+        )
+
+        console.print("[bold]5. Carerix delivers the guide's events[/bold]")
+        delivered: dict[str, str] = {}
+        for title, event_type, data in GUIDE_EVENTS:
+            r = httpx.post(
+                f"{info['emulator_url']}/_emulator/deliver",
+                json={"type": event_type, "data": data, "tenant": "demo"},
+                timeout=30,
+            )
+            r.raise_for_status()
+            deliveries = r.json().get("deliveries", [])
+            statuses = ", ".join(str(d.get("status")) for d in deliveries) or "no webhook matched"
+            for d in deliveries:
+                if 200 <= int(d.get("status", 0)) < 300:
+                    delivered[d["event"]["id"]] = event_type
+            console.print(f"   {title}: {len(deliveries)} deliveries ({statuses})")
+
+        console.print("[bold]6. Events stored and the DAG runs they started[/bold]")
+        from airflow_provider_carerix.store import EventStore
+
+        store = EventStore(info["store_url"])
+        stored = wait_until(
+            "every delivered event to be stored",
+            lambda: (
+                (ev := store.events_after(0, limit=10_000))
+                and {e.event_id for e in ev} >= set(delivered)
+                and ev
+            ),
+            30,
+        )
+        for e in stored:
+            console.print(f"   stored #{e.sequence} {e.type:<22} entity {e.entity_id}  id {e.event_id}")
+
+        employee_ids = {i for i, t in delivered.items() if t == "cremployee:updated"}
+
+        def handled_by_event_driven() -> set[str] | None:
+            seen: set[str] = set()
+            runs = api.runs(EVENT_DRIVEN_DAG)
+            if not runs or any(r["state"] not in ("success", "failed") for r in runs):
+                return None
+            for r in runs:
+                seen |= {
+                    i for i in employee_ids if i in json.dumps(api.xcoms(EVENT_DRIVEN_DAG, r["dag_run_id"]))
+                }
+            return seen if seen >= employee_ids else None
+
+        with contextlib.suppress(TimeoutError):
+            wait_until("the event-driven runs", handled_by_event_driven, args.timeout, interval=1)
+        wait_state = wait_until(
+            "the sensor's run",
+            lambda: (s := api.run_state(WAIT_DAG, wait_run)) in ("success", "failed") and s,
+            args.timeout,
+        )
+
+        table = Table("DAG", "run", "state", "triggered by")
+        for dag_id in (PROVISION_DAG, EVENT_DRIVEN_DAG, WAIT_DAG):
+            for r in api.runs(dag_id):
+                table.add_row(dag_id, r["dag_run_id"], r["state"], r.get("run_type", ""))
+        console.print(table)
+        event_runs = api.runs(EVENT_DRIVEN_DAG)
+        handled = {
+            i
+            for r in event_runs
+            for i in employee_ids
+            if i in json.dumps(api.xcoms(EVENT_DRIVEN_DAG, r["dag_run_id"]))
+        }
+        ok &= (
+            bool(event_runs) and all(r["state"] == "success" for r in event_runs) and handled == employee_ids
+        )
+        ok &= wait_state == "success"
+        console.print(
+            f"   {EVENT_DRIVEN_DAG}: {len(event_runs)} run(s), handled {len(handled)}/{len(employee_ids)} "
+            f"candidate events; {WAIT_DAG}: {wait_state}"
+        )
+        console.print(
+            f"[bold]{'Demo succeeded' if ok else 'Demo FAILED'}[/bold]  logs in {state_dir / 'logs'}"
+        )
+
+        if not args.headless:
+            console.print(
+                f"\nAirflow UI: {info['api_url']}  (no login needed in this demo mode)\n"
+                f"Deliver more events: curl -X POST {info['emulator_url']}/_emulator/deliver "
+                '-H "Content-Type: application/json" '
+                '-d \'{"type": "cremployee:updated", "data": {"entityId": "3"}}\'\n'
+                "Press Ctrl-C to stop every process the demo started."
+            )
+            with contextlib.suppress(KeyboardInterrupt):
+                while all(stack.alive(n) for n in list(stack.procs)):
+                    time.sleep(1)
+    return 0 if ok else 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--headless", action="store_true", help="run the steps, check them, exit (for tests)")
+    parser.add_argument("--state-dir", default=str(ROOT / ".demo"), help="where logs and databases go")
+    parser.add_argument("--ui-port", type=int, default=8080, help="preferred Airflow UI port")
+    parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for each step")
+    args = parser.parse_args()
+    # Ctrl-C must reach us even when started from a non-interactive shell.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return run_demo(args)
+    except KeyboardInterrupt:
+        console.print("interrupted: stopping")
+        return 130
+    except (TimeoutError, RuntimeError) as exc:
+        console.print(f"[red]demo failed: {exc}[/red]  (logs in {Path(args.state_dir) / 'logs'})")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
