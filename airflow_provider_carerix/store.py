@@ -1,0 +1,534 @@
+"""The durable log of Carerix webhook deliveries, shared by the receiver, the triggers and the CLI.
+
+The receiver writes, triggers read "events after sequence N"; the store is the only thing they share, so it
+is deliberately free of Airflow imports (the receiver runs without Airflow) and works the same on an embedded
+SQLite file (one machine) and on PostgreSQL (several receivers and triggerers on several machines).
+
+Guarantees the rest of the provider builds on:
+
+* **Durable on return.** ``insert``/``insert_many`` return only after the transaction is committed and
+  flushed to disk, so a receiver may answer 2xx the moment they return. SQLite runs in WAL mode with
+  ``synchronous=FULL``: with ``NORMAL`` a WAL commit survives a process crash but may be rolled back by a power
+  loss or OS crash, and a 2xx to Carerix must mean "kept" whatever happens next. The cost (one fsync per
+  commit) is paid once per group of requests thanks to the receiver's group commit.
+* **Sequence order is commit order.** Readers poll "sequence > cursor"; if sequence 11 could become visible
+  before sequence 10, a reader at cursor 11 would skip 10 forever. SQLite serialises writers
+  (``BEGIN IMMEDIATE``). On PostgreSQL, sequence values are handed out at ``nextval`` time and concurrent
+  transactions may commit in another order, so every inserting transaction first takes a transaction-level
+  advisory lock (``pg_advisory_xact_lock``): inserts are serialised, sequence order equals commit order.
+* **One row per event id.** Carerix delivers at least once; a redelivery returns the existing sequence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+
+from airflow_provider_carerix.models import WebhookEvent
+
+__all__ = [
+    "NOTIFY_CHANNEL",
+    "SCHEMA_VERSION",
+    "EventStore",
+    "StoreUnavailable",
+    "StoredEvent",
+    "resolve_store_url",
+]
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "carerix_events"
+ENV_STORE_URL = "CARERIX_EVENT_STORE_URL"
+# Any constant works as long as every writer uses the same one; derived from the table name for readability.
+_PG_INSERT_LOCK = zlib.crc32(b"carerix_events.insert")
+_PG_MIGRATE_LOCK = zlib.crc32(b"carerix_events.migrate")
+_ID_MAX = 255
+
+
+def resolve_store_url(url: str | None = None) -> str:
+    """One resolution order for the receiver, the triggers and the CLI, so they always meet in one store."""
+    if url:
+        return _normalise_url(url)
+    env = os.environ.get(ENV_STORE_URL)
+    if env:
+        return _normalise_url(env)
+    configured = _airflow_configured_url()
+    if configured:
+        return _normalise_url(configured)
+    home = os.environ.get("AIRFLOW_HOME") or os.getcwd()
+    return f"sqlite:///{Path(home) / 'carerix_events.db'}"
+
+
+def _airflow_configured_url() -> str | None:
+    # Lazy and forgiving: the receiver must work on a machine without Airflow, and a broken Airflow config
+    # must not stop it from finding its store through the other routes.
+    try:
+        from airflow.configuration import conf
+    except Exception:
+        return None
+    try:
+        value = conf.get("carerix", "event_store_url", fallback="")
+    except Exception:
+        return None
+    return value.strip() or None
+
+
+def _normalise_url(url: str) -> str:
+    """``postgresql://`` would pick psycopg2, which the ``postgres`` extra does not install."""
+    url = url.strip()
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or is busy: callers should retry later (the receiver answers 503)."""
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One stored delivery. ``payload`` is parsed from ``raw``, the exact text Carerix sent."""
+
+    sequence: int
+    event_id: str
+    type: str
+    time: datetime
+    tenant: str | None
+    application_id: str | None
+    webhook_id: str | None
+    entity_id: str | None
+    received_at: datetime
+    payload: dict[str, Any] = field(repr=False)
+    raw: str = field(default="", repr=False, compare=False)
+
+
+class _UTCDateTime(sa.types.TypeDecorator):
+    """Timezone-aware UTC in and out; SQLite has no timezone type, so it stores naive UTC."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+metadata = sa.MetaData()
+
+_BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # INTEGER PRIMARY KEY = rowid on SQLite
+
+schema_version = sa.Table(
+    "carerix_schema_version",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+events = sa.Table(
+    "carerix_events",
+    metadata,
+    # AUTOINCREMENT on SQLite: never reuse a sequence number, even after the newest rows were deleted.
+    sa.Column("sequence", _BigInt, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(_ID_MAX), nullable=False, unique=True),
+    sa.Column("type", sa.String(_ID_MAX), nullable=False),
+    sa.Column("time", _UTCDateTime, nullable=False),
+    sa.Column("tenant", sa.String(_ID_MAX)),
+    sa.Column("application_id", sa.String(_ID_MAX)),
+    sa.Column("webhook_id", sa.String(_ID_MAX)),
+    sa.Column("entity_id", sa.String(_ID_MAX)),
+    sa.Column("received_at", _UTCDateTime, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sqlite_autoincrement=True,
+)
+# What triggers ask: "after sequence N" (primary key), optionally for some types or one webhook.
+_events_indexes = [
+    sa.Index("ix_carerix_events_type_sequence", events.c.type, events.c.sequence),
+    sa.Index("ix_carerix_events_webhook_sequence", events.c.webhook_id, events.c.sequence),
+    sa.Index("ix_carerix_events_received_at", events.c.received_at),
+]
+
+cursors = sa.Table(
+    "carerix_cursors",
+    metadata,
+    sa.Column("name", sa.String(_ID_MAX), primary_key=True),
+    sa.Column("sequence", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", _UTCDateTime, nullable=False),
+)
+
+
+def _migration_1(conn: Connection) -> None:
+    events.create(conn, checkfirst=True)
+    for index in _events_indexes:
+        index.create(conn, checkfirst=True)
+    cursors.create(conn, checkfirst=True)
+
+
+# Append steps, never edit shipped ones: version N means steps 1..N ran.
+_MIGRATIONS = [_migration_1]
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _type_filter(patterns: Iterable[str]) -> sa.ColumnElement[bool] | None:
+    """``entity:action`` exact, ``entity:*``, ``*:action`` or ``*``; stored types are lowercase."""
+    exact: list[str] = []
+    clauses: list[sa.ColumnElement[bool]] = []
+    for pattern in patterns:
+        p = pattern.strip().lower()
+        if p in ("*", "*:*"):
+            return None
+        entity, _, action = p.partition(":")
+        if action == "*":
+            clauses.append(events.c.type.startswith(entity + ":", autoescape=True))
+        elif entity == "*":
+            clauses.append(events.c.type.endswith(":" + action, autoescape=True))
+        else:
+            exact.append(p)
+    if exact:
+        clauses.append(events.c.type.in_(exact))
+    if not clauses:
+        return sa.false()
+    return sa.or_(*clauses)
+
+
+def _entity_id(event: WebhookEvent) -> str | None:
+    value = event.data.entity_id if event.data is not None else None
+    return None if value is None else str(value)
+
+
+class EventStore:
+    """Thread-safe handle on the store; the schema is created or migrated on first use, not at construction.
+
+    Lazy so that a receiver starts (and answers 503, which makes Carerix retry) while its database is down.
+    """
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = resolve_store_url(url)
+        parsed: URL = make_url(self.url)
+        self.dialect: str = parsed.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise ValueError(f"unsupported event store backend {self.dialect!r}: use sqlite or postgresql")
+        self._engine = self._create_engine(parsed)
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"EventStore({make_url(self.url).render_as_string(hide_password=True)!r})"
+
+    # -- engine ---------------------------------------------------------------------------------------------
+
+    def _create_engine(self, url: URL) -> Engine:
+        if self.dialect == "sqlite":
+            database = url.database or ""
+            memory = database in ("", ":memory:") or database.startswith("file::memory:")
+            kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+            if memory:
+                kwargs["poolclass"] = sa.pool.StaticPool
+            engine = sa.create_engine(url, **kwargs)
+
+            @sa_event.listens_for(engine, "connect")
+            def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+                # Take transaction control from the sqlite3 module so BEGIN IMMEDIATE is possible.
+                dbapi_conn.isolation_level = None
+                cur = dbapi_conn.cursor()
+                if not memory:
+                    cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=FULL")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.close()
+
+            @sa_event.listens_for(engine, "begin")
+            def _on_begin(conn: Connection) -> None:
+                # Writers take the write lock up front: a deferred transaction that later upgrades can fail
+                # with SQLITE_BUSY without waiting for busy_timeout.
+                write = conn.get_execution_options().get("carerix_write", False)
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+            return engine
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800)
+
+    def _prepare_sqlite_dir(self) -> None:
+        database = make_url(self.url).database
+        if (
+            self.dialect == "sqlite"
+            and database
+            and database != ":memory:"
+            and not database.startswith("file:")
+        ):
+            try:
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot create the directory of the event store: {exc}") from exc
+
+    def _write(self) -> Any:
+        """A transaction that holds the write lock for its whole duration (see module docstring)."""
+        return self._engine.execution_options(carerix_write=True).begin()
+
+    def _ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            self._prepare_sqlite_dir()
+            with self._guard(), self._write() as conn:
+                if self.dialect == "postgresql":
+                    # Several receivers may start at once against one fresh database.
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATE_LOCK)))
+                schema_version.create(conn, checkfirst=True)
+                current = conn.execute(sa.select(schema_version.c.version)).scalar_one_or_none()
+                if current is None:
+                    conn.execute(schema_version.insert().values(id=1, version=0))
+                    current = 0
+                if current > SCHEMA_VERSION:
+                    raise RuntimeError(
+                        f"event store schema version {current} is newer than this provider understands "
+                        f"({SCHEMA_VERSION}); upgrade airflow-provider-carerix"
+                    )
+                for step in range(current, SCHEMA_VERSION):
+                    log.info("Migrating the Carerix event store to schema version %d", step + 1)
+                    _MIGRATIONS[step](conn)
+                    conn.execute(schema_version.update().values(version=step + 1))
+            self._schema_ready = True
+
+    class _guard:
+        """Connection problems and lock timeouts become ``StoreUnavailable``; programming errors stay loud."""
+
+        def __enter__(self) -> None:
+            return None
+
+        def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+            if exc is None:
+                return False
+            if isinstance(exc, OperationalError) or (
+                isinstance(exc, DBAPIError) and exc.connection_invalidated
+            ):
+                raise StoreUnavailable(f"event store unavailable: {type(exc.orig).__name__}") from exc
+            if isinstance(exc, (OSError, sa.exc.InterfaceError)):
+                raise StoreUnavailable(f"event store unavailable: {type(exc).__name__}") from exc
+            return False
+
+    # -- writes ---------------------------------------------------------------------------------------------
+
+    def insert(self, raw: bytes | str, event: WebhookEvent) -> tuple[int, bool]:
+        """Store one delivery; returns (sequence, newly inserted). Committed and durable on return."""
+        return self.insert_many([(raw, event)])[0]
+
+    def insert_many(self, items: Sequence[tuple[bytes | str, WebhookEvent]]) -> list[tuple[int, bool]]:
+        """Store a group of deliveries in one transaction (one fsync); results in the order given.
+
+        A duplicate event id, already stored or earlier in the same group, returns the sequence of the row
+        that holds it and ``False``.
+        """
+        if not items:
+            return []
+        self._ensure_schema()
+        received_at = _utcnow()
+        results: list[tuple[int, bool]] = []
+        with self._guard(), self._write() as conn:
+            if self.dialect == "postgresql":
+                # Serialise inserters until commit so that sequence order == commit order (module docstring).
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_INSERT_LOCK)))
+            ids = list(dict.fromkeys(event.id for _, event in items))
+            known: dict[str, int] = {}
+            for start in range(0, len(ids), 500):
+                rows = conn.execute(
+                    sa.select(events.c.event_id, events.c.sequence).where(
+                        events.c.event_id.in_(ids[start : start + 500])
+                    )
+                )
+                known.update({row.event_id: row.sequence for row in rows})
+            new_sequences: list[int] = []
+            for raw, event in items:
+                if event.id in known:
+                    results.append((known[event.id], False))
+                    continue
+                text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+                sequence = conn.execute(
+                    events.insert()
+                    .values(
+                        event_id=event.id,
+                        type=event.type.lower(),
+                        time=event.time,
+                        tenant=event.tenant,
+                        application_id=event.application_id,
+                        webhook_id=event.webhook_id,
+                        entity_id=_entity_id(event),
+                        received_at=received_at,
+                        payload=text,
+                    )
+                    .returning(events.c.sequence)
+                ).scalar_one()
+                known[event.id] = sequence
+                new_sequences.append(sequence)
+                results.append((sequence, True))
+            if self.dialect == "postgresql":
+                # Inside the transaction: listeners are woken exactly when the rows become visible.
+                for sequence in new_sequences:
+                    conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, str(sequence))))
+        return results
+
+    def advance_cursor(self, name: str, sequence: int) -> int:
+        """Move a consumer's cursor forward (never backwards); returns the cursor's value afterwards."""
+        self._ensure_schema()
+        dialect_insert: Any
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        now = _utcnow()
+        stmt = dialect_insert(cursors).values(name=name, sequence=int(sequence), updated_at=now)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[cursors.c.name],
+            set_={
+                "sequence": sa.case(
+                    (stmt.excluded.sequence > cursors.c.sequence, stmt.excluded.sequence),
+                    else_=cursors.c.sequence,
+                ),
+                "updated_at": now,
+            },
+        ).returning(cursors.c.sequence)
+        with self._guard(), self._write() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def purge(self, older_than: timedelta) -> int:
+        """Delete events received before now - older_than; returns how many.
+
+        The newest event is always kept, so ``last_sequence()`` never goes backwards for a consumer that
+        starts "from now".
+        """
+        self._ensure_schema()
+        cutoff = _utcnow() - older_than
+        with self._guard(), self._write() as conn:
+            newest = conn.execute(sa.select(sa.func.max(events.c.sequence))).scalar()
+            if newest is None:
+                return 0
+            result = conn.execute(
+                events.delete().where(events.c.received_at < cutoff, events.c.sequence < newest)
+            )
+            return int(result.rowcount or 0)
+
+    # -- reads ----------------------------------------------------------------------------------------------
+
+    def events_after(
+        self,
+        sequence: int,
+        *,
+        event_types: Iterable[str] | None = None,
+        webhook_id: str | None = None,
+        application_id: str | None = None,
+        tenant: str | None = None,
+        received_after: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[StoredEvent]:
+        """Events with a sequence above ``sequence`` matching every given filter, oldest first."""
+        self._ensure_schema()
+        stmt = sa.select(events).where(events.c.sequence > int(sequence))
+        if event_types is not None:
+            if isinstance(event_types, str):
+                event_types = [event_types]
+            clause = _type_filter(event_types)
+            if clause is not None:
+                stmt = stmt.where(clause)
+        if webhook_id is not None:
+            stmt = stmt.where(events.c.webhook_id == webhook_id)
+        if application_id is not None:
+            stmt = stmt.where(events.c.application_id == application_id)
+        if tenant is not None:
+            stmt = stmt.where(events.c.tenant == tenant)
+        if received_after is not None:
+            stmt = stmt.where(events.c.received_at > received_after)
+        stmt = stmt.order_by(events.c.sequence).limit(int(limit))
+        with self._guard(), self._engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [
+            StoredEvent(
+                sequence=row.sequence,
+                event_id=row.event_id,
+                type=row.type,
+                time=row.time,
+                tenant=row.tenant,
+                application_id=row.application_id,
+                webhook_id=row.webhook_id,
+                entity_id=row.entity_id,
+                received_at=row.received_at,
+                payload=json.loads(row.payload),
+                raw=row.payload,
+            )
+            for row in rows
+        ]
+
+    def last_sequence(self) -> int:
+        """The highest stored sequence (0 for an empty store): where a consumer "from now" starts."""
+        self._ensure_schema()
+        with self._guard(), self._engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.max(events.c.sequence))).scalar() or 0)
+
+    def get_cursor(self, name: str) -> int:
+        """A consumer's last acknowledged sequence; 0 when the consumer is unknown."""
+        self._ensure_schema()
+        with self._guard(), self._engine.connect() as conn:
+            value = conn.execute(sa.select(cursors.c.sequence).where(cursors.c.name == name)).scalar()
+        return int(value or 0)
+
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the store answers a query (and its schema is in place)."""
+        try:
+            self._ensure_schema()
+            with self._guard(), self._engine.connect() as conn:
+                conn.execute(sa.select(events.c.sequence).limit(1)).all()
+        except StoreUnavailable:
+            raise
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"event store unavailable: {type(exc).__name__}") from exc
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w``: the retention syntax of ``carerix-receiver purge``."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"invalid duration {text!r}: use a number with s, m, h, d or w, e.g. 30d")
+    amount, unit = int(match.group(1)), match.group(2).lower()
+    return timedelta(seconds=amount * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit])

@@ -1,0 +1,330 @@
+"""The event store on SQLite and on a real throwaway PostgreSQL: the contract triggers and receiver rely on."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from airflow_provider_carerix.models import WebhookEvent
+from airflow_provider_carerix.store import (
+    NOTIFY_CHANNEL,
+    SCHEMA_VERSION,
+    EventStore,
+    StoreUnavailable,
+    parse_duration,
+    resolve_store_url,
+)
+
+GUIDE_PAYLOAD = (
+    b'{\n"id": "8469bf71-4942-45ea-98b8-393077288785",\n"time": "2024-02-14T14:24:40Z",\n'
+    b'"type": "cremployee:updated",\n"applicationId": "192e953d-1e3a-4513-b14c-a66bca4be005", '
+    b'"webhookId": "4c3174c9-deab-426a-8d26-23bbc89e461e",\n"tenant": "cxdev50streamer",\n'
+    b'"data": { "entityId": "1",\n"changedFields": [ "touser.attributechanges", "touser", '
+    b'"touser.lastname", "modificationdate", "touser.modificationdate" ] } }'
+)
+
+
+def make_event(
+    type_: str = "cremployee:updated",
+    *,
+    event_id: str | None = None,
+    webhook_id: str = "wh-1",
+    application_id: str = "app-1",
+    tenant: str = "demo",
+    entity_id: str | int = "1",
+) -> tuple[bytes, WebhookEvent]:
+    import json
+
+    body = {
+        "id": event_id or str(uuid.uuid4()),
+        "time": "2024-02-14T14:24:40Z",
+        "type": type_,
+        "applicationId": application_id,
+        "webhookId": webhook_id,
+        "tenant": tenant,
+        "data": {"entityId": entity_id, "changedFields": ["x"]},
+    }
+    raw = json.dumps(body).encode()
+    return raw, WebhookEvent.model_validate_json(raw)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'events.db'}"
+    else:
+        url = request.getfixturevalue("postgres_database")
+    s = EventStore(url)
+    yield s
+    s.close()
+
+
+def test_guide_payload_stored_byte_for_byte(store: EventStore) -> None:
+    event = WebhookEvent.model_validate_json(GUIDE_PAYLOAD)
+    sequence, inserted = store.insert(GUIDE_PAYLOAD, event)
+    assert inserted and sequence >= 1
+    [stored] = store.events_after(0)
+    assert stored.raw.encode() == GUIDE_PAYLOAD
+    assert stored.payload["data"]["changedFields"][2] == "touser.lastname"
+    assert stored.sequence == sequence
+    assert stored.event_id == "8469bf71-4942-45ea-98b8-393077288785"
+    assert stored.type == "cremployee:updated"
+    assert stored.time == datetime(2024, 2, 14, 14, 24, 40, tzinfo=timezone.utc)
+    assert stored.tenant == "cxdev50streamer"
+    assert stored.application_id == "192e953d-1e3a-4513-b14c-a66bca4be005"
+    assert stored.webhook_id == "4c3174c9-deab-426a-8d26-23bbc89e461e"
+    assert stored.entity_id == "1"
+    assert stored.received_at.tzinfo is not None
+    assert abs(stored.received_at - datetime.now(timezone.utc)) < timedelta(minutes=5)
+
+
+def test_type_is_lowercased(store: EventStore) -> None:
+    store.insert(*make_event("CREmployee:Updated"))
+    assert [e.type for e in store.events_after(0)] == ["cremployee:updated"]
+    assert len(store.events_after(0, event_types=["CREMPLOYEE:updated"])) == 1
+
+
+def test_duplicates_stored_once(store: EventStore) -> None:
+    raw, event = make_event(event_id="dup-1")
+    first = store.insert(raw, event)
+    assert first[1] is True
+    assert store.insert(raw, event) == (first[0], False)
+    other = make_event(event_id="other")
+    results = store.insert_many([other, (raw, event), other])
+    assert results[1] == (first[0], False)
+    assert results[0][1] is True and results[2] == (results[0][0], False)
+    assert [e.event_id for e in store.events_after(0)] == ["dup-1", "other"]
+
+
+def test_sequences_increase(store: EventStore) -> None:
+    results = store.insert_many([make_event() for _ in range(5)])
+    results += [store.insert(*make_event()) for _ in range(3)]
+    sequences = [s for s, _ in results]
+    assert sequences == sorted(sequences) and len(set(sequences)) == 8
+    assert store.last_sequence() == sequences[-1]
+    assert [e.sequence for e in store.events_after(sequences[2])] == sequences[3:]
+
+
+def test_events_after_filters(store: EventStore) -> None:
+    rows = [
+        make_event("cremployee:updated", webhook_id="w1", application_id="a1", tenant="t1"),
+        make_event("cremployee:created", webhook_id="w2", application_id="a1", tenant="t1"),
+        make_event("crmatch:updated", webhook_id="w1", application_id="a2", tenant="t2"),
+        make_event("crjob:created", webhook_id="w3", application_id="a2", tenant="t2"),
+        make_event("cr_x:updated", webhook_id="w3", application_id="a2", tenant="t2"),
+    ]
+    store.insert_many(rows)
+
+    def types(**kwargs: object) -> list[str]:
+        return [e.type for e in store.events_after(0, **kwargs)]  # type: ignore[arg-type]
+
+    assert types(event_types=["cremployee:updated"]) == ["cremployee:updated"]
+    assert types(event_types=["cremployee:*"]) == ["cremployee:updated", "cremployee:created"]
+    assert types(event_types=["*:created"]) == ["cremployee:created", "crjob:created"]
+    assert types(event_types=["*"]) == [r[1].type for r in rows]
+    assert types(event_types=["*:*"]) == [r[1].type for r in rows]
+    assert types(event_types="crmatch:updated") == ["crmatch:updated"]
+    assert types(event_types=["crmatch:updated", "crjob:*"]) == ["crmatch:updated", "crjob:created"]
+    # "_" is a LIKE wildcard: "cr_x:*" must not match "crmx..." style types, only itself.
+    assert types(event_types=["cr_x:*"]) == ["cr_x:updated"]
+    assert types(event_types=[]) == []
+    assert types(webhook_id="w1") == ["cremployee:updated", "crmatch:updated"]
+    assert types(application_id="a2", event_types=["*:updated"]) == ["crmatch:updated", "cr_x:updated"]
+    assert types(tenant="t1") == ["cremployee:updated", "cremployee:created"]
+    assert types(limit=2) == ["cremployee:updated", "cremployee:created"]
+    assert types(received_after=datetime.now(timezone.utc) + timedelta(minutes=1)) == []
+    assert len(types(received_after=datetime.now(timezone.utc) - timedelta(minutes=1))) == 5
+
+
+def test_cursors_never_move_backwards(store: EventStore) -> None:
+    assert store.get_cursor("dag-a") == 0
+    assert store.advance_cursor("dag-a", 5) == 5
+    assert store.advance_cursor("dag-a", 3) == 5
+    assert store.get_cursor("dag-a") == 5
+    assert store.advance_cursor("dag-a", 9) == 9
+    assert store.get_cursor("dag-b") == 0
+    # Durable: another handle on the same store sees it.
+    other = EventStore(store.url)
+    try:
+        assert other.get_cursor("dag-a") == 9
+    finally:
+        other.close()
+
+
+def test_purge_keeps_newest(store: EventStore) -> None:
+    store.insert_many([make_event() for _ in range(3)])
+    assert store.purge(timedelta(days=30)) == 0
+    last = store.last_sequence()
+    assert store.purge(timedelta(seconds=-60)) == 2
+    assert [e.sequence for e in store.events_after(0)] == [last]
+    assert store.last_sequence() == last
+    new_seq, _ = store.insert(*make_event())
+    assert new_seq > last
+
+
+def test_schema_versioned(store: EventStore) -> None:
+    store.ping()
+    engine = sa.create_engine(store.url)
+    try:
+        with engine.connect() as conn:
+            assert (
+                conn.execute(sa.text("SELECT version FROM carerix_schema_version")).scalar() == SCHEMA_VERSION
+            )
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE carerix_schema_version SET version = :v"), {"v": SCHEMA_VERSION + 1})
+    finally:
+        engine.dispose()
+    newer = EventStore(store.url)
+    with pytest.raises(RuntimeError, match="newer"):
+        newer.last_sequence()
+    newer.close()
+
+
+def test_dialect(store: EventStore) -> None:
+    assert store.dialect in ("sqlite", "postgresql")
+    assert store.dialect in store.url
+
+
+def test_sqlite_is_wal_and_full_sync(tmp_path: Path) -> None:
+    store = EventStore(f"sqlite:///{tmp_path / 'sub' / 'dir' / 'events.db'}")
+    store.ping()
+    with store._engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    store.close()
+
+
+def test_unreachable_sqlite_raises_store_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    store = EventStore(f"sqlite:///{blocker / 'events.db'}")
+    with pytest.raises(StoreUnavailable):
+        store.ping()
+    with pytest.raises(StoreUnavailable):
+        store.insert(*make_event())
+
+
+def test_unreachable_postgres_raises_store_unavailable() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = EventStore(f"postgresql+psycopg://nobody@127.0.0.1:{port}/none?connect_timeout=2")
+    with pytest.raises(StoreUnavailable):
+        store.ping()
+
+
+def test_unsupported_backend() -> None:
+    with pytest.raises(ValueError, match="unsupported"):
+        EventStore("mysql://x@y/z")
+
+
+def test_resolve_store_url_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CARERIX_EVENT_STORE_URL", "sqlite:////env.db")
+    monkeypatch.setenv("AIRFLOW__CARERIX__EVENT_STORE_URL", "sqlite:////airflow.db")
+    assert resolve_store_url("sqlite:////explicit.db") == "sqlite:////explicit.db"
+    assert resolve_store_url() == "sqlite:////env.db"
+    monkeypatch.delenv("CARERIX_EVENT_STORE_URL")
+    assert resolve_store_url() == "sqlite:////airflow.db"
+    monkeypatch.delenv("AIRFLOW__CARERIX__EVENT_STORE_URL")
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    assert resolve_store_url() == f"sqlite:///{tmp_path / 'carerix_events.db'}"
+    monkeypatch.delenv("AIRFLOW_HOME")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_store_url() == f"sqlite:///{tmp_path / 'carerix_events.db'}"
+    assert resolve_store_url("postgresql://u@h/d") == "postgresql+psycopg://u@h/d"
+
+
+def test_parse_duration() -> None:
+    assert parse_duration("30d") == timedelta(days=30)
+    assert parse_duration("12h") == timedelta(hours=12)
+    assert parse_duration("2w") == timedelta(weeks=2)
+    with pytest.raises(ValueError):
+        parse_duration("soon")
+
+
+@pytest.mark.postgres
+def test_postgres_notify_inside_transaction(postgres_database: str) -> None:
+    import psycopg
+
+    store = EventStore(postgres_database)
+    store.ping()
+    dsn = postgres_database.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        results = store.insert_many([make_event(), make_event()])
+        store.insert(*make_event(event_id="x"))
+        store.insert(*make_event(event_id="x"))  # duplicate: no new row, no notification
+        payloads = []
+        for notification in listener.notifies(timeout=5, stop_after=3):
+            payloads.append(int(notification.payload))
+    assert payloads[:2] == [s for s, _ in results]
+    assert len(payloads) == 3
+    store.close()
+
+
+@pytest.mark.postgres
+def test_postgres_concurrent_writers_reader_never_skips(postgres_database: str) -> None:
+    """A reader that advances past what it saw must see every event: sequence order == commit order."""
+    writers, per_writer = 4, 40
+    store = EventStore(postgres_database)
+    store.ping()
+    seen: list[int] = []
+    done = threading.Event()
+
+    def write() -> None:
+        for _ in range(per_writer):
+            store.insert_many([make_event(), make_event()])
+
+    def read() -> None:
+        cursor = 0
+        while True:
+            finished = done.is_set()
+            batch = store.events_after(cursor, limit=50)
+            for event in batch:
+                seen.append(event.sequence)
+                cursor = event.sequence
+            if finished and not batch:
+                return
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    threads = [threading.Thread(target=write) for _ in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    reader.join()
+    all_sequences = [e.sequence for e in store.events_after(0, limit=10_000)]
+    assert len(all_sequences) == writers * per_writer * 2
+    assert seen == all_sequences
+    store.close()
+
+
+def test_sqlite_concurrent_writers_from_two_handles(tmp_path: Path) -> None:
+    """Two processes' worth of handles on one SQLite file: no 'database is locked' and nothing lost."""
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    a, b = EventStore(url), EventStore(url)
+
+    def write(store: EventStore) -> None:
+        for _ in range(30):
+            store.insert_many([make_event() for _ in range(3)])
+
+    threads = [threading.Thread(target=write, args=(s,)) for s in (a, b, a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sequences = [e.sequence for e in a.events_after(0, limit=10_000)]
+    assert len(sequences) == 4 * 30 * 3
+    assert sequences == sorted(set(sequences))
+    a.close()
+    b.close()
