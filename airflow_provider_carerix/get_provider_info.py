@@ -48,6 +48,9 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_carerix.triggers.events"],
             }
         ],
+        "plugins": [
+            {"name": "carerix", "plugin-class": "airflow_provider_carerix.plugins.CarerixPlugin"},
+        ],
         "connection-types": [
             {
                 "connection-type": "carerix",
@@ -109,7 +112,31 @@ def get_provider_info() -> dict[str, Any]:
                         "type": "string",
                         "example": "postgresql+psycopg://airflow@db/carerix",
                         "default": "",
-                    }
+                    },
+                    "receiver_secret": {
+                        "description": "Shared secret(s), comma-separated, that Carerix sends in the receiver's "
+                        "secret header. When set, the API server serves the receiver at /carerix/events.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": None,
+                        "default": "",
+                        "sensitive": True,
+                    },
+                    "receiver_secret_header": {
+                        "description": "Header that carries the receiver secret (a Carerix customHeader).",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "X-Carerix-Secret",
+                        "default": "X-Carerix-Secret",
+                    },
+                    "receiver_public_key_file": {
+                        "description": "PEM file with the RSA public key that verifies Cx-Signature; "
+                        "empty disables signature checks.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "/etc/carerix/cx-signature.pem",
+                        "default": "",
+                    },
                 },
             }
         },

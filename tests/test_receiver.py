@@ -1,0 +1,602 @@
+"""The receiver served by real uvicorn on loopback, on SQLite and on a throwaway PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from airflow_provider_carerix.models import WebhookEvent
+from airflow_provider_carerix.receiver import GroupCommitter, create_app, load_secrets, main
+from airflow_provider_carerix.store import EventStore, StoreUnavailable
+from tests.fixtures.receiver import start_receiver, start_receiver_app, start_receiver_process
+from tests.test_store import GUIDE_PAYLOAD
+
+SECRET = "s3cret-" + uuid.uuid4().hex
+HEADERS = {"X-Carerix-Secret": SECRET, "Content-Type": "application/json"}
+
+
+def event_body(event_id: str | None = None, type_: str = "cremployee:updated", **extra: Any) -> bytes:
+    body = {
+        "id": str(uuid.uuid4()) if event_id is None else event_id,
+        "time": "2024-02-14T14:24:40Z",
+        "type": type_,
+        "applicationId": "app-1",
+        "webhookId": "wh-1",
+        "tenant": "demo",
+        "data": {"entityId": "1", "changedFields": ["touser"]},
+    }
+    body.update(extra)
+    return json.dumps(body).encode()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'events.db'}"
+    return request.getfixturevalue("postgres_database")
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[EventStore]:
+    s = EventStore(store_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def url(store_url: str) -> Iterator[str]:
+    base, stop = start_receiver(store_url, [SECRET, "previous-secret"])
+    yield base
+    stop()
+
+
+def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(
+        f"{url}/events", content=body, headers=HEADERS if headers is None else headers, timeout=30
+    )
+
+
+# -- accepted ---------------------------------------------------------------------------------------------------
+
+
+def test_guide_payload_stored_byte_for_byte(url: str, store: EventStore) -> None:
+    response = post(url, GUIDE_PAYLOAD)
+    assert response.status_code == 201
+    assert response.json()["id"] == "8469bf71-4942-45ea-98b8-393077288785"
+    assert response.json()["duplicate"] is False
+    [stored] = store.events_after(0)
+    assert stored.raw.encode() == GUIDE_PAYLOAD
+    assert stored.sequence == response.json()["sequence"]
+    assert stored.type == "cremployee:updated" and stored.webhook_id == "4c3174c9-deab-426a-8d26-23bbc89e461e"
+
+
+def test_duplicate_is_2xx_and_stored_once(url: str, store: EventStore) -> None:
+    body = event_body("same-id")
+    first, second = post(url, body), post(url, body)
+    assert first.status_code == 201 and second.status_code == 200
+    assert second.json() == {"id": "same-id", "sequence": first.json()["sequence"], "duplicate": True}
+    assert [e.event_id for e in store.events_after(0)] == ["same-id"]
+
+
+def test_rotation_every_configured_secret_works(url: str, store: EventStore) -> None:
+    assert post(url, event_body(), {**HEADERS, "X-Carerix-Secret": "previous-secret"}).status_code == 201
+    assert post(url, event_body()).status_code == 201
+    assert len(store.events_after(0)) == 2
+
+
+def test_charset_and_json_suffix_content_types(url: str) -> None:
+    for ct in ("application/json; charset=utf-8", "application/cloudevents+json", "Application/JSON"):
+        assert post(url, event_body(), {**HEADERS, "Content-Type": ct}).status_code == 201
+
+
+def test_health(url: str) -> None:
+    response = httpx.get(f"{url}/health")
+    assert response.status_code == 200 and response.json()["status"] == "ok"
+
+
+def test_concurrent_senders_all_stored(url: str, store: EventStore) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(300)]
+
+    async def send_all() -> list[int]:
+        limits = httpx.Limits(max_connections=32)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+            sem = asyncio.Semaphore(32)
+
+            async def send(event_id: str) -> int:
+                async with sem:
+                    r = await client.post(f"{url}/events", content=event_body(event_id), headers=HEADERS)
+                    return r.status_code
+
+            return await asyncio.gather(*(send(i) for i in ids))
+
+    statuses = asyncio.run(send_all())
+    assert statuses == [201] * len(ids)
+    stored = store.events_after(0, limit=10_000)
+    assert sorted(e.event_id for e in stored) == sorted(ids)
+
+
+# -- rejected ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Type": "application/json"},
+        {"Content-Type": "application/json", "X-Carerix-Secret": "wrong"},
+        {"Content-Type": "application/json", "X-Carerix-Secret": SECRET + "x"},
+        {"Content-Type": "application/json", "X-Carerix-Secret": ""},
+        {"Content-Type": "application/json", "X-Other": SECRET},
+    ],
+)
+def test_401_without_the_secret_nothing_stored(url: str, store: EventStore, headers: dict[str, str]) -> None:
+    response = post(url, event_body(), headers)
+    assert response.status_code == 401
+    assert SECRET not in response.text
+    assert store.events_after(0) == []
+
+
+def test_400_not_json(url: str, store: EventStore) -> None:
+    for body in (b"{not json", b"", b"\xff\xfe\x00garbage", '{"id": "é"}'.encode("latin-1")):
+        response = post(url, body)
+        assert response.status_code == 400, body
+    assert store.events_after(0) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b"[1, 2]", "body"),
+        (b'"just a string"', "body"),
+        (json.dumps({"time": "2024-02-14T14:24:40Z", "type": "a:b"}).encode(), "id"),
+        (event_body(time="yesterday-ish"), "time"),
+        (event_body(type_="no-colon"), "type"),
+        (event_body(type_="cremployee:"), "type"),
+        (event_body(event_id=""), "id"),
+        (event_body(data=[1]), "data"),
+        (event_body(data={"entityId": {"nested": True}}), "data.entityId"),
+        (event_body(tenant="t" * 300), "tenant"),
+        (event_body(webhookId=7), "webhookId"),
+    ],
+)
+def test_422_names_the_bad_field(url: str, store: EventStore, body: bytes, field: str) -> None:
+    response = post(url, body)
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field
+    assert field in response.json()["detail"] or field == "body"
+    assert store.events_after(0) == []
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "application/json; charset=latin-1"],
+)
+def test_415_wrong_content_type(url: str, store: EventStore, content_type: str | None) -> None:
+    headers = {"X-Carerix-Secret": SECRET}
+    if content_type:
+        headers["Content-Type"] = content_type
+    assert post(url, event_body(), headers).status_code == 415
+    assert store.events_after(0) == []
+
+
+def _raw_http(url: str, head: bytes, chunks: Iterable[bytes] = ()) -> bytes:
+    """Speak HTTP by hand: send headers and some body, stop sending, read what the server answers."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head)
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+        except OSError:
+            pass  # the server may close the connection once it has answered
+        data = b""
+        while b"\r\n\r\n" not in data:
+            part = sock.recv(65536)
+            if not part:
+                break
+            data += part
+        return data
+
+
+def test_413_on_declared_length_without_any_body(url: str, store: EventStore) -> None:
+    head = (
+        b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"X-Carerix-Secret: {SECRET}\r\n".encode()
+        + b"Content-Length: 10737418240\r\n\r\n"
+    )
+    # 10 GiB announced, nothing sent: the answer can only come from the header.
+    assert _raw_http(url, head).startswith(b"HTTP/1.1 413")
+    assert store.events_after(0) == []
+
+
+def test_413_on_chunked_body_stops_reading(url: str, store: EventStore) -> None:
+    head = (
+        b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"X-Carerix-Secret: {SECRET}\r\n".encode()
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    piece = b"x" * 65536
+    chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    # 1.25 MiB sent and never terminated: the server must answer without waiting for the rest.
+    assert _raw_http(url, head, iter([chunk] * 20)).startswith(b"HTTP/1.1 413")
+    assert store.events_after(0) == []
+
+
+def test_413_with_httpx(url: str) -> None:
+    assert post(url, b"{" + b" " * (1024 * 1024 + 10) + b"}").status_code == 413
+
+
+def test_never_500_for_odd_input(url: str) -> None:
+    bodies = [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"id": "x", "time": "2024-02-14T14:24:40Z", "type": "a:b", "data": '
+        + b"[" * 5000
+        + b"]" * 5000
+        + b"}",
+        b"null",
+        b"1e999999",
+        b'{"id": "\\ud800", "time": "2024-02-14T14:24:40Z", "type": "a:b"}',
+        b'{"id": "x", "time": 1e400, "type": "a:b"}',
+        bytes(range(256)),
+    ]
+    for body in bodies:
+        response = post(url, body)
+        assert 200 <= response.status_code < 500, (body[:40], response.status_code)
+    odd_headers: list[dict[str, Any]] = [
+        {**HEADERS, "Content-Length": "abc"},
+        {**HEADERS, "X-Carerix-Secret": "é".encode("latin-1")},
+        {**HEADERS, "X-Carerix-Secret": SECRET.encode() + b"\xff"},
+    ]
+    for headers in odd_headers:
+        try:
+            response = httpx.post(f"{url}/events", content=event_body(), headers=headers)
+        except httpx.HTTPError:
+            continue  # the client itself may refuse to send such headers
+        assert response.status_code < 500
+
+
+def test_rejections_are_logged_without_secret_or_payload(url: str, caplog: pytest.LogCaptureFixture) -> None:
+    marker = "payload-marker-" + uuid.uuid4().hex
+    with caplog.at_level(logging.INFO):
+        post(url, event_body(marker), {**HEADERS, "X-Carerix-Secret": "wrong-" + SECRET})
+        post(url, b'{"' + marker.encode() + b'": 1', HEADERS)
+        post(url, event_body(marker, type_=marker), HEADERS)
+    text = caplog.text
+    assert "Rejected Carerix delivery" in text
+    assert "401" in text and "400" in text and "422" in text
+    assert SECRET not in text and marker not in text
+
+
+# -- store down -------------------------------------------------------------------------------------------------
+
+
+def _unreachable_urls(tmp_path: Path) -> list[str]:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return [
+        f"sqlite:///{blocker / 'events.db'}",
+        f"postgresql+psycopg://nobody@127.0.0.1:{port}/none?connect_timeout=2",
+    ]
+
+
+def test_503_and_health_503_when_store_unreachable(tmp_path: Path) -> None:
+    for store_url in _unreachable_urls(tmp_path):
+        base, stop = start_receiver(store_url, SECRET)
+        try:
+            assert post(base, event_body()).status_code == 503
+            assert httpx.get(f"{base}/health", timeout=30).status_code == 503
+        finally:
+            stop()
+
+
+@pytest.mark.postgres
+def test_503_while_postgres_is_down_then_recovers(tmp_path: Path) -> None:
+    from tests.fixtures.postgres import PostgresCluster
+
+    with PostgresCluster() as cluster:
+        store_url = cluster.create_database()
+        base, stop = start_receiver(store_url, SECRET)
+        try:
+            assert post(base, event_body()).status_code == 201
+            assert cluster.pg_ctl
+            cluster._run(cluster.pg_ctl, "-D", str(cluster.data_dir), "-m", "immediate", "-w", "stop")
+            assert post(base, event_body()).status_code == 503
+            assert httpx.get(f"{base}/health", timeout=30).status_code == 503
+            cluster._run(
+                cluster.pg_ctl, "-D", str(cluster.data_dir), "-l", str(cluster.tmp / "log2"), "-w", "start",
+                "-o", f"-c listen_addresses=127.0.0.1 -p {cluster.port} -k {cluster.tmp}",
+            )  # fmt: skip
+            assert post(base, event_body()).status_code == 201
+            assert httpx.get(f"{base}/health", timeout=30).status_code == 200
+        finally:
+            stop()
+
+
+# -- Cx-Signature -----------------------------------------------------------------------------------------------
+
+
+def test_cx_signature_verified_when_public_key_configured(store_url: str, store: EventStore) -> None:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    base, stop = start_receiver(store_url, SECRET, public_key=pem)
+    try:
+        body = event_body()
+        good = base64.b64encode(private.sign(body, padding.PKCS1v15(), hashes.SHA256())).decode()
+        assert post(base, body, {**HEADERS, "Cx-Signature": good}).status_code == 201
+        pss = private.sign(
+            body2 := event_body(),
+            padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH),
+            hashes.SHA256(),
+        )
+        headers = {**HEADERS, "Cx-Signature": base64.urlsafe_b64encode(pss).decode().rstrip("=")}
+        assert post(base, body2, headers).status_code == 201
+        assert post(base, event_body(), {**HEADERS, "Cx-Signature": good}).status_code == 401  # other body
+        assert post(base, event_body(), HEADERS).status_code == 401
+        assert post(base, event_body(), {**HEADERS, "Cx-Signature": "not base64!!"}).status_code == 401
+        # The secret is still required next to the signature.
+        no_secret = {"Content-Type": "application/json", "Cx-Signature": good}
+        assert post(base, body, no_secret).status_code == 401
+        assert len(store.events_after(0)) == 2
+    finally:
+        stop()
+
+
+# -- group commit -----------------------------------------------------------------------------------------------
+
+
+class _GatedStore:
+    """insert_many blocks on the first call until released, so later submissions pile up into one group."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def insert_many(self, items: list[tuple[bytes, WebhookEvent]]) -> list[tuple[int, bool]]:
+        self.calls.append(len(items))
+        if len(self.calls) == 1:
+            self.entered.set()
+            self.release.wait(30)
+        return [(i + 1, True) for i in range(len(items))]
+
+    def insert(self, raw: bytes, event: WebhookEvent) -> tuple[int, bool]:
+        return self.insert_many([(raw, event)])[0]
+
+
+def test_group_commit_batches_waiting_requests() -> None:
+    gated = _GatedStore()
+    committer = GroupCommitter(gated, max_batch=100)  # type: ignore[arg-type]
+
+    async def scenario() -> list[tuple[int, bool]]:
+        event = WebhookEvent.model_validate_json(event_body())
+        first = asyncio.ensure_future(committer.submit(b"{}", event))
+        await asyncio.get_running_loop().run_in_executor(None, gated.entered.wait, 30)
+        rest = [asyncio.ensure_future(committer.submit(b"{}", event)) for _ in range(50)]
+        await asyncio.sleep(0)
+        gated.release.set()
+        return await asyncio.gather(first, *rest)
+
+    results = asyncio.run(scenario())
+    committer.close()
+    assert len(results) == 51
+    assert gated.calls == [1, 50]
+
+
+def test_group_commit_one_bad_item_does_not_fail_the_group() -> None:
+    class Flaky:
+        def insert_many(self, items: list[Any]) -> list[tuple[int, bool]]:
+            if len(items) > 1:
+                raise RuntimeError("boom")
+            return self.insert(*items[0]) and [self.insert(*items[0])]
+
+        def insert(self, raw: bytes, event: WebhookEvent) -> tuple[int, bool]:
+            if raw == b"bad":
+                raise RuntimeError("bad item")
+            return (1, True)
+
+    committer = GroupCommitter(Flaky(), max_batch=100)  # type: ignore[arg-type]
+    event = WebhookEvent.model_validate_json(event_body())
+
+    async def scenario() -> list[Any]:
+        futures = [committer.submit(raw, event) for raw in (b"ok", b"bad", b"ok")]
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    committer.close()
+    assert [type(r).__name__ for r in results].count("StoreUnavailable") == 1
+    assert results.count((1, True)) == 2
+
+
+# -- the receiver process: CLI, secrets, kill -9 ----------------------------------------------------------------
+
+
+def test_serve_refuses_to_start_without_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CARERIX_RECEIVER_SECRET", raising=False)
+    assert run_cli("serve", "--port", "1") == 2
+
+
+def test_create_app_refuses_without_a_secret(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no receiver secret"):
+        create_app(f"sqlite:///{tmp_path / 'e.db'}", secrets=[])
+    create_app(f"sqlite:///{tmp_path / 'e.db'}", secrets=[], insecure=True)
+
+
+def test_insecure_accepts_without_secret(store_url: str, receiver: Callable[..., Any]) -> None:
+    base, _ = receiver(store_url, None)
+    assert post(base, event_body(), {"Content-Type": "application/json"}).status_code == 201
+
+
+def test_load_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CARERIX_RECEIVER_SECRET", " a , b,,")
+    secret_file = tmp_path / "secrets"
+    secret_file.write_text("# current\nc\n\nb\n")
+    assert load_secrets(secret_file) == ["a", "b", "c"]
+
+
+def test_process_with_secret_file_and_custom_header(
+    store_url: str, store: EventStore, tmp_path: Path
+) -> None:
+    secret_file = tmp_path / "secrets"
+    secret_file.write_text("new-one\nold-one\n")
+    receiver = start_receiver_process(
+        store_url,
+        secret_file=secret_file,
+        extra_args=["--secret-header", "Custom-Signature"],
+        log_dir=tmp_path,
+    )
+    try:
+        for secret in ("new-one", "old-one"):
+            headers = {"Custom-Signature": secret, "Content-Type": "application/json"}
+            assert post(receiver.url, event_body(), headers).status_code == 201
+        assert post(receiver.url, event_body(), HEADERS).status_code == 401
+        assert httpx.get(f"{receiver.url}/health").status_code == 200
+    finally:
+        receiver.stop()
+    assert len(store.events_after(0)) == 2
+    assert "new-one" not in receiver.log and "old-one" not in receiver.log
+
+
+def test_kill_9_under_load_loses_no_acknowledged_event(store_url: str, tmp_path: Path) -> None:
+    receiver = start_receiver_process(store_url, secrets=[SECRET], log_dir=tmp_path)
+    acknowledged: list[str] = []
+    enough = 400
+
+    async def load() -> None:
+        stop = asyncio.Event()
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=32)) as client:
+
+            async def sender() -> None:
+                while not stop.is_set():
+                    event_id = str(uuid.uuid4())
+                    try:
+                        r = await client.post(
+                            f"{receiver.url}/events", content=event_body(event_id), headers=HEADERS
+                        )
+                    except httpx.HTTPError:
+                        return  # the receiver is gone
+                    if 200 <= r.status_code < 300:
+                        acknowledged.append(event_id)
+                        if len(acknowledged) >= enough and not stop.is_set():
+                            stop.set()
+                            receiver.kill()  # SIGKILL while the other senders are mid-request
+
+            await asyncio.gather(*(sender() for _ in range(32)))
+
+    try:
+        asyncio.run(load())
+    finally:
+        receiver.stop()
+    assert receiver.proc.returncode == -9
+    assert len(acknowledged) >= enough
+    with EventStore(store_url) as store:
+        stored = {e.event_id for e in store.events_after(0, limit=100_000)}
+    missing = set(acknowledged) - stored
+    assert not missing, f"{len(missing)} acknowledged events lost"
+
+
+def run_cli(*args: str) -> int | str | None:
+    with pytest.raises(SystemExit) as excinfo:
+        main(list(args))
+    return excinfo.value.code
+
+
+def test_purge_cli(store_url: str, store: EventStore, capsys: pytest.CaptureFixture[str]) -> None:
+    for _ in range(3):
+        body = event_body()
+        store.insert(body, WebhookEvent.model_validate_json(body))
+    assert run_cli("purge", "--older-than", "30d", "--store", store_url) == 0
+    assert "deleted 0 events" in capsys.readouterr().out
+    assert run_cli("purge", "--older-than", "0s", "--store", store_url) == 0
+    assert "deleted 2 events" in capsys.readouterr().out
+    assert len(store.events_after(0)) == 1
+    assert run_cli("purge", "--older-than", "forever", "--store", store_url) == 2
+
+
+def test_store_unavailable_is_an_exception() -> None:
+    assert issubclass(StoreUnavailable, Exception)
+
+
+# -- inside the Airflow API server ------------------------------------------------------------------------------
+
+
+def test_plugin_mounts_receiver(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from fastapi import FastAPI
+
+    from airflow_provider_carerix import plugins
+
+    store_url = f"sqlite:///{tmp_path / 'plugin.db'}"
+    monkeypatch.setenv("CARERIX_EVENT_STORE_URL", store_url)
+    monkeypatch.setenv("CARERIX_RECEIVER_SECRET", SECRET)
+    apps = plugins.build_fastapi_apps()
+    assert [a["url_prefix"] for a in apps] == ["/carerix"]
+    host = FastAPI()
+    for entry in apps:
+        host.mount(entry["url_prefix"], entry["app"])  # what Airflow's init_plugins does
+    running = start_receiver_app(host)
+    try:
+        response = httpx.post(
+            f"{running.url}/carerix/events", content=event_body("via-plugin"), headers=HEADERS
+        )
+        assert response.status_code == 201
+        assert httpx.get(f"{running.url}/carerix/health").status_code == 200
+    finally:
+        running.stop()
+    with EventStore(store_url) as store:
+        assert [e.event_id for e in store.events_after(0)] == ["via-plugin"]
+
+
+def test_plugin_not_mounted_without_secret(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from airflow_provider_carerix import plugins
+
+    monkeypatch.delenv("CARERIX_RECEIVER_SECRET", raising=False)
+    monkeypatch.delenv("AIRFLOW__CARERIX__RECEIVER_SECRET", raising=False)
+    with caplog.at_level(logging.INFO):
+        assert plugins.build_fastapi_apps() == []
+    assert "not mounted" in caplog.text
+
+
+def test_plugin_loads_as_airflow_plugin() -> None:
+    from airflow._shared.module_loading import import_string
+    from airflow.plugins_manager import is_valid_plugin
+
+    from airflow_provider_carerix.get_provider_info import get_provider_info
+
+    [entry] = get_provider_info()["plugins"]
+    assert entry["name"] == "carerix"
+    plugin = import_string(entry["plugin-class"])
+    assert is_valid_plugin(plugin)
+    plugin.validate()
+    assert isinstance(plugin.fastapi_apps, list)
+
+
+def test_provider_info_still_valid() -> None:
+    import importlib.resources
+
+    import jsonschema
+
+    from airflow_provider_carerix.get_provider_info import get_provider_info
+
+    schema = json.loads(
+        importlib.resources.files("airflow").joinpath("provider_info.schema.json").read_text()
+    )
+    jsonschema.validate(get_provider_info(), schema)
