@@ -1,0 +1,529 @@
+"""Event triggers against a real store: filters, cursors, Airflow 3.3 shared streams in ack mode, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+
+from airflow_provider_carerix.conditions import ConditionSyntaxError
+from airflow_provider_carerix.models import WebhookEvent
+from airflow_provider_carerix.store import EventStore, StoredEvent
+from airflow_provider_carerix.triggers.events import (
+    HAS_SHARED_STREAMS,
+    CarerixEventSensorTrigger,
+    CarerixEventTrigger,
+    EventFilter,
+    cursor_names,
+)
+
+GUIDE_PAYLOAD = {
+    "id": "8469bf71-4942-45ea-98b8-393077288785",
+    "time": "2024-02-14T14:24:40Z",
+    "type": "cremployee:updated",
+    "applicationId": "192e953d-1e3a-4513-b14c-a66bca4be005",
+    "webhookId": "4c3174c9-deab-426a-8d26-23bbc89e461e",
+    "tenant": "cxdev50streamer",
+    "data": {
+        "entityId": "1",
+        "changedFields": ["touser.attributechanges", "touser", "touser.lastname", "modificationdate"],
+    },
+}
+
+
+def payload(event_type: str = "cremployee:updated", data: dict[str, Any] | None = None, **extra: Any) -> dict:
+    body = dict(GUIDE_PAYLOAD, id=str(uuid.uuid4()), type=event_type)
+    body["data"] = dict(GUIDE_PAYLOAD["data"], **(data or {}))
+    body.update(extra)
+    return body
+
+
+def put(store: EventStore, body: dict[str, Any]) -> int:
+    raw = json.dumps(body)
+    sequence, _ = store.insert(raw, WebhookEvent.model_validate(body))
+    return sequence
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'events.db'}"
+
+
+@pytest.fixture
+def store(store_url: str) -> EventStore:
+    s = EventStore(store_url)
+    s.ping()
+    yield s
+    s.close()
+
+
+def stored(body: dict[str, Any], sequence: int = 1) -> StoredEvent:
+    event = WebhookEvent.model_validate(body)
+    return StoredEvent(
+        sequence=sequence,
+        event_id=event.id,
+        type=event.type.lower(),
+        time=event.time,
+        tenant=event.tenant,
+        application_id=event.application_id,
+        webhook_id=event.webhook_id,
+        entity_id=None,
+        received_at=datetime.now(timezone.utc),
+        payload=body,
+    )
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, limit: float = 20.0) -> None:
+    """Progress-based wait (no timed assertion): fails only when nothing happens for a long time."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError(f"gave up waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+# -- construction and serialisation -----------------------------------------------------------------------
+
+
+def test_serialize_round_trip_and_equal_watchers_hash_equal(store_url: str) -> None:
+    trigger = CarerixEventTrigger(
+        event_types=["CRMatch:updated", "cremployee:updated", "crmatch:updated"],
+        condition="  data.statusinfo eq '1234' ",
+        webhook_id="wh",
+        application_id="app",
+        tenant="t",
+        consumer="my-consumer",
+        poll_interval=1,
+        store_url=store_url,
+    )
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_provider_carerix.triggers.events.CarerixEventTrigger"
+    assert kwargs == {
+        "event_types": ["cremployee:updated", "crmatch:updated"],
+        "condition": "data.statusinfo eq '1234'",
+        "webhook_id": "wh",
+        "application_id": "app",
+        "tenant": "t",
+        "consumer": "my-consumer",
+        "poll_interval": 1.0,
+        "store_url": store_url,
+    }
+    json.dumps(kwargs)  # primitives only
+    again = CarerixEventTrigger(**kwargs)
+    assert again.serialize() == (classpath, kwargs)
+    other = CarerixEventTrigger(
+        event_types=("crmatch:updated", "cremployee:updated"),
+        condition="data.statusinfo eq '1234'",
+        webhook_id="wh",
+        application_id="app",
+        tenant="t",
+        consumer="my-consumer",
+        poll_interval=1.0,
+        store_url=store_url,
+    )
+    assert BaseEventTrigger.hash(*other.serialize()) == BaseEventTrigger.hash(classpath, kwargs)
+
+
+def test_default_consumer_is_deterministic_and_follows_filters() -> None:
+    a = CarerixEventTrigger(event_types=["crjob:created"])
+    b = CarerixEventTrigger(event_types="CRJOB:created")
+    c = CarerixEventTrigger(event_types=["crjob:created"], tenant="x")
+    assert a.consumer == b.consumer != c.consumer
+    assert a.consumer.startswith("watcher-")
+
+
+def test_rejects_secrets_bad_types_and_bad_conditions() -> None:
+    with pytest.raises(ValueError, match="password"):
+        CarerixEventTrigger(event_types=["*"], store_url="postgresql+psycopg://u:secret@db/carerix")
+    with pytest.raises(ValueError, match="invalid event type"):
+        CarerixEventTrigger(event_types=["cremployee"])
+    with pytest.raises(ConditionSyntaxError):
+        CarerixEventTrigger(event_types=["*"], condition="data.x eq")
+    with pytest.raises(ValueError, match="password"):
+        CarerixEventSensorTrigger(event_types=["*"], store_url="postgresql://u:pw@db/x")
+
+
+def test_sensor_trigger_serialize_round_trip() -> None:
+    trigger = CarerixEventSensorTrigger(
+        event_types=["crmatch:updated"],
+        condition="data.statusinfo eq '1234'",
+        since="2024-02-14T14:24:40Z",
+        deadline="2024-02-14T15:24:40+00:00",
+    )
+    classpath, kwargs = trigger.serialize()
+    assert kwargs["since"] == "2024-02-14T14:24:40+00:00"
+    assert CarerixEventSensorTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+
+# -- filter semantics -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("types", "event_type", "expected"),
+    [
+        (("cremployee:updated",), "cremployee:updated", True),
+        (("cremployee:updated",), "CREmployee:updated", True),
+        (("cremployee:updated",), "cremployee:created", False),
+        (("crmatch:*",), "crmatch:created", True),
+        (("crmatch:*",), "crmatchx:created", False),
+        (("*:created",), "crpublication:created", True),
+        (("*:created",), "crpublication:updated", False),
+        (("*",), "anything:goes", True),
+        (("crjob:created", "crmatch:updated"), "crmatch:updated", True),
+    ],
+)
+def test_type_filter(types: tuple[str, ...], event_type: str, expected: bool) -> None:
+    flt = EventFilter(event_types=types)
+    assert flt.matches(stored(payload(event_type))) is expected
+
+
+def test_id_and_condition_filters() -> None:
+    body = payload(
+        "crmatch:updated", {"statusinfo": "1234"}, tenant="acme", webhookId="w1", applicationId="a1"
+    )
+    event = stored(body)
+    assert EventFilter(event_types=("*",), tenant="acme", webhook_id="w1", application_id="a1").matches(event)
+    assert not EventFilter(event_types=("*",), tenant="other").matches(event)
+    assert not EventFilter(event_types=("*",), webhook_id="w2").matches(event)
+    assert not EventFilter(event_types=("*",), application_id="a2").matches(event)
+    assert EventFilter(event_types=("*",), condition="data.statusinfo eq '1234'").matches(event)
+    assert not EventFilter(event_types=("*",), condition="data.statusinfo eq '999'").matches(event)
+
+
+# -- standalone run() (Airflow 3.0-3.2 path) ----------------------------------------------------------------
+
+
+async def cancel(task: asyncio.Future[Any]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def next_event(gen: AsyncIterator[TriggerEvent], limit: float = 20.0) -> TriggerEvent:
+    return await asyncio.wait_for(gen.__anext__(), timeout=limit)
+
+
+def test_run_starts_at_end_of_log_and_commits_after_resume(store: EventStore, store_url: str) -> None:
+    put(store, payload())  # history: a new consumer does not fire for it
+    trigger = CarerixEventTrigger(
+        event_types=["cremployee:updated"], consumer="c1", store_url=store_url, poll_interval=0.05
+    )
+
+    async def scenario() -> None:
+        gen = trigger.run()
+        first_task = asyncio.ensure_future(next_event(gen))
+        await wait_until(lambda: store.get_cursor(cursor_names("c1")[2]) > 0, "consumer creation")
+        start = store.get_cursor("c1")
+        assert start == store.last_sequence() == 1
+        body = payload()
+        put(store, payload("crjob:created"))  # not matching
+        seq = put(store, body)
+        event = await first_task
+        assert event.payload == {
+            "status": "event",
+            "sequence": seq,
+            "event_id": body["id"],
+            "type": "cremployee:updated",
+            "received_at": event.payload["received_at"],
+            "event": body,
+        }
+        # Yielded but not resumed: the triggerer has not taken it yet, the cursor stays.
+        assert store.get_cursor("c1") == start
+        second = asyncio.ensure_future(next_event(gen))
+        await wait_until(lambda: store.get_cursor("c1") == seq, "cursor commit after resume")
+        await cancel(second)
+        await gen.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_run_resumes_from_cursor_after_restart(store: EventStore, store_url: str) -> None:
+    kwargs = {"event_types": ["crmatch:*"], "consumer": "c2", "store_url": store_url, "poll_interval": 0.05}
+
+    async def first_life() -> None:
+        gen = CarerixEventTrigger(**kwargs).run()
+        task = asyncio.ensure_future(next_event(gen))
+        await wait_until(lambda: store.get_cursor("c2:origin") > 0, "consumer creation")
+        await cancel(task)
+        await gen.aclose()
+
+    asyncio.run(first_life())
+    # Events arrive while no triggerer runs.
+    missed = [put(store, payload("crmatch:created")) for _ in range(3)]
+
+    async def second_life() -> list[int]:
+        gen = CarerixEventTrigger(**kwargs).run()
+        got = [(await next_event(gen)).payload["sequence"] for _ in range(3)]
+        await gen.aclose()
+        return got
+
+    assert asyncio.run(second_life()) == missed
+
+
+def test_unreachable_store_yields_error_event() -> None:
+    trigger = CarerixEventTrigger(
+        event_types=["*"], store_url="postgresql+psycopg://nobody@127.0.0.1:1/nothing", poll_interval=0.05
+    )
+
+    async def scenario() -> TriggerEvent:
+        gen = trigger.run()
+        event = await next_event(gen, 60)
+        await gen.aclose()
+        return event
+
+    event = asyncio.run(scenario())
+    assert event.payload["status"] == "error"
+    assert "unavailable" in event.payload["message"]
+
+
+# -- shared streams in ack mode (Airflow >= 3.3) ------------------------------------------------------------
+
+
+class MiniTriggerer:
+    """The part of Airflow's TriggerRunner that drives shared streams, with persistence under test control."""
+
+    def __init__(self, ack_timeout: float = 60.0) -> None:
+        from airflow.triggers.shared_stream import SharedStreamManager
+
+        self.manager = SharedStreamManager(ack_timeout=ack_timeout)
+        self.events: list[tuple[int, dict[str, Any], int | None]] = []
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.keys: dict[int, Any] = {}
+
+    def add(self, trigger_id: int, trigger: CarerixEventTrigger) -> None:
+        key = trigger.shared_stream_key()
+        self.keys[trigger_id] = key
+        self.tasks[trigger_id] = asyncio.ensure_future(self._run(trigger_id, trigger, key))
+
+    async def _run(self, trigger_id: int, trigger: CarerixEventTrigger, key: Any) -> None:
+        stream = self.manager.subscribe(trigger_id=trigger_id, trigger=trigger, key=key)
+        try:
+            async for event in trigger.filter_shared_stream(stream):
+                seq = self.manager.bind_pending_event(trigger_id=trigger_id, key=key)
+                self.events.append((trigger_id, event.payload, seq))
+        finally:
+            await self.manager.unsubscribe(trigger_id, key)
+
+    def persist_all(self) -> None:
+        self.manager.confirm_persisted([seq for _, _, seq in self.events if seq is not None])
+
+    def sequences(self, trigger_id: int) -> list[int]:
+        return [p["sequence"] for t, p, _ in self.events if t == trigger_id and p["status"] == "event"]
+
+    async def stop(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        for task in self.tasks.values():
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await self.manager.stop_all()
+
+
+needs_shared = pytest.mark.skipif(not HAS_SHARED_STREAMS, reason="Airflow < 3.3 has no shared streams")
+
+
+@needs_shared
+def test_shared_stream_advances_cursor_only_after_persist(store: EventStore, store_url: str) -> None:
+    async def scenario() -> None:
+        runner = MiniTriggerer()
+        employees = CarerixEventTrigger(
+            event_types=["cremployee:updated"], consumer="emp", store_url=store_url, poll_interval=0.05
+        )
+        matches = CarerixEventTrigger(
+            event_types=["crmatch:*"],
+            condition="data.statusinfo eq '1234'",
+            consumer="match",
+            store_url=store_url,
+            poll_interval=0.05,
+        )
+        assert employees.shared_stream_key() == matches.shared_stream_key()
+        runner.add(1, employees)
+        runner.add(2, matches)
+        await wait_until(
+            lambda: store.get_cursor("match:origin") and store.get_cursor("emp:origin"), "consumers"
+        )
+        e1 = put(store, payload())
+        put(store, payload("crmatch:updated", {"statusinfo": "1"}))
+        m1 = put(store, payload("crmatch:created", {"statusinfo": "1234"}))
+        e2 = put(store, payload())
+        await wait_until(lambda: len(runner.events) == 3, "three trigger events")
+        assert runner.sequences(1) == [e1, e2]
+        assert runner.sequences(2) == [m1]
+        await asyncio.sleep(0.3)  # several poll intervals: nothing persisted, nothing may be committed
+        assert store.get_cursor("emp") == 0 and store.get_cursor("match") == 0
+        runner.persist_all()
+        # A subscriber resolves a batch when it moves to the next one: one more event gets everything moving.
+        put(store, payload("crjob:created"))
+        # The match watcher commits where it stands in the log (at or after its event), not its event's sequence.
+        await wait_until(lambda: store.get_cursor("emp") == e2 and store.get_cursor("match") >= m1, "commit")
+        await runner.stop()
+
+    asyncio.run(scenario())
+
+
+@needs_shared
+def test_shared_stream_redelivery_after_restart_is_idempotent(store: EventStore, store_url: str) -> None:
+    kwargs = {
+        "event_types": ["cremployee:updated"],
+        "consumer": "re",
+        "store_url": store_url,
+        "poll_interval": 0.05,
+    }
+
+    async def first_life() -> tuple[list[int], list[int]]:
+        runner = MiniTriggerer()
+        runner.add(1, CarerixEventTrigger(**kwargs))
+        await wait_until(lambda: store.get_cursor("re:origin") > 0, "consumer")
+        first = [put(store, payload()) for _ in range(2)]
+        await wait_until(lambda: len(runner.sequences(1)) == 2, "first events")
+        runner.persist_all()
+        second = [put(store, payload()) for _ in range(2)]
+        await wait_until(lambda: store.get_cursor("re") == first[-1], "first commit")
+        await wait_until(lambda: len(runner.sequences(1)) == 4, "second events")
+        # Crash before the second pair is confirmed persisted.
+        await runner.stop()
+        assert store.get_cursor("re") == first[-1]
+        return first, second
+
+    _first, second = asyncio.run(first_life())
+
+    async def second_life() -> list[int]:
+        runner = MiniTriggerer()
+        runner.add(7, CarerixEventTrigger(**kwargs))
+        await wait_until(lambda: len(runner.sequences(7)) == 2, "redelivered events")
+        third = put(store, payload())
+        await wait_until(lambda: len(runner.sequences(7)) == 3, "new event")
+        got = runner.sequences(7)
+        assert got[-1] == third
+        runner.persist_all()
+        put(store, payload("crjob:created"))
+        await wait_until(lambda: store.get_cursor("re") == third, "commit after restart")
+        await runner.stop()
+        return got[:2]
+
+    # Only what was not confirmed comes again; what was confirmed is not fired twice.
+    assert asyncio.run(second_life()) == second
+
+
+@needs_shared
+def test_thousand_watchers_share_one_query_per_interval(store: EventStore, store_url: str) -> None:
+    from airflow_provider_carerix.triggers import events as mod
+
+    created: list[mod.CarerixStoreProducer] = []
+    original = mod.CarerixEventTrigger.create_shared_stream_producer.__func__
+
+    def spy(cls: type, kwargs: dict[str, Any]) -> mod.CarerixStoreProducer:
+        producer = original(cls, kwargs)
+        created.append(producer)
+        return producer
+
+    async def scenario() -> None:
+        runner = MiniTriggerer()
+        for i in range(1000):
+            runner.add(
+                i,
+                CarerixEventTrigger(
+                    event_types=[f"crjob{i}:updated"],
+                    consumer=f"w{i}",
+                    store_url=store_url,
+                    poll_interval=0.2,
+                ),
+            )
+        await wait_until(lambda: store.get_cursor("w999:origin") > 0, "1000 consumers", limit=120)
+        await asyncio.sleep(0.5)
+        before = created[0].queries
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await asyncio.sleep(2.0)
+        elapsed = loop.time() - start
+        queries = created[0].queries - before
+        assert len(created) == 1
+        # One query per poll interval for all 1000 (plus at most one for scheduling jitter).
+        assert queries <= elapsed / 0.2 + 1
+        hit = put(store, payload("crjob500:updated"))
+        await wait_until(lambda: runner.sequences(500) == [hit], "the one matching watcher fires")
+        assert sum(len(runner.sequences(i)) for i in range(1000)) == 1
+        await runner.stop()
+
+    pytest.MonkeyPatch().setattr(
+        mod.CarerixEventTrigger, "create_shared_stream_producer", classmethod(spy), raising=True
+    )
+    try:
+        asyncio.run(scenario())
+    finally:
+        mod.CarerixEventTrigger.create_shared_stream_producer = classmethod(original)  # type: ignore[method-assign]
+
+
+# -- drain helpers (asset event = wake-up; the task takes everything not processed) -------------------------
+
+
+def test_unprocessed_events_and_commit_processed(store: EventStore, store_url: str) -> None:
+    trigger = CarerixEventTrigger(event_types=["cremployee:updated"], consumer="d", store_url=store_url)
+    seqs = [put(store, payload()) for _ in range(3)]
+    put(store, payload("crjob:created"))
+    assert [e["sequence"] for e in trigger.unprocessed_events()] == seqs
+    assert trigger.commit_processed(seqs[1]) == seqs[1]
+    assert [e["sequence"] for e in trigger.unprocessed_events()] == seqs[2:]
+    assert trigger.commit_processed(seqs[0]) == seqs[1]  # never backwards
+
+
+# -- the sensor's trigger -----------------------------------------------------------------------------------
+
+
+def test_sensor_trigger_finds_first_match_since(store: EventStore, store_url: str) -> None:
+    put(store, payload("crmatch:updated", {"statusinfo": "1234"}))  # before `since`: ignored
+    since = datetime.now(timezone.utc)
+    put(store, payload("crmatch:updated", {"statusinfo": "1"}))
+    wanted = payload("crmatch:updated", {"statusinfo": "1234"})
+    seq = put(store, wanted)
+    trigger = CarerixEventSensorTrigger(
+        event_types=["crmatch:updated"],
+        condition="data.statusinfo eq '1234'",
+        since=since.isoformat(),
+        store_url=store_url,
+        poll_interval=0.05,
+    )
+
+    async def scenario() -> list[TriggerEvent]:
+        return [e async for e in trigger.run()]
+
+    events = asyncio.run(scenario())
+    assert len(events) == 1
+    assert events[0].payload["sequence"] == seq
+    assert events[0].payload["event"] == wanted
+
+
+def test_sensor_trigger_times_out_at_deadline(store: EventStore, store_url: str) -> None:
+    deadline = datetime.now(timezone.utc) + timedelta(seconds=0.3)
+    trigger = CarerixEventSensorTrigger(
+        event_types=["crmatch:updated"],
+        deadline=deadline.isoformat(),
+        store_url=store_url,
+        poll_interval=0.05,
+    )
+
+    async def scenario() -> list[TriggerEvent]:
+        return [e async for e in trigger.run()]
+
+    events = asyncio.run(scenario())
+    assert [e.payload["status"] for e in events] == ["timeout"]
+
+
+def test_sensor_trigger_error_event_on_unreachable_store() -> None:
+    trigger = CarerixEventSensorTrigger(
+        event_types=["*"], store_url="postgresql+psycopg://nobody@127.0.0.1:1/x", poll_interval=0.01
+    )
+
+    async def scenario() -> list[TriggerEvent]:
+        return [e async for e in trigger.run()]
+
+    events = asyncio.run(scenario())
+    assert [e.payload["status"] for e in events] == ["error"]
