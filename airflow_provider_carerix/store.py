@@ -225,6 +225,22 @@ def _entity_id(event: WebhookEvent) -> str | None:
     return None if value is None else str(value)
 
 
+def _enable_wal(cur: Any) -> None:
+    """WAL is persistent in the file; switching can hit SQLITE_BUSY without the busy handler, so retry."""
+    import sqlite3
+    import time
+
+    for attempt in range(100):
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            cur.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:
+            if attempt == 99:
+                raise
+            time.sleep(0.05)
+
+
 class EventStore:
     """Thread-safe handle on the store; the schema is created or migrated on first use, not at construction.
 
@@ -260,11 +276,10 @@ class EventStore:
                 # Take transaction control from the sqlite3 module so BEGIN IMMEDIATE is possible.
                 dbapi_conn.isolation_level = None
                 cur = dbapi_conn.cursor()
-                if not memory:
-                    cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=FULL")
                 cur.execute("PRAGMA busy_timeout=30000")
-                cur.execute("PRAGMA foreign_keys=ON")
+                if not memory:
+                    _enable_wal(cur)
+                cur.execute("PRAGMA synchronous=FULL")
                 cur.close()
 
             @sa_event.listens_for(engine, "begin")
@@ -362,40 +377,56 @@ class EventStore:
             ids = list(dict.fromkeys(event.id for _, event in items))
             known: dict[str, int] = {}
             for start in range(0, len(ids), 500):
-                rows = conn.execute(
+                found = conn.execute(
                     sa.select(events.c.event_id, events.c.sequence).where(
                         events.c.event_id.in_(ids[start : start + 500])
                     )
                 )
-                known.update({row.event_id: row.sequence for row in rows})
-            new_sequences: list[int] = []
+                known.update({row.event_id: row.sequence for row in found})
+            rows: list[dict[str, Any]] = []
+            slots: list[int] = []  # index into results of each new row, in insertion order
+            pending: dict[str, int] = {}  # event id -> result index of its first occurrence in this group
+            repeats: list[tuple[int, int]] = []  # (result index, result index of the first occurrence)
             for raw, event in items:
                 if event.id in known:
                     results.append((known[event.id], False))
                     continue
-                text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
-                sequence = conn.execute(
-                    events.insert()
-                    .values(
-                        event_id=event.id,
-                        type=event.type.lower(),
-                        time=event.time,
-                        tenant=event.tenant,
-                        application_id=event.application_id,
-                        webhook_id=event.webhook_id,
-                        entity_id=_entity_id(event),
-                        received_at=received_at,
-                        payload=text,
+                if event.id in pending:
+                    repeats.append((len(results), pending[event.id]))
+                    results.append((0, False))  # sequence filled in after the insert
+                    continue
+                pending[event.id] = len(results)
+                slots.append(len(results))
+                results.append((0, True))
+                rows.append(
+                    {
+                        "event_id": event.id,
+                        "type": event.type.lower(),
+                        "time": event.time,
+                        "tenant": event.tenant,
+                        "application_id": event.application_id,
+                        "webhook_id": event.webhook_id,
+                        "entity_id": _entity_id(event),
+                        "received_at": received_at,
+                        "payload": raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw,
+                    }
+                )
+            if rows:
+                # One multi-row INSERT for the group; sequences come back in the order of ``rows``.
+                stmt = events.insert().returning(events.c.sequence, sort_by_parameter_order=True)
+                sequences = [int(seq) for seq in conn.execute(stmt, rows).scalars()]
+                for slot, sequence in zip(slots, sequences, strict=True):
+                    results[slot] = (sequence, True)
+                for index, first in repeats:
+                    results[index] = (results[first][0], False)
+                if self.dialect == "postgresql":
+                    # Inside the transaction: listeners wake exactly when the rows become visible.
+                    conn.execute(
+                        sa.text(
+                            "SELECT pg_notify(:channel, s::text) FROM unnest(CAST(:seqs AS bigint[])) AS s"
+                        ),
+                        {"channel": NOTIFY_CHANNEL, "seqs": sequences},
                     )
-                    .returning(events.c.sequence)
-                ).scalar_one()
-                known[event.id] = sequence
-                new_sequences.append(sequence)
-                results.append((sequence, True))
-            if self.dialect == "postgresql":
-                # Inside the transaction: listeners are woken exactly when the rows become visible.
-                for sequence in new_sequences:
-                    conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, str(sequence))))
         return results
 
     def advance_cursor(self, name: str, sequence: int) -> int:
