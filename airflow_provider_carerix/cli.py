@@ -1,0 +1,74 @@
+"""``carerix-webhooks``: check (and, with the sync commands, apply) webhook definitions from a terminal or CI.
+
+One function per command, registered on ``app``; other modules add theirs the same way. Nothing here
+imports Airflow at module level, so ``validate`` starts fast and works without an Airflow installation
+configured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="carerix-webhooks",
+    help="Validate, plan and apply Carerix webhook definitions (spec files or Carerix webhook bodies).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Validate, plan and apply Carerix webhook definitions."""
+    # A callback keeps typer in multi-command mode even while only one command is registered.
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+@app.command()
+def validate(
+    files: Annotated[
+        list[Path], typer.Argument(help="Spec files (YAML or JSON), or Carerix webhook bodies (JSON).")
+    ],
+    allow_unknown_event_types: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unknown-event-types", help="Accept entities missing from the provider's catalogue."
+        ),
+    ] = False,
+) -> None:
+    """Check files without contacting Carerix: print every problem as file:line:col: path: message.
+
+    Exits 1 when anything is wrong, else prints a one-line summary and exits 0.
+    """
+    from airflow_provider_carerix.spec import check_spec
+
+    problem_count = webhook_count = bad_files = 0
+    for path in files:
+        result = check_spec(path, allow_unknown_event_types=allow_unknown_event_types, filename=str(path))
+        webhook_count += result.webhook_count
+        if result.problems:
+            bad_files += 1
+        for problem in result.problems:
+            problem_count += 1
+            typer.echo(str(problem))
+            if problem.detail:
+                typer.echo(problem.detail.replace("\n", "\n  ").join(("  ", "")))
+    if problem_count:
+        typer.echo(f"{_plural(problem_count, 'problem')} in {bad_files} of {_plural(len(files), 'file')}")
+        raise typer.Exit(1)
+    typer.echo(f"{_plural(len(files), 'file')}, {_plural(webhook_count, 'webhook')}: valid")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
