@@ -1,0 +1,340 @@
+"""Every validation rule: a failing input and the exact message a user sees."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from airflow_provider_carerix.models import Webhook
+from airflow_provider_carerix.validation import (
+    MAX_FILTERS,
+    Problem,
+    SpecValidationError,
+    normalize_event_type,
+    validate_webhook,
+)
+
+UNKNOWN_HINT = " (set allow_unknown_event_types to accept entities this provider does not know)"
+
+
+def webhook(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "url": "https://receiver.example.com/events",
+        "_kind": "Webhook",
+        "filters": [{"eventType": "crjob:updated", "condition": "data.tostatusnode eq '1234'"}],
+        "customHeaders": [{"name": "X-Carerix-Secret", "value": "s3cret"}],
+    }
+    body.update(overrides)
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+def messages(body: Any, **kwargs: Any) -> list[str]:
+    return [str(p) for p in validate_webhook(body, **kwargs)]
+
+
+def test_a_correct_webhook_has_no_problems() -> None:
+    assert validate_webhook(webhook()) == []
+    assert validate_webhook(Webhook.model_validate(webhook())) == []
+    assert validate_webhook(webhook(customHeaders=...)) == []
+
+
+def test_python_field_names_are_accepted_too() -> None:
+    body = {"url": "https://x.example", "filters": [{"event_type": "crjob:updated"}], "custom_headers": []}
+    assert validate_webhook(body) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("crjob:updated", "crjob:updated"),
+        ("CREmployee:Updated", "cremployee:updated"),
+        ("crmatch:*", "crmatch:*"),
+        ("crpublication:created", "crpublication:created"),
+        ("CRTODO:DELETED", "crtodo:deleted"),
+    ],
+)
+def test_normalize_event_type(text: str, expected: str) -> None:
+    assert normalize_event_type(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "cremploye:updated",
+            "unknown entity 'cremploye' in eventType 'cremploye:updated': did you mean 'cremployee'?",
+        ),
+        (
+            "candidate:updated",
+            "unknown entity 'candidate' in eventType 'candidate:updated': did you mean 'cremployee'?",
+        ),
+        (
+            "employee:updated",
+            "unknown entity 'employee' in eventType 'employee:updated': did you mean 'cremployee'?",
+        ),
+        (
+            "crvacancies:created",
+            "unknown entity 'crvacancies' in eventType 'crvacancies:created': did you mean 'crvacancy'?",
+        ),
+        ("crzzz:created", "unknown entity 'crzzz' in eventType 'crzzz:created'"),
+    ],
+)
+def test_unknown_entities_get_the_closest_suggestion(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        normalize_event_type(text)
+    assert str(info.value) == message + UNKNOWN_HINT
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("crjob:update", "unknown action 'update' in eventType 'crjob:update': did you mean 'updated'?"),
+        (
+            "crjob:changed",
+            "unknown action 'changed' in eventType 'crjob:changed': use created, updated, deleted or *",
+        ),
+        ("crjob", "eventType must look like '<entity>:<action>' (e.g. 'crjob:updated'), got 'crjob'"),
+        (
+            "crjob:updated:x",
+            "eventType must look like '<entity>:<action>' (e.g. 'crjob:updated'), got 'crjob:updated:x'",
+        ),
+        ("crjob:updated ", "eventType 'crjob:updated ' has trailing whitespace"),
+        (" crjob:updated", "eventType ' crjob:updated' has leading whitespace"),
+        ("crjob: updated", "eventType 'crjob: updated' contains whitespace"),
+        ("cr-job:updated", "eventType 'cr-job:updated' has an invalid entity name 'cr-job'"),
+        (":updated", "eventType ':updated' has an invalid entity name ''"),
+    ],
+)
+def test_malformed_event_types(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        normalize_event_type(text, allow_unknown=True)
+    assert str(info.value) == message
+
+
+def test_unknown_entities_are_accepted_on_opt_in() -> None:
+    assert normalize_event_type("CRSomethingNew:created", allow_unknown=True) == "crsomethingnew:created"
+    body = webhook(filters=[{"eventType": "crsomethingnew:created"}])
+    assert validate_webhook(body, allow_unknown_event_types=True) == []
+    assert messages(body) == [
+        "filters[0].eventType: unknown entity 'crsomethingnew' in eventType 'crsomethingnew:created'"
+        + UNKNOWN_HINT
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (..., "url: url is required: the address Carerix POSTs events to"),
+        (None, "url: url is required: the address Carerix POSTs events to"),
+        (42, "url: url must be a string, got number"),
+        (
+            "yourwebhookurl.test",
+            "url: url must be an absolute http(s) URL like https://host/path, got 'yourwebhookurl.test'",
+        ),
+        ("/events", "url: url must be an absolute http(s) URL like https://host/path, got '/events'"),
+        ("ftp://example.com/x", "url: url must use http or https, not 'ftp'"),
+        (
+            "https:///path",
+            "url: url 'https:///path' has no host",
+        ),
+        ("https://:8080/x", "url: url 'https://:8080/x' has no host"),
+        (
+            "https://example.com:99999/x",
+            "url: url 'https://example.com:99999/x' is not a valid URL: Port out of range 0-65535",
+        ),
+        (" https://example.com", "url: url ' https://example.com' has leading or trailing whitespace"),
+        ("https://example.com/a b", "url: url 'https://example.com/a b' contains whitespace"),
+    ],
+)
+def test_url_rules(url: Any, message: str) -> None:
+    assert messages(webhook(url=url)) == [message]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8090/events",
+        "HTTPS://Example.COM",
+        "{{ var.value.carerix_receiver_url }}",
+        "{{ x }}/events",
+    ],
+)
+def test_good_and_template_urls(url: str) -> None:
+    assert validate_webhook(webhook(url=url)) == []
+
+
+@pytest.mark.parametrize(
+    ("filters", "message"),
+    [
+        (..., "filters: filters is required: a webhook needs at least one filter (an eventType)"),
+        ([], "filters: a webhook needs at least one filter (an eventType)"),
+        ({"eventType": "crjob:updated"}, "filters: filters must be a list, got mapping"),
+        (["crjob:updated"], "filters[0]: a filter must be a mapping with an eventType, got string"),
+        ([{"condition": "data.x eq '1'"}], "filters[0]: eventType is required, e.g. 'crjob:updated'"),
+        (
+            [{"eventType": 5}],
+            "filters[0].eventType: eventType must be a string like 'crjob:updated', got number",
+        ),
+        (
+            [{"eventType": "crjob:updated", "conditon": "data.x eq '1'"}],
+            "filters[0].conditon: unknown field 'conditon': did you mean 'condition'?",
+        ),
+        (
+            [{"eventType": "crjob:updated"}, {"eventType": "CRJOB:updated"}],
+            "filters[1]: duplicate filter: same as filters[0]",
+        ),
+        (
+            [
+                {"eventType": "crjob:updated", "condition": "data.x eq '1'"},
+                {"eventType": "crjob:updated", "condition": "data.x EQ '1'"},
+            ],
+            "filters[1]: duplicate filter: same as filters[0]",
+        ),
+    ],
+)
+def test_filter_rules(filters: Any, message: str) -> None:
+    assert messages(webhook(filters=filters)) == [message]
+
+
+def test_at_most_ten_filters() -> None:
+    filters = [
+        {"eventType": "crjob:updated", "condition": f"data.x eq '{i}'"} for i in range(MAX_FILTERS + 1)
+    ]
+    assert messages(webhook(filters=filters)) == [
+        "filters: a webhook may have at most 10 filters (Carerix's limit), got 11"
+    ]
+    assert validate_webhook(webhook(filters=filters[:MAX_FILTERS])) == []
+
+
+@pytest.mark.parametrize(
+    ("condition", "message", "offset"),
+    [
+        ("data.tostatusnode eq '1234' ", "trailing space at 27: remove the space(s) after the condition", 27),
+        ("data.tostatusnode  eq '1234'", "double space at 17: use a single space", 17),
+        (" data.tostatusnode eq '1234'", "leading space: remove the space(s) before the condition", 0),
+        ("data.tostatusnode equals '1234'", "unknown operator 'equals': did you mean 'eq'?", 18),
+        ("data.tostatusnode eq '1234", "unterminated string: the quote at 21 is never closed", 21),
+        ("", "condition is empty: leave it out to receive every event of this type", None),
+        ("   ", "condition is empty: leave it out to receive every event of this type", None),
+        (1234, "condition must be a string, got number", None),
+    ],
+)
+def test_condition_rules(condition: Any, message: str, offset: int | None) -> None:
+    problems = validate_webhook(webhook(filters=[{"eventType": "crjob:updated", "condition": condition}]))
+    assert [(p.path, p.message, p.offset) for p in problems] == [("filters[0].condition", message, offset)]
+    if offset is not None:
+        assert problems[0].detail is not None and problems[0].detail.endswith("^")
+
+
+def test_null_condition_means_no_condition() -> None:
+    assert validate_webhook(webhook(filters=[{"eventType": "crjob:updated", "condition": None}])) == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({"name": "X"}, "customHeaders: customHeaders must be a list of name/value mappings, got mapping"),
+        (["X-A: b"], "customHeaders[0]: a custom header must be a mapping with name and value, got string"),
+        ([{"value": "v"}], "customHeaders[0]: a custom header needs a name"),
+        ([{"name": "X-A"}], "customHeaders[0]: a custom header needs a value"),
+        ([{"name": "", "value": "v"}], "customHeaders[0].name: header name is empty"),
+        ([{"name": 7, "value": "v"}], "customHeaders[0].name: header name must be a string, got number"),
+        (
+            [{"name": "X Secret", "value": "v"}],
+            "customHeaders[0].name: header name 'X Secret' is not an HTTP token: ' ' at 1 is not allowed "
+            "(letters, digits and !#$%&'*+-.^_`|~ only)",
+        ),
+        (
+            [{"name": "X-Secret:", "value": "v"}],
+            "customHeaders[0].name: header name 'X-Secret:' is not an HTTP token: ':' at 8 is not allowed "
+            "(letters, digits and !#$%&'*+-.^_`|~ only)",
+        ),
+        (
+            [{"name": "Cx-Signature", "value": "v"}],
+            "customHeaders[0].name: header name 'Cx-Signature' is reserved: Carerix sets Cx-Signature itself",
+        ),
+        (
+            [{"name": "cx-payload-schema-version", "value": "v"}],
+            "customHeaders[0].name: header name 'cx-payload-schema-version' is reserved: "
+            "Carerix sets Cx-Payload-Schema-Version itself",
+        ),
+        (
+            [{"name": "CONTENT-TYPE", "value": "v"}],
+            "customHeaders[0].name: header name 'CONTENT-TYPE' is reserved: Carerix sets Content-Type itself",
+        ),
+        (
+            [{"name": "X-Secret", "value": "a"}, {"name": "x-secret", "value": "b"}],
+            "customHeaders[1].name: duplicate header name 'x-secret' (also customHeaders[0].name; "
+            "header names are case-insensitive)",
+        ),
+        (
+            [{"name": "X-A", "value": 12}],
+            "customHeaders[0].value: header value must be a string (quote it), got number",
+        ),
+        (
+            [{"name": "X-A", "value": "a\r\nX-Evil: 1"}],
+            "customHeaders[0].value: header value contains a line break or NUL character",
+        ),
+        ([{"name": "X-A", "value": "v", "secret": True}], "customHeaders[0].secret: unknown field 'secret'"),
+    ],
+)
+def test_custom_header_rules(headers: Any, message: str) -> None:
+    assert messages(webhook(customHeaders=headers)) == [message]
+
+
+def test_header_values_may_hold_jinja_and_be_empty() -> None:
+    headers = [
+        {"name": "X-Carerix-Secret", "value": "{{ var.value.get('carerix_receiver_secret', '') }}"},
+        {"name": "X-Empty", "value": ""},
+    ]
+    assert validate_webhook(webhook(customHeaders=headers)) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"filter": []}, "filter: unknown field 'filter': did you mean 'filters'?"),
+        ({"customHeader": []}, "customHeader: unknown field 'customHeader': did you mean 'customHeaders'?"),
+        ({"_kind": "Application"}, "_kind: _kind must be 'Webhook', got 'Application'"),
+        ({"status": "paused"}, "status: status must be one of enabled, disabled, error, got 'paused'"),
+        ({"name": " label"}, "name: name must be a non-empty label without surrounding spaces"),
+    ],
+)
+def test_webhook_level_rules(overrides: dict[str, Any], message: str) -> None:
+    assert messages(webhook(**overrides)) == [message]
+
+
+def test_non_mapping_webhook() -> None:
+    assert messages(["url"], path="webhooks[3]") == [
+        "webhooks[3]: a webhook must be a mapping with url and filters, got list"
+    ]
+
+
+def test_problems_are_collected_and_prefixed_with_the_path() -> None:
+    body = {
+        "url": "yourwebhookurl.test",
+        "filters": [
+            {"eventType": "cremploye:updated", "condition": "data.tostatusnode eq '1234' "},
+            {"eventType": "crjob:update"},
+        ],
+        "customHeaders": [{"name": "Content-Type", "value": "x"}],
+    }
+    assert messages(body, path="webhooks[0]") == [
+        "webhooks[0].url: url must be an absolute http(s) URL like https://host/path, got 'yourwebhookurl.test'",
+        "webhooks[0].filters[0].eventType: unknown entity 'cremploye' in eventType 'cremploye:updated': "
+        "did you mean 'cremployee'?" + UNKNOWN_HINT,
+        "webhooks[0].filters[0].condition: trailing space at 27: remove the space(s) after the condition",
+        "webhooks[0].filters[1].eventType: unknown action 'update' in eventType 'crjob:update': did you mean 'updated'?",
+        "webhooks[0].customHeaders[0].name: header name 'Content-Type' is reserved: Carerix sets Content-Type itself",
+    ]
+
+
+def test_problem_text_and_error() -> None:
+    assert str(Problem("a.b", "bad")) == "a.b: bad"
+    assert str(Problem("", "bad", file="f.yaml")) == "f.yaml: bad"
+    assert str(Problem("a", "bad", file="f.yaml", line=3, column=7)) == "f.yaml:3:7: a: bad"
+    error = SpecValidationError([Problem("a", "x"), Problem("b", "y")])
+    assert isinstance(error, ValueError)
+    assert len(error.problems) == 2
+    assert str(error) == "2 problems in webhook definitions:\n  a: x\n  b: y"
