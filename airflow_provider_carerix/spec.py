@@ -75,7 +75,7 @@ class CheckResult:
 
 def _looks_like_text(source: str) -> bool:
     stripped = source.lstrip()
-    return "\n" in source or stripped.startswith(("{", "[")) or ": " in source
+    return not stripped or "\n" in source or stripped.startswith(("{", "[")) or ": " in source
 
 
 def _is_json(text: str, filename: str | None) -> bool:

@@ -1,0 +1,342 @@
+"""Spec documents: both layouts, normalisation, and problems located at file:line:column."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_carerix.models import Webhook
+from airflow_provider_carerix.spec import ApplicationSpec, Spec, check_spec, load_spec
+from airflow_provider_carerix.validation import SpecValidationError
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "example_dags" / "specs" / "carerix_webhooks.yaml"
+GUIDE = Path(__file__).resolve().parent / "data" / "guide"
+
+FULL = """\
+applications:
+  - name: airflow-carerix
+    webhooks:
+      - url: https://receiver.example.com/events
+        filters:
+          - eventType: CRJob:Updated
+            condition: data.tostatusnode EQ '1234' OR data.tostatusnode eq '5678'
+        customHeaders:
+          - name: X-Carerix-Secret
+            value: "{{ var.value.carerix_receiver_secret }}"
+  - name: second
+    webhooks: []
+"""
+
+
+def problems_of(text: str, name: str = "spec.yaml") -> list[str]:
+    return [str(p) for p in check_spec(text, filename=name).problems]
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_full_layout_loads_normalised() -> None:
+    spec = load_spec(FULL)
+    assert isinstance(spec, Spec)
+    assert [a.name for a in spec.applications] == ["airflow-carerix", "second"]
+    app = spec.applications[0]
+    assert isinstance(app, ApplicationSpec)
+    assert app.labels == [None]
+    (hook,) = app.webhooks
+    assert isinstance(hook, Webhook)
+    assert hook.to_create_body() == {
+        "_kind": "Webhook",
+        "url": "https://receiver.example.com/events",
+        "filters": [
+            {
+                "eventType": "crjob:updated",
+                "condition": "data.tostatusnode eq '1234' or data.tostatusnode eq '5678'",
+            }
+        ],
+        "customHeaders": [{"name": "X-Carerix-Secret", "value": "{{ var.value.carerix_receiver_secret }}"}],
+    }
+    assert spec.applications[1].webhooks == []
+    assert spec.webhook_count == 1
+
+
+def test_shorthand_layout_and_labels() -> None:
+    text = """\
+application: airflow-carerix
+webhooks:
+  - name: publications
+    url: http://127.0.0.1:8090/events
+    filters:
+      - eventType: crpublication:created
+"""
+    spec = load_spec(text)
+    assert [a.name for a in spec.applications] == ["airflow-carerix"]
+    assert spec.applications[0].labels == ["publications"]
+    assert "name" not in spec.applications[0].webhooks[0].to_create_body()
+
+
+def test_dict_source_and_json_file(tmp_path: Path) -> None:
+    data = {
+        "application": "a",
+        "webhooks": [{"url": "https://x.example", "filters": [{"eventType": "crjob:*"}]}],
+    }
+    assert load_spec(data).applications[0].webhooks[0].filters[0].event_type == "crjob:*"
+    path = write(tmp_path, "spec.json", json.dumps(data, indent=2))
+    spec = load_spec(path)
+    assert spec.source == str(path)
+    assert load_spec(str(path)) == spec
+
+
+def test_example_spec_is_valid_and_holds_the_guides_six_examples() -> None:
+    spec = load_spec(EXAMPLE)
+    (app,) = spec.applications
+    assert app.name == "airflow-carerix"
+    assert [(w.filters[0].event_type, w.filters[0].condition) for w in app.webhooks] == [
+        ("crjob:updated", "data.tostatusnode eq '1234' or data.tostatusnode eq '5678'"),
+        ("cremployee:updated", "data.touser.tosinglestatusnode eq '1234'"),
+        ("crmatch:updated", None),
+        ("crmatch:updated", "data.statusinfo eq '1234'"),
+        ("crmatch:created", None),
+        ("crpublication:created", None),
+    ]
+    for hook in app.webhooks:
+        assert hook.url == "{{ var.value.get('carerix_receiver_url', 'http://127.0.0.1:8090/events') }}"
+        assert [(h.name, h.value) for h in hook.custom_headers] == [
+            ("X-Carerix-Secret", "{{ var.value.get('carerix_receiver_secret', '') }}")
+        ]
+
+
+def test_load_spec_raises_with_every_problem_located(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "spec.yaml",
+        """\
+application: airflow-carerix
+webhooks:
+  - url: yourwebhookurl.test
+    filters:
+      - eventType: cremploye:updated
+        condition: data.tostatusnode equals '1234'
+""",
+    )
+    with pytest.raises(SpecValidationError) as info:
+        load_spec(path)
+    assert [str(p) for p in info.value.problems] == [
+        f"{path}:3:10: webhooks[0].url: url must be an absolute http(s) URL like https://host/path, "
+        "got 'yourwebhookurl.test'",
+        f"{path}:5:20: webhooks[0].filters[0].eventType: unknown entity 'cremploye' in eventType "
+        "'cremploye:updated': did you mean 'cremployee'? (set allow_unknown_event_types to accept entities "
+        "this provider does not know)",
+        f"{path}:6:38: webhooks[0].filters[0].condition: unknown operator 'equals': did you mean 'eq'?",
+    ]
+    assert [(p.line, p.column) for p in info.value.problems] == [(3, 10), (5, 20), (6, 38)]
+
+
+def test_condition_columns_undo_yaml_and_json_quoting() -> None:
+    # plain, double-quoted, single-quoted with '' escapes: the column is the faulty character's.
+    text = """\
+application: a
+webhooks:
+  - url: https://x.example
+    filters:
+      - eventType: crjob:updated
+        condition: data.x  eq '1'
+      - eventType: crjob:created
+        condition: "data.x  eq '1'"
+      - eventType: crjob:deleted
+        condition: 'data.x eq ''1''  or data.y eq ''2'''
+"""
+    assert problems_of(text) == [
+        "spec.yaml:6:26: webhooks[0].filters[0].condition: double space at 6: use a single space",
+        "spec.yaml:8:27: webhooks[0].filters[1].condition: double space at 6: use a single space",
+        "spec.yaml:10:36: webhooks[0].filters[2].condition: double space at 13: use a single space",
+    ]
+    lines = text.splitlines()
+    assert lines[5][25:27] == "  " and lines[7][26:28] == "  " and lines[9][35:37] == "  "
+
+
+def test_allow_unknown_event_types_top_level_and_argument() -> None:
+    text = (
+        "application: a\nwebhooks:\n  - url: https://x.example\n    filters: [{eventType: crnew:created}]\n"
+    )
+    assert problems_of(text) == [
+        "spec.yaml:4:27: webhooks[0].filters[0].eventType: unknown entity 'crnew' in eventType 'crnew:created' "
+        "(set allow_unknown_event_types to accept entities this provider does not know)"
+    ]
+    assert load_spec(text, allow_unknown_event_types=True).webhook_count == 1
+    spec = load_spec("allow_unknown_event_types: true\n" + text)
+    assert spec.allow_unknown_event_types is True
+    assert problems_of("allow_unknown_event_types: 'yes'\n" + text)[0] == (
+        "spec.yaml:1:28: allow_unknown_event_types: must be true or false, got string"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "",
+            ["spec.yaml: the document is empty: expected 'applications:' or 'application:' and 'webhooks:'"],
+        ),
+        (
+            "- a\n- b\n",
+            [
+                "spec.yaml:1:1: a spec must be a mapping with 'applications' (or 'application' and 'webhooks'), got list"
+            ],
+        ),
+        (
+            "apps: []\n",
+            [
+                "spec.yaml:1:1: apps: unknown field 'apps': did you mean 'applications'?",
+                "spec.yaml:1:1: a spec needs 'applications:' (a list) or 'application:' and 'webhooks:'",
+            ],
+        ),
+        (
+            "applications: []\n",
+            ["spec.yaml:1:1: applications: applications must be a non-empty list of {name, webhooks}"],
+        ),
+        (
+            "applications:\n  - name: a\n    webhooks: []\n  - name: a\n    webhooks: []\n    hooks: []\n",
+            [
+                "spec.yaml:4:11: applications[1].name: duplicate application name 'a' (also applications[0])",
+                "spec.yaml:6:5: applications[1].hooks: unknown field 'hooks': did you mean 'webhooks'?",
+            ],
+        ),
+        (
+            "applications:\n  - webhooks: []\n",
+            ["spec.yaml:2:5: applications[0].name: application name is required"],
+        ),
+        (
+            "application: ' a'\nwebhooks: []\n",
+            ["spec.yaml:1:14: application: application name ' a' has leading or trailing whitespace"],
+        ),
+        ("application: a\n", ["spec.yaml:1:1: webhooks: webhooks is required (a list; [] means none)"]),
+        ("application: a\nwebhooks: {}\n", ["spec.yaml:2:1: webhooks: webhooks must be a list, got mapping"]),
+        (
+            "application: a\napplications: []\nwebhooks: []\n",
+            [
+                "spec.yaml:1:1: application: unknown field 'application': did you mean 'applications'?",
+                "spec.yaml:2:1: applications: applications must be a non-empty list of {name, webhooks}",
+                "spec.yaml:3:1: webhooks: unknown field 'webhooks'",
+            ],
+        ),
+        (
+            "application: a\nwebhooks:\n  - url: https://x.example\n    url: https://y.example\n    filters: [{eventType: crjob:created}]\n",
+            [
+                "spec.yaml:4:5: webhooks[0].url: duplicate key 'url' (first at line 3; only the last one would count)"
+            ],
+        ),
+        (
+            "application: a\nwebhooks:\n"
+            "  - {name: one, url: 'https://x.example', filters: [{eventType: crjob:created}]}\n"
+            "  - {name: one, url: 'https://x.example', filters: [{eventType: CRJOB:created}]}\n",
+            [
+                "spec.yaml:4:5: webhooks[1]: duplicate webhook: same definition as webhooks[0]",
+                "spec.yaml:4:12: webhooks[1].name: duplicate webhook name 'one' (also webhooks[0])",
+            ],
+        ),
+    ],
+)
+def test_document_rules(text: str, expected: list[str]) -> None:
+    assert problems_of(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "application: a\nwebhooks:\n  - url: {{ var.value.url }}\n",
+            "spec.yaml:3:11: invalid YAML: while constructing a mapping: found unhashable key "
+            "(quote values that contain Jinja '{{ ... }}')",
+        ),
+        (
+            "application: a\nwebhooks:\n  - url: x\n   filters: 1\n",
+            "spec.yaml:4:4: invalid YAML: while parsing a block collection: "
+            "expected <block end>, but found '<block mapping start>'",
+        ),
+        (
+            "a: [\n",
+            "spec.yaml:2:1: invalid YAML: while parsing a flow node: expected the node content, but found '<stream end>'",
+        ),
+    ],
+)
+def test_yaml_syntax_errors(text: str, expected: str) -> None:
+    assert problems_of(text) == [expected]
+
+
+def test_templated_values_are_kept_verbatim() -> None:
+    text = (
+        'application: a\nwebhooks:\n  - url: "{{ var.value.url }}"\n    filters: [{eventType: crjob:created}]\n'
+        '    customHeaders: [{name: X-S, value: "{{ conn.carerix.password }}"}]\n'
+    )
+    (hook,) = load_spec(text).applications[0].webhooks
+    assert hook.url == "{{ var.value.url }}"
+    assert hook.custom_headers[0].value == "{{ conn.carerix.password }}"
+
+
+# The guide's bodies, verbatim: JSON syntax errors and the trailing space, located.
+GUIDE_EXPECTED = {
+    "popular-example1.json": [],
+    "popular-example2.json": [],
+    "popular-example3.json": [
+        "popular-example3.json:2:8: invalid JSON: expecting a value, found 'https://yourwebhookurl.test\"': "
+        "is the opening '\"' missing?",
+        "popular-example3.json:14:2: invalid JSON: the file ends before the closing '}'",
+    ],
+    "popular-example4.json": [
+        "popular-example4.json:2:8: invalid JSON: expecting a value, found 'https://yourwebhookurl.test\"': "
+        "is the opening '\"' missing?"
+    ],
+    "popular-example5.json": [
+        "popular-example5.json:2:8: invalid JSON: expecting a value, found 'https://yourwebhookurl.test\"': "
+        "is the opening '\"' missing?"
+    ],
+    "popular-example6.json": [
+        "popular-example6.json:2:8: invalid JSON: expecting a value, found 'https://yourwebhookurl.test\"': "
+        "is the opening '\"' missing?"
+    ],
+    "step2-example1.json": [
+        "step2-example1.json:7:42: filters[0].condition: trailing space at 27: remove the space(s) after the condition"
+    ],
+    "step2-example2.json": ["step2-example2.json:6:29: invalid JSON: trailing comma before '}'"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(GUIDE_EXPECTED))
+def test_guide_bodies(name: str) -> None:
+    result = check_spec((GUIDE / name).read_text(), filename=name)
+    assert [str(p) for p in result.problems] == GUIDE_EXPECTED[name]
+
+
+def test_a_valid_bare_webhook_body_is_not_a_spec() -> None:
+    result = check_spec(GUIDE / "popular-example1.json")
+    assert (result.kind, result.problems, result.webhook_count) == ("webhook", [], 1)
+    with pytest.raises(SpecValidationError) as info:
+        load_spec(GUIDE / "popular-example1.json")
+    assert str(info.value.problems[0]).endswith(
+        "this is a single webhook body, not a spec: put it under 'webhooks:' next to 'application: NAME'"
+    )
+
+
+def test_json_syntax_fault_hints() -> None:
+    assert problems_of('{"a": [1, 2,\n "b": x}', "x.json") == [
+        "x.json:2:5: invalid JSON: Expecting ',' delimiter: is a ',' missing between two entries?"
+    ]
+    assert problems_of('{"application": "a", "webhooks": [1,]}', "x.json") == [
+        "x.json:1:36: invalid JSON: trailing comma before ']'"
+    ]
+    assert problems_of('{"application": open}', "x.json") == [
+        "x.json:1:17: invalid JSON: expecting a value, found 'open': strings need double quotes"
+    ]
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    result = check_spec(missing)
+    assert result.kind == "unreadable"
+    assert [str(p) for p in result.problems] == [f"{missing}: cannot read: No such file or directory"]
