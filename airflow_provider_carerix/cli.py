@@ -7,6 +7,7 @@ configured.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Annotated
 
@@ -59,7 +60,7 @@ def validate(
             problem_count += 1
             typer.echo(str(problem))
             if problem.detail:
-                typer.echo(problem.detail.replace("\n", "\n  ").join(("  ", "")))
+                typer.echo(textwrap.indent(problem.detail, "  "))
     if problem_count:
         typer.echo(f"{_plural(problem_count, 'problem')} in {bad_files} of {_plural(len(files), 'file')}")
         raise typer.Exit(1)
