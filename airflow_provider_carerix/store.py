@@ -21,17 +21,18 @@ Guarantees the rest of the provider builds on:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
 import threading
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
@@ -57,6 +58,7 @@ ENV_STORE_URL = "CARERIX_EVENT_STORE_URL"
 _PG_INSERT_LOCK = zlib.crc32(b"carerix_events.insert")
 _PG_MIGRATE_LOCK = zlib.crc32(b"carerix_events.migrate")
 _ID_MAX = 255
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def resolve_store_url(url: str | None = None) -> str:
@@ -241,6 +243,26 @@ def _enable_wal(cur: Any) -> None:
             time.sleep(0.05)
 
 
+def _retry_on_disconnect(method: _F) -> _F:
+    """Run once more when the failure was a dropped connection (e.g. PostgreSQL restarted since last use).
+
+    Safe for inserts too: a group whose COMMIT was lost in flight is either absent (inserted now) or present
+    (found by event id and reported as a duplicate), never stored twice.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: EventStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except StoreUnavailable as exc:
+            cause = exc.__cause__
+            if isinstance(cause, DBAPIError) and cause.connection_invalidated:
+                return method(self, *args, **kwargs)
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
 class EventStore:
     """Thread-safe handle on the store; the schema is created or migrated on first use, not at construction.
 
@@ -290,7 +312,10 @@ class EventStore:
                 conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
             return engine
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800)
+        # No pool_pre_ping: it costs a round trip per checkout on the hot path. A connection that died (server
+        # restart) fails its statement instead; the pool is invalidated and ``_retry_on_disconnect`` tries once
+        # more on a fresh connection.
+        return sa.create_engine(url, pool_size=5, max_overflow=10, pool_recycle=1800)
 
     def _prepare_sqlite_dir(self) -> None:
         database = make_url(self.url).database
@@ -359,6 +384,7 @@ class EventStore:
         """Store one delivery; returns (sequence, newly inserted). Committed and durable on return."""
         return self.insert_many([(raw, event)])[0]
 
+    @_retry_on_disconnect
     def insert_many(self, items: Sequence[tuple[bytes | str, WebhookEvent]]) -> list[tuple[int, bool]]:
         """Store a group of deliveries in one transaction (one fsync); results in the order given.
 
@@ -429,6 +455,7 @@ class EventStore:
                     )
         return results
 
+    @_retry_on_disconnect
     def advance_cursor(self, name: str, sequence: int) -> int:
         """Move a consumer's cursor forward (never backwards); returns the cursor's value afterwards."""
         self._ensure_schema()
@@ -452,6 +479,7 @@ class EventStore:
         with self._guard(), self._write() as conn:
             return int(conn.execute(stmt).scalar_one())
 
+    @_retry_on_disconnect
     def purge(self, older_than: timedelta) -> int:
         """Delete events received before now - older_than; returns how many.
 
@@ -471,6 +499,7 @@ class EventStore:
 
     # -- reads ----------------------------------------------------------------------------------------------
 
+    @_retry_on_disconnect
     def events_after(
         self,
         sequence: int,
@@ -519,12 +548,14 @@ class EventStore:
             for row in rows
         ]
 
+    @_retry_on_disconnect
     def last_sequence(self) -> int:
         """The highest stored sequence (0 for an empty store): where a consumer "from now" starts."""
         self._ensure_schema()
         with self._guard(), self._engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.max(events.c.sequence))).scalar() or 0)
 
+    @_retry_on_disconnect
     def get_cursor(self, name: str) -> int:
         """A consumer's last acknowledged sequence; 0 when the consumer is unknown."""
         self._ensure_schema()
@@ -532,6 +563,7 @@ class EventStore:
             value = conn.execute(sa.select(cursors.c.sequence).where(cursors.c.name == name)).scalar()
         return int(value or 0)
 
+    @_retry_on_disconnect
     def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the store answers a query (and its schema is in place)."""
         try:

@@ -547,9 +547,22 @@ def test_plugin_mounts_receiver(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     monkeypatch.setenv("CARERIX_RECEIVER_SECRET", SECRET)
     apps = plugins.build_fastapi_apps()
     assert [a["url_prefix"] for a in apps] == ["/carerix"]
+
+    # Airflow's own mounting code, fed with this plugin as the plugins manager would.
+    from airflow import plugins_manager
+    from airflow.api_fastapi.app import init_plugins
+
+    class Plugin(plugins.CarerixPlugin):
+        fastapi_apps = apps
+
+    monkeypatch.setattr(plugins_manager, "_get_plugins", lambda: ([Plugin], {}))
+    plugins_manager.get_fastapi_plugins.cache_clear()
     host = FastAPI()
-    for entry in apps:
-        host.mount(entry["url_prefix"], entry["app"])  # what Airflow's init_plugins does
+    try:
+        init_plugins(host)
+    finally:
+        plugins_manager.get_fastapi_plugins.cache_clear()
+    assert any(getattr(route, "path", None) == "/carerix" for route in host.routes)
     running = start_receiver_app(host)
     try:
         response = httpx.post(
