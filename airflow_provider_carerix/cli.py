@@ -13,6 +13,8 @@ from typing import Annotated
 
 import typer
 
+from airflow_provider_carerix.cli_sync import register as register_sync_commands
+
 app = typer.Typer(
     name="carerix-webhooks",
     help="Validate, plan and apply Carerix webhook definitions (spec files or Carerix webhook bodies).",
@@ -65,6 +67,9 @@ def validate(
         typer.echo(f"{_plural(problem_count, 'problem')} in {bad_files} of {_plural(len(files), 'file')}")
         raise typer.Exit(1)
     typer.echo(f"{_plural(len(files), 'file')}, {_plural(webhook_count, 'webhook')}: valid")
+
+
+register_sync_commands(app)  # plan, apply
 
 
 def main() -> None:

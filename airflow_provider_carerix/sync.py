@@ -143,15 +143,18 @@ class WebhookAction:
     desired: Webhook | None = None
     actual: Webhook | None = None
     reason: str = ""
+    label: str | None = None  # the spec's optional `name` of the desired webhook, for people reading plans
 
     def line(self) -> str:
         """A plan line that can be logged: header values and URL secrets (userinfo, query) are hidden."""
-        label = f"{self.action.symbol} {self.action.value:<9}"
+        head = f"{self.action.symbol} {self.action.value:<9}"
+        if self.label:
+            head += f" {self.label}:"
         if self.action is Action.CREATE:
             assert self.desired is not None
-            return f"{label} {describe_webhook(self.desired)}"
+            return f"{head} {describe_webhook(self.desired)}"
         assert self.actual is not None
-        text = f"{label} {self.actual.id} {describe_webhook(self.actual)}"
+        text = f"{head} {self.actual.id} {describe_webhook(self.actual)}"
         if self.action is Action.REPLACE:
             assert self.desired is not None
             text += f"\n    {'':<9}   with {describe_webhook(self.desired)}"
@@ -208,12 +211,17 @@ def _keep_order(webhook: Webhook) -> tuple[bool, str, str]:
 
 
 def diff_webhooks(
-    desired: Sequence[Webhook], actual: Sequence[Webhook], *, prune: bool
+    desired: Sequence[Webhook],
+    actual: Sequence[Webhook],
+    *,
+    prune: bool,
+    labels: Sequence[str | None] | None = None,
 ) -> list[WebhookAction]:
     """The actions that turn ``actual`` into ``desired``. Pure: no I/O, deterministic.
 
     ``desired`` must not hold two webhooks with the same key (:func:`check_spec` rejects that).
     """
+    label_of = {id(w): label for w, label in zip(desired, labels or [], strict=False)}
     desired_keys = [webhook_key(w) for w in desired]
     owned_urls = {k.url for k in desired_keys}
     by_key: dict[WebhookKey, list[Webhook]] = {}
@@ -262,6 +270,8 @@ def diff_webhooks(
             changes.append(WebhookAction(Action.DELETE, None, webhook, "not in spec"))
         else:
             changes.append(WebhookAction(Action.KEEP, None, webhook, "not in spec; prune is off"))
+    for step in matched + changes:
+        step.label = label_of.get(id(step.desired)) if step.desired is not None else None
     return matched + changes + duplicates
 
 
@@ -362,7 +372,8 @@ def plan(spec: Spec, hook: WebhookApi, *, prune: bool) -> SyncPlan:
     plans = []
     for app, app_id in zip(spec.applications, ids, strict=True):
         actual = hook.list_webhooks(app_id) if app_id else []
-        plans.append(ApplicationPlan(app.name, app_id, diff_webhooks(app.webhooks, actual, prune=prune)))
+        actions = diff_webhooks(app.webhooks, actual, prune=prune, labels=getattr(app, "labels", None))
+        plans.append(ApplicationPlan(app.name, app_id, actions))
     return SyncPlan(plans, prune)
 
 

@@ -1,0 +1,160 @@
+"""``carerix-webhooks plan`` and ``carerix-webhooks apply``: the sync operator's code path, from a terminal.
+
+Templates. A spec file written for the DAG holds Jinja such as ``{{ var.value.carerix_receiver_secret }}``.
+The CLI renders it with Airflow's own Variable and Connection accessors (``var.value.KEY``,
+``var.value.get('KEY', 'default')``, ``var.json.KEY``, ``conn.CONN_ID.password``), which outside a task resolve
+through Airflow's secrets backends: ``AIRFLOW_VAR_<KEY>`` / ``AIRFLOW_CONN_<ID>`` environment variables, then
+any backend configured in ``[secrets] backend`` (not the metadata database: a terminal is not a task). Anything
+else a task context has (``ds``, ``params``, macros) is undefined here and is reported as an error rather than
+rendered empty, so a spec cannot silently lose a header value.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from airflow_provider_carerix.spec import Spec
+
+SpecArg = Annotated[Path, typer.Argument(help="YAML or JSON spec file.", exists=True, dir_okay=False)]
+ConnIdOpt = Annotated[
+    str,
+    typer.Option(
+        "--conn-id", help="Airflow connection id, resolved as Airflow does (AIRFLOW_CONN_<ID> env vars too)."
+    ),
+]
+UnknownOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unknown-event-types", help="Accept entities missing from the provider's catalogue."
+    ),
+]
+
+
+def render_spec_text(text: str) -> str:
+    """Render a spec file's Jinja with Airflow's Variable/Connection accessors (see module docstring)."""
+    if "{{" not in text and "{%" not in text:
+        return text
+    import jinja2
+    import jinja2.sandbox
+    from airflow.sdk.execution_time.context import ConnectionAccessor, VariableAccessor
+
+    env = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    context: dict[str, Any] = {
+        "var": {
+            "value": VariableAccessor(deserialize_json=False),
+            "json": VariableAccessor(deserialize_json=True),
+        },
+        "conn": ConnectionAccessor(),
+    }
+    return env.from_string(text).render(**context)
+
+
+def load_spec_file(path: Path, *, allow_unknown_event_types: bool = False) -> Spec:
+    """Read, render, validate; exits 1 printing every problem (file:line:column) when the spec is invalid."""
+    from airflow_provider_carerix.spec import load_spec
+    from airflow_provider_carerix.validation import SpecValidationError
+
+    try:
+        text = render_spec_text(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        typer.echo(f"error: cannot read {path}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
+    except Exception as exc:  # jinja2 errors, Variable/Connection not found
+        typer.echo(f"error: cannot render the templates in {path}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    try:
+        return load_spec(text, allow_unknown_event_types=allow_unknown_event_types, filename=str(path))
+    except SpecValidationError as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem), err=True)
+        typer.echo(f"{path}: {len(exc.problems)} problem(s); nothing was changed", err=True)
+        raise typer.Exit(1) from None
+
+
+def _hook(conn_id: str) -> Any:
+    from airflow_provider_carerix.hooks.carerix import CarerixHook
+
+    return CarerixHook(carerix_conn_id=conn_id)
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)
+
+
+def plan_command(
+    spec: SpecArg,
+    prune: Annotated[
+        bool, typer.Option("--prune/--no-prune", help="Plan deletion of webhooks not in the spec.")
+    ] = True,
+    conn_id: ConnIdOpt = "carerix_default",
+    allow_unknown_event_types: UnknownOpt = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the JSON summary after the plan.")
+    ] = False,
+) -> None:
+    """Show what `apply` would change in Carerix. Reads only."""
+    from airflow_provider_carerix.exceptions import CarerixError
+    from airflow_provider_carerix.sync import SyncResult, _planned_result, plan
+
+    loaded = load_spec_file(spec, allow_unknown_event_types=allow_unknown_event_types)
+    try:
+        the_plan = plan(loaded, _hook(conn_id), prune=prune)
+    except CarerixError as exc:
+        raise _fail(exc) from None
+    typer.echo(the_plan.render())
+    if json_output:
+        result = SyncResult(the_plan, [_planned_result(a) for a in the_plan.applications], dry_run=True)
+        typer.echo(result.to_json())
+
+
+def apply_command(
+    spec: SpecArg,
+    prune: Annotated[
+        bool, typer.Option("--prune/--no-prune", help="Delete webhooks not in the spec.")
+    ] = True,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
+    conn_id: ConnIdOpt = "carerix_default",
+    allow_unknown_event_types: UnknownOpt = False,
+) -> None:
+    """Converge Carerix onto the spec (the sync operator's code path); asks first unless --yes."""
+    from airflow_provider_carerix.exceptions import CarerixError
+    from airflow_provider_carerix.sync import apply, plan
+
+    loaded = load_spec_file(spec, allow_unknown_event_types=allow_unknown_event_types)
+    hook = _hook(conn_id)
+    try:
+        the_plan = plan(loaded, hook, prune=prune)
+    except CarerixError as exc:
+        raise _fail(exc) from None
+    typer.echo(the_plan.render())
+    if not the_plan.has_changes:
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            typer.echo(
+                "error: refusing to apply without --yes: stdin is not a terminal to confirm on", err=True
+            )
+            raise typer.Exit(2)
+        if not typer.confirm("Apply these changes to Carerix?", default=False):
+            typer.echo("Nothing was changed.", err=True)
+            raise typer.Exit(1)
+    try:
+        result = apply(the_plan, hook, say=typer.echo)
+    except CarerixError as exc:
+        typer.echo(
+            "The run stopped halfway; running apply again finishes it (see the lines above).", err=True
+        )
+        raise _fail(exc) from None
+    typer.echo(result.to_json())
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``plan`` and ``apply`` to the ``carerix-webhooks`` app (owned by :mod:`airflow_provider_carerix.cli`)."""
+    app.command("plan")(plan_command)
+    app.command("apply")(apply_command)
