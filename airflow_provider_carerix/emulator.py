@@ -1,0 +1,802 @@
+"""A local Carerix: Keycloak-style token endpoint, Webhooks Management API and event delivery, over real HTTP.
+
+Why it exists: Carerix has no sandbox one can script, and a mock of the hook would only test the hook against
+its own assumptions. This is a real HTTP server (stdlib ``ThreadingHTTPServer`` in a background thread), so
+the hook, the operators, the demo and users' offline development all talk HTTP to it exactly as they would to
+Carerix, including the parts Carerix does not publish and the hook must survive: slim list entries, bare or
+``items``-wrapped lists, ``id`` instead of ``_id``, a trailing slash either way, 401 on expired tokens, 429
+with ``Retry-After``, 5xx, slow answers.
+
+It must not import Airflow: the console script runs it on machines and in processes without Airflow set up.
+
+Run it: ``carerix-emulator serve --port 8089 --realm demo --client-id demo-client`` (secret from the
+environment variable ``CARERIX_EMULATOR_CLIENT_SECRET``, default ``demo-secret``), or in Python::
+
+    with CarerixEmulator() as emulator:
+        os.environ["AIRFLOW_CONN_CARERIX_DEFAULT"] = emulator.connection_json()
+        ...
+        emulator.deliver("cremployee:updated", {"entityId": "1", "changedFields": ["lastname"]})
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+log = logging.getLogger(__name__)
+
+MANAGE_SCOPE = "urn:cx/webhooks:data:manage"
+API_PREFIX = "/webhooks/v1"
+CONTROL_PREFIX = "/_emulator"
+_TOKEN_PATH = re.compile(r"^/auth/realms/(?P<realm>[^/]+)/protocol/openid-connect/token/?$")
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_WEBHOOK_FIELDS = ("url", "filters", "customHeaders", "status", "_createdDateTime", "_updatedDateTime")
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the emulator answered (control endpoints are not recorded)."""
+
+    method: str
+    path: str
+    status: int
+    query: str = ""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One POST of an event to a webhook's URL. ``status`` is 0 when the receiver could not be reached."""
+
+    webhook_id: str
+    url: str
+    status: int
+    event: dict[str, Any]
+    error: str | None = None
+
+
+@dataclass
+class Fault:
+    """An injected failure: the next ``times`` matching requests get ``status`` (``None``: only ``delay``).
+
+    ``processed=True`` applies the request first and then answers with the fault: what a gateway timeout in
+    front of a working backend looks like, and the case where retrying a create would make a duplicate.
+    """
+
+    status: int | None = 500
+    times: int = 1
+    method: str | None = None
+    path_contains: str | None = None
+    retry_after: str | int | float | None = None
+    delay: float = 0.0
+    processed: bool = False
+
+    def applies(self, method: str, path: str) -> bool:
+        return (
+            self.times > 0
+            and (self.method is None or self.method.upper() == method)
+            and (self.path_contains is None or self.path_contains in path)
+        )
+
+
+@dataclass
+class _Token:
+    client_id: str
+    scopes: frozenset[str]
+    expires_at: float
+
+
+@dataclass
+class _Response:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _event_type_matches(filter_type: str, event_type: str) -> bool:
+    """Case-insensitive; ``crjob:*`` matches every action of the entity (and ``*`` everything)."""
+    wanted, actual = filter_type.strip().lower(), event_type.strip().lower()
+    if wanted in ("*", actual):
+        return True
+    entity, _, action = wanted.partition(":")
+    return action == "*" and actual.partition(":")[0] == entity
+
+
+def _condition_matches(condition: str | None, event: dict[str, Any]) -> bool:
+    if condition is None or not str(condition).strip():
+        return True
+    try:
+        # Imported lazily: the condition language is a separate module and the emulator works without it.
+        from airflow_provider_carerix import conditions
+    except ImportError:
+        return True
+    try:
+        return bool(conditions.parse(str(condition), strict=False).matches(event))
+    except ValueError:
+        # A condition Carerix could not parse never fires (the guide: a typo means no events).
+        return False
+
+
+class CarerixEmulator:
+    """An in-memory Carerix on loopback. Thread-safe; every knob can be changed while it runs.
+
+    List behaviour (what Carerix does not publish): ``list_shape`` ``"array"`` or ``"items"``; ``slim=True``
+    ignores ``?fields=`` so list entries hold only ``_kind`` and ``_id``; ``id_key`` ``"_id"`` or ``"id"``;
+    ``trailing_slash`` ``"both"``, ``"with"`` or ``"without"`` for the collection paths.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        realm: str = "demo",
+        clients: dict[str, str] | None = None,
+        token_lifetime: float = 300,
+        client_scopes: Iterable[str] = (MANAGE_SCOPE,),
+        list_shape: str = "array",
+        slim: bool = False,
+        id_key: str = "_id",
+        trailing_slash: str = "both",
+        delivery_timeout: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.realm = realm
+        self.clients: dict[str, str] = dict(
+            clients if clients is not None else {"demo-client": "demo-secret"}
+        )
+        self.token_lifetime = token_lifetime
+        self.client_scopes = frozenset(client_scopes)
+        self.list_shape = list_shape
+        self.slim = slim
+        self.id_key = id_key
+        self.trailing_slash = trailing_slash
+        self.delivery_timeout = delivery_timeout
+        self._lock = threading.RLock()
+        self._apps: dict[str, dict[str, Any]] = {}
+        self._hooks: dict[str, dict[str, dict[str, Any]]] = {}
+        self._tokens: dict[str, _Token] = {}
+        self._faults: list[Fault] = []
+        self._log: list[RecordedRequest] = []
+        self.deliveries: list[Delivery] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    def start(self) -> CarerixEmulator:
+        if self._server is not None:
+            return self
+        emulator = self
+
+        class Handler(_Handler):
+            pass
+
+        Handler.emulator = emulator
+        server = ThreadingHTTPServer((self.host, self.port), Handler)
+        server.daemon_threads = True
+        self._server = server
+        self.port = server.server_address[1]
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="carerix-emulator", daemon=True
+        )
+        self._thread.start()
+        log.info("Carerix emulator listening on %s (token URL %s)", self.url, self.token_url)
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> CarerixEmulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------------------------------ addresses
+
+    @property
+    def url(self) -> str:
+        """Base URL of the API (and of the identity host: both live on this one server)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return self.url + API_PREFIX
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.url}/auth/realms/{self.realm}/protocol/openid-connect/token"
+
+    def _credentials(self, client_id: str | None, client_secret: str | None) -> tuple[str, str]:
+        cid = client_id if client_id is not None else next(iter(self.clients), "demo-client")
+        secret = client_secret if client_secret is not None else self.clients.get(cid, "")
+        return cid, secret
+
+    def connection_json(self, client_id: str | None = None, client_secret: str | None = None) -> str:
+        """``AIRFLOW_CONN_...`` value (JSON form) for a ``carerix`` connection to this emulator."""
+        cid, secret = self._credentials(client_id, client_secret)
+        return json.dumps(
+            {
+                "conn_type": "carerix",
+                "host": self.url,
+                "extra": {
+                    "client_id": cid,
+                    "client_secret": secret,
+                    "realm": self.realm,
+                    "identity_host": self.url,
+                },
+            }
+        )
+
+    def connection_uri(self, client_id: str | None = None, client_secret: str | None = None) -> str:
+        """``AIRFLOW_CONN_...`` value (URI form; client id/secret as login/password)."""
+        cid, secret = self._credentials(client_id, client_secret)
+        return (
+            f"carerix://{quote(cid, safe='')}:{quote(secret, safe='')}@{quote(self.url, safe='')}"
+            f"?realm={quote(self.realm, safe='')}&identity_host={quote(self.url, safe='')}"
+        )
+
+    # ------------------------------------------------------------------------------------------ inspection
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._log)
+
+    def count(self, method: str | None = None, path_contains: str | None = None) -> int:
+        with self._lock:
+            return sum(
+                1
+                for r in self._log
+                if (method is None or r.method == method.upper())
+                and (path_contains is None or path_contains in r.path)
+            )
+
+    def write_count(self) -> int:
+        """Changing calls on the Management API (token requests excluded)."""
+        with self._lock:
+            return sum(1 for r in self._log if r.method in _WRITE_METHODS and r.path.startswith(API_PREFIX))
+
+    @property
+    def token_requests(self) -> int:
+        """How many token requests were made (answered or refused)."""
+        return self.count(path_contains="/protocol/openid-connect/token")
+
+    def reset_log(self) -> None:
+        with self._lock:
+            self._log.clear()
+            self.deliveries.clear()
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def _public(self, obj: dict[str, Any]) -> dict[str, Any]:
+        out = dict(obj)
+        if self.id_key != "_id":
+            out[self.id_key] = out.pop("_id")
+        return out
+
+    def applications(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [json.loads(json.dumps(a)) for a in self._apps.values()]
+
+    def webhooks(self, application_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [json.loads(json.dumps(w)) for w in self._hooks.get(application_id, {}).values()]
+
+    def add_application(self, name: str) -> str:
+        app_id = str(uuid.uuid4())
+        with self._lock:
+            self._apps[app_id] = {"_kind": "Application", "_id": app_id, "name": name}
+            self._hooks[app_id] = {}
+        return app_id
+
+    def add_webhook(self, application_id: str, body: dict[str, Any]) -> str:
+        """Create a webhook as if someone had done it by hand in Carerix (no token, not logged)."""
+        with self._lock:
+            if application_id not in self._apps:
+                raise KeyError(f"no application {application_id}")
+            return self._create_webhook(application_id, body)
+
+    def set_webhook_status(self, application_id: str, webhook_id: str, status: str) -> None:
+        with self._lock:
+            hook = self._hooks[application_id][webhook_id]
+            hook["status"] = status
+            hook["_updatedDateTime"] = _now_iso()
+
+    def _create_webhook(self, application_id: str, body: dict[str, Any]) -> str:
+        webhook_id = str(uuid.uuid4())
+        now = _now_iso()
+        hook: dict[str, Any] = {"_kind": "Webhook", "_id": webhook_id}
+        for key, value in body.items():
+            if key not in ("_kind", "_id", "id", "_createdDateTime", "_updatedDateTime"):
+                hook[key] = value
+        hook.setdefault("filters", [])
+        hook.setdefault("customHeaders", [])
+        hook.setdefault("status", "enabled")
+        hook["_createdDateTime"] = now
+        hook["_updatedDateTime"] = now
+        self._hooks[application_id][webhook_id] = hook
+        return webhook_id
+
+    def clear(self) -> None:
+        """Forget applications, webhooks, tokens, faults and the log."""
+        with self._lock:
+            self._apps.clear()
+            self._hooks.clear()
+            self._tokens.clear()
+            self._faults.clear()
+            self._log.clear()
+            self.deliveries.clear()
+
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "applications": [
+                    {**app, "webhooks": list(self._hooks.get(app_id, {}).values())}
+                    for app_id, app in self._apps.items()
+                ],
+                "config": {
+                    "realm": self.realm,
+                    "token_lifetime": self.token_lifetime,
+                    "list_shape": self.list_shape,
+                    "slim": self.slim,
+                    "id_key": self.id_key,
+                    "trailing_slash": self.trailing_slash,
+                },
+            }
+
+    # ------------------------------------------------------------------------------------------ tokens
+
+    def expire_tokens(self) -> None:
+        """Make every issued token invalid now (what a restart of Carerix's identity server looks like)."""
+        with self._lock:
+            for token in self._tokens.values():
+                token.expires_at = 0.0
+
+    def issue_token(self, client_id: str | None = None, scopes: Iterable[str] = (MANAGE_SCOPE,)) -> str:
+        """A valid token without the HTTP round trip (for tests of other modules)."""
+        cid = client_id or next(iter(self.clients), "demo-client")
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._tokens[token] = _Token(cid, frozenset(scopes), time.monotonic() + self.token_lifetime)
+        return token
+
+    # ------------------------------------------------------------------------------------------ faults
+
+    def inject_fault(
+        self,
+        status: int | None = 500,
+        times: int = 1,
+        method: str | None = None,
+        path_contains: str | None = None,
+        retry_after: str | int | float | None = None,
+        delay: float = 0.0,
+        *,
+        processed: bool = False,
+    ) -> Fault:
+        fault = Fault(status, times, method, path_contains, retry_after, delay, processed)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.applies(method, path):
+                    fault.times -= 1
+                    return fault
+        return None
+
+    # ------------------------------------------------------------------------------------------ delivery
+
+    def deliver(
+        self,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        tenant: str = "demo",
+        event_id: str | None = None,
+        event_time: str | None = None,
+    ) -> list[Delivery]:
+        """POST the guide's payload to every enabled webhook with a matching filter; one POST per webhook."""
+        import requests  # the emulator's only third-party need, and only for delivery
+
+        event_id = event_id or str(uuid.uuid4())
+        when = event_time or _now_iso()
+        targets: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+        with self._lock:
+            for app_id, hooks in self._hooks.items():
+                for hook in hooks.values():
+                    if hook.get("status", "enabled") != "enabled" or not hook.get("url"):
+                        continue
+                    payload = {
+                        "id": event_id,
+                        "time": when,
+                        "type": event_type,
+                        "applicationId": app_id,
+                        "webhookId": hook["_id"],
+                        "tenant": tenant,
+                        "data": data,
+                    }
+                    if any(
+                        isinstance(f, dict)
+                        and _event_type_matches(str(f.get("eventType", "")), event_type)
+                        and _condition_matches(f.get("condition"), payload)
+                        for f in hook.get("filters") or []
+                    ):
+                        targets.append((hook["_id"], json.loads(json.dumps(hook)), payload))
+        results = []
+        for webhook_id, hook, payload in targets:
+            headers = {
+                str(h["name"]): str(h.get("value", ""))
+                for h in hook.get("customHeaders") or []
+                if isinstance(h, dict) and h.get("name")
+            }
+            headers["Content-Type"] = "application/json"
+            headers["Cx-Payload-Schema-Version"] = "1"
+            try:
+                response = requests.post(
+                    hook["url"], data=json.dumps(payload), headers=headers, timeout=self.delivery_timeout
+                )
+                delivery = Delivery(webhook_id, hook["url"], response.status_code, payload)
+            except requests.RequestException as exc:
+                delivery = Delivery(webhook_id, hook["url"], 0, payload, error=type(exc).__name__)
+            results.append(delivery)
+        with self._lock:
+            self.deliveries.extend(results)
+        return results
+
+    # ------------------------------------------------------------------------------------------ HTTP
+
+    def _record(self, method: str, path: str, status: int, query: str) -> None:
+        if not path.startswith(CONTROL_PREFIX):
+            with self._lock:
+                self._log.append(RecordedRequest(method, path, status, query))
+
+    def handle(self, method: str, target: str, headers: Any, body: bytes) -> _Response:
+        parts = urlsplit(target)
+        path, query = parts.path, parts.query
+        if path.startswith(CONTROL_PREFIX):
+            return self._control(method, path, query, body)
+        fault = self._take_fault(method, path)
+        if fault is not None and fault.delay:
+            time.sleep(fault.delay)
+        if fault is not None and fault.status is not None and not fault.processed:
+            response = self._fault_response(fault)
+        else:
+            response = self._dispatch(method, path, query, headers, body)
+            if fault is not None and fault.status is not None:
+                response = self._fault_response(fault)
+        self._record(method, path, response.status, query)
+        return response
+
+    @staticmethod
+    def _fault_response(fault: Fault) -> _Response:
+        assert fault.status is not None
+        headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+        return _Response(fault.status, {"error": "injected fault", "status": fault.status}, headers)
+
+    def _dispatch(self, method: str, path: str, query: str, headers: Any, body: bytes) -> _Response:
+        match = _TOKEN_PATH.match(path)
+        if match:
+            if method != "POST":
+                return _Response(405, {"error": "method not allowed"})
+            return self._token(match.group("realm"), headers, body)
+        if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
+            denied = self._authorize(headers)
+            if denied is not None:
+                return denied
+            return self._api(method, path[len(API_PREFIX) :], query, body)
+        return _Response(404, {"error": "not found"})
+
+    def _token(self, realm: str, headers: Any, body: bytes) -> _Response:
+        if realm != self.realm:
+            return _Response(404, {"error": "Realm does not exist"})
+        form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+        client_id, client_secret = form.get("client_id"), form.get("client_secret")
+        auth = headers.get("Authorization") or ""
+        if auth.lower().startswith("basic "):
+            try:
+                decoded = base64.b64decode(auth[6:].strip()).decode()
+                basic_id, _, basic_secret = decoded.partition(":")
+                client_id, client_secret = client_id or basic_id, client_secret or basic_secret
+            except (binascii.Error, UnicodeDecodeError):
+                return _Response(400, {"error": "invalid_request"})
+        if form.get("grant_type") != "client_credentials":
+            return _Response(
+                400, {"error": "unsupported_grant_type", "error_description": "Unsupported grant_type"}
+            )
+        if not client_id or not client_secret or self.clients.get(client_id) != client_secret:
+            return _Response(
+                401,
+                {
+                    "error": "invalid_client",
+                    "error_description": "Invalid client or Invalid client credentials",
+                },
+            )
+        # Like a Keycloak client whose scopes are default scopes: no ``scope`` parameter gets them all; an
+        # explicit ``scope`` gets only what it names (so a hook configured with another scope gets a token
+        # without the management scope, and the API answers 403, as Carerix does).
+        requested = (form.get("scope") or "").split()
+        scopes = (
+            frozenset(s for s in requested if s in self.client_scopes) if requested else self.client_scopes
+        )
+        token = self.issue_token(client_id, scopes)
+        return _Response(
+            200,
+            {
+                "access_token": token,
+                "expires_in": self.token_lifetime,
+                "refresh_expires_in": 0,
+                "token_type": "Bearer",
+                "not-before-policy": 0,
+                "scope": " ".join(sorted(scopes | {"profile", "email"})),
+            },
+            {"Cache-Control": "no-store", "Pragma": "no-cache"},
+        )
+
+    def _authorize(self, headers: Any) -> _Response | None:
+        auth = headers.get("Authorization") or ""
+        challenge = {"WWW-Authenticate": 'Bearer realm="carerix", error="invalid_token"'}
+        if not auth.lower().startswith("bearer "):
+            return _Response(401, {"error": "unauthorized", "message": "bearer token required"}, challenge)
+        with self._lock:
+            token = self._tokens.get(auth[7:].strip())
+        if token is None or token.expires_at <= time.monotonic():
+            return _Response(
+                401, {"error": "invalid_token", "message": "token expired or unknown"}, challenge
+            )
+        if MANAGE_SCOPE not in token.scopes:
+            return _Response(403, {"error": "insufficient_scope", "message": f"token lacks {MANAGE_SCOPE}"})
+        return None
+
+    def _collection_ok(self, rest: str) -> bool:
+        slash = rest.endswith("/")
+        return self.trailing_slash == "both" or (self.trailing_slash == "with") == slash
+
+    def _list(self, items: list[dict[str, Any]], fields: set[str] | None) -> _Response:
+        out = []
+        for item in items:
+            entry = {"_kind": item["_kind"], "_id": item["_id"]}
+            if fields and not self.slim:
+                entry.update({k: v for k, v in item.items() if k in fields})
+            out.append(self._public(entry))
+        return _Response(200, {"items": out, "count": len(out)} if self.list_shape == "items" else out)
+
+    def _api(self, method: str, rest: str, query: str, body: bytes) -> _Response:
+        segments = [s for s in rest.split("/") if s]
+        params = parse_qs(query)
+        fields = {f.strip() for v in params.get("fields", []) for f in v.split(",") if f.strip()} or None
+        not_found = _Response(404, {"error": "not found"})
+        if not segments or segments[0] != "applications":
+            return not_found
+        with self._lock:
+            if len(segments) == 1:
+                if not self._collection_ok(rest):
+                    return not_found
+                if method == "GET":
+                    return self._list(list(self._apps.values()), fields)
+                if method == "POST":
+                    data = _json_object(body)
+                    if data is None:
+                        return _Response(400, {"error": "body must be a JSON object"})
+                    app_id = self.add_application(str(data.get("name") or ""))
+                    return _Response(201, self._public({"_kind": "Application", "_id": app_id}))
+                return _Response(405, {"error": "method not allowed"})
+            app_id = segments[1]
+            app = self._apps.get(app_id)
+            if app is None:
+                return not_found
+            if len(segments) == 2:
+                if method == "GET":
+                    return _Response(200, self._public(app))
+                if method == "DELETE":
+                    del self._apps[app_id]
+                    self._hooks.pop(app_id, None)
+                    return _Response(204)
+                return _Response(405, {"error": "method not allowed"})
+            if segments[2] != "webhooks":
+                return not_found
+            hooks = self._hooks[app_id]
+            if len(segments) == 3:
+                if not self._collection_ok(rest):
+                    return not_found
+                if method == "GET":
+                    return self._list(list(hooks.values()), fields)
+                if method == "POST":
+                    data = _json_object(body)
+                    if data is None:
+                        return _Response(400, {"error": "body must be a JSON object"})
+                    webhook_id = self._create_webhook(app_id, data)
+                    return _Response(201, self._public({"_kind": "Webhook", "_id": webhook_id}))
+                return _Response(405, {"error": "method not allowed"})
+            hook = hooks.get(segments[3])
+            if hook is None:
+                return not_found
+            if len(segments) == 4:
+                if method == "GET":
+                    return _Response(200, self._public(hook))
+                if method == "DELETE":
+                    del hooks[segments[3]]
+                    return _Response(204)
+                return _Response(405, {"error": "method not allowed"})
+            if len(segments) == 5 and segments[4] in ("enable", "disable"):
+                if method != "POST":
+                    return _Response(405, {"error": "method not allowed"})
+                self.set_webhook_status(app_id, segments[3], f"{segments[4]}d")
+                return _Response(200, self._public(hook))
+            return not_found
+
+    def _control(self, method: str, path: str, query: str, body: bytes) -> _Response:
+        action = path[len(CONTROL_PREFIX) :].strip("/")
+        data = _json_object(body) if body else {}
+        if data is None:
+            return _Response(400, {"error": "body must be a JSON object"})
+        if action == "state" and method == "GET":
+            return _Response(200, self.state())
+        if action == "requests" and method == "GET":
+            return _Response(
+                200, {"requests": [asdict(r) for r in self.requests], "token_requests": self.token_requests}
+            )
+        if action == "requests" and method == "DELETE":
+            self.reset_log()
+            return _Response(204)
+        if action == "deliver" and method == "POST":
+            if not data.get("type"):
+                return _Response(400, {"error": "'type' is required"})
+            deliveries = self.deliver(
+                str(data["type"]),
+                data.get("data") or {},
+                tenant=str(data.get("tenant") or "demo"),
+                event_id=data.get("id"),
+            )
+            return _Response(200, {"deliveries": [asdict(d) for d in deliveries]})
+        if action == "faults" and method == "POST":
+            allowed = {"status", "times", "method", "path_contains", "retry_after", "delay", "processed"}
+            unknown = set(data) - allowed
+            if unknown:
+                return _Response(400, {"error": f"unknown keys: {sorted(unknown)}"})
+            self.inject_fault(**data)
+            return _Response(201, {"faults": len(self._faults)})
+        if action == "faults" and method == "DELETE":
+            self.clear_faults()
+            return _Response(204)
+        if action == "config" and method == "POST":
+            allowed = {"token_lifetime", "list_shape", "slim", "id_key", "trailing_slash"}
+            unknown = set(data) - allowed
+            if unknown:
+                return _Response(400, {"error": f"unknown keys: {sorted(unknown)}"})
+            for key, value in data.items():
+                setattr(self, key, value)
+            return _Response(200, self.state()["config"])
+        if action == "expire-tokens" and method == "POST":
+            self.expire_tokens()
+            return _Response(204)
+        if action == "reset" and method == "POST":
+            self.clear()
+            return _Response(204)
+        return _Response(404, {"error": "unknown control endpoint"})
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    emulator: CarerixEmulator
+    server_version = "CarerixEmulator/1.0"
+    # HTTP/1.0: one connection per request, so a stopped emulator never keeps answering on a kept-alive socket.
+    protocol_version = "HTTP/1.0"
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        try:
+            response = self.emulator.handle(self.command, self.path, self.headers, body)
+        except Exception:  # pragma: no cover - a bug in the emulator must not hang the client
+            log.exception("Carerix emulator failed on %s %s", self.command, self.path)
+            response = _Response(500, {"error": "emulator error"})
+        payload = b"" if response.body is None else json.dumps(response.body).encode()
+        try:
+            self.send_response(response.status, HTTPStatus(response.status).phrase)
+        except ValueError:
+            self.send_response(response.status)
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        if payload:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if payload:
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("emulator: " + format, *args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script ``carerix-emulator``."""
+    parser = argparse.ArgumentParser(prog="carerix-emulator", description="A local Carerix for offline work.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="Run the emulator until interrupted.")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8089, help="0 picks a free port (printed on start).")
+    serve.add_argument("--realm", default="demo")
+    serve.add_argument("--client-id", default="demo-client")
+    serve.add_argument("--token-lifetime", type=float, default=300)
+    serve.add_argument("--list-shape", choices=["array", "items"], default="array")
+    serve.add_argument(
+        "--slim", action="store_true", help="Ignore ?fields= on lists (entries hold only ids)."
+    )
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    secret = os.environ.get("CARERIX_EMULATOR_CLIENT_SECRET", "demo-secret")
+    emulator = CarerixEmulator(
+        args.host,
+        args.port,
+        realm=args.realm,
+        clients={args.client_id: secret},
+        token_lifetime=args.token_lifetime,
+        list_shape=args.list_shape,
+        slim=args.slim,
+    )
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    emulator.start()
+    print(f"Carerix emulator on {emulator.url}  (API {emulator.api_url}, token URL {emulator.token_url})")
+    print(f"client id {args.client_id}; realm {args.realm}; control {emulator.url}{CONTROL_PREFIX}/state")
+    print(
+        f"AIRFLOW_CONN_CARERIX_DEFAULT='{emulator.connection_json(args.client_id, '<secret>')}'", flush=True
+    )
+    try:
+        while not stopped.wait(0.5):
+            pass
+    finally:
+        emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
