@@ -76,6 +76,11 @@ def load_spec_file(path: Path, *, allow_unknown_event_types: bool = False) -> Sp
         raise typer.Exit(1) from None
 
 
+def _stdin_is_tty() -> bool:
+    """Whether a person can answer the confirmation (a pipe or CI cannot: apply then needs --yes)."""
+    return sys.stdin.isatty()
+
+
 def _hook(conn_id: str) -> Any:
     from airflow_provider_carerix.hooks.carerix import CarerixHook
 
@@ -136,7 +141,7 @@ def apply_command(
     if not the_plan.has_changes:
         return
     if not yes:
-        if not sys.stdin.isatty():
+        if not _stdin_is_tty():
             typer.echo(
                 "error: refusing to apply without --yes: stdin is not a terminal to confirm on", err=True
             )

@@ -1,0 +1,280 @@
+"""Operators that provision Carerix webhooks: single steps, and a declarative sync of a whole spec.
+
+Header values are how a receiver authenticates Carerix, so they are secrets: every operator registers them with
+Airflow's secrets masker as soon as templates are rendered (before Airflow stores the rendered fields and
+before anything is logged), and the operators return ids only, never URLs or headers, to XCom.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_provider_carerix.sync import sync
+
+if TYPE_CHECKING:
+    import jinja2
+    from airflow.sdk import Context
+
+    from airflow_provider_carerix.hooks.carerix import CarerixHook
+    from airflow_provider_carerix.spec import Spec
+
+SPEC_EXTENSIONS = (".yaml", ".yml", ".json")
+
+
+def _mask(value: object) -> None:
+    """Register a secret with the task's and the supervisor's masker (the latter redacts rendered fields)."""
+    if isinstance(value, str) and value:
+        from airflow.sdk.log import mask_secret
+
+        mask_secret(value)
+
+
+def _as_bool(value: object, name: str) -> bool:
+    """Template fields render to text ("True"), so a flag given as ``{{ params.prune }}`` arrives as a string."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", "", "none"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def normalize_headers(
+    custom_headers: Mapping[str, str] | Sequence[Mapping[str, str]] | None,
+) -> list[dict[str, str]]:
+    """``{"X-Secret": "..."}`` or Carerix's ``[{"name": ..., "value": ...}]``, as Carerix's list."""
+    if not custom_headers:
+        return []
+    if isinstance(custom_headers, Mapping):
+        return [{"name": str(k), "value": str(v)} for k, v in custom_headers.items()]
+    return [dict(h) for h in custom_headers]
+
+
+def mask_spec_headers(spec: object) -> None:
+    """Mask every header value of a rendered spec (dict, or YAML/JSON text), before anything is validated.
+
+    Runs on unvalidated input on purpose: a spec that fails validation is still logged in the error, and
+    its header values must be hidden there too.
+    """
+    if isinstance(spec, str):
+        import yaml
+
+        try:
+            spec = yaml.safe_load(spec)
+        except yaml.YAMLError:
+            return
+    if isinstance(spec, Mapping):
+        for value in spec.values():
+            mask_spec_headers(value)
+        headers = spec.get("customHeaders", spec.get("custom_headers"))
+        if isinstance(headers, Mapping):
+            for value in headers.values():
+                _mask(value)
+        elif isinstance(headers, list):
+            for header in headers:
+                if isinstance(header, Mapping):
+                    _mask(header.get("value"))
+    elif isinstance(spec, list):
+        for item in spec:
+            mask_spec_headers(item)
+
+
+class _CarerixOperator(BaseOperator):
+    def __init__(self, *, carerix_conn_id: str = "carerix_default", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.carerix_conn_id = carerix_conn_id
+
+    @cached_property
+    def hook(self) -> CarerixHook:
+        from airflow_provider_carerix.hooks.carerix import CarerixHook
+
+        return CarerixHook(carerix_conn_id=self.carerix_conn_id)
+
+
+class CarerixCreateApplicationOperator(_CarerixOperator):
+    """Create a webhook application; its id goes to XCom for the webhook operators downstream.
+
+    Not idempotent on purpose (Carerix allows several applications with one name): to keep one application
+    per name across runs, use :class:`CarerixSyncWebhooksOperator`, which finds it by name.
+    """
+
+    template_fields: Sequence[str] = ("name",)
+
+    def __init__(self, *, name: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.name = name
+
+    def execute(self, context: Context) -> str:
+        application = self.hook.create_application(self.name)
+        self.log.info("Created Carerix webhook application %r: %s", self.name, application.id)
+        return str(application.id)
+
+
+class CarerixCreateWebhookOperator(_CarerixOperator):
+    """Create one webhook, after checking it locally: Carerix accepts anything and a typo never fires."""
+
+    template_fields: Sequence[str] = ("application_id", "url", "filters", "custom_headers")
+
+    def __init__(
+        self,
+        *,
+        application_id: str,
+        url: str,
+        filters: Sequence[Mapping[str, Any]],
+        custom_headers: Mapping[str, str] | Sequence[Mapping[str, str]] | None = None,
+        allow_unknown_event_types: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.application_id = application_id
+        self.url = url
+        self.filters = filters
+        self.custom_headers = custom_headers
+        self.allow_unknown_event_types = allow_unknown_event_types
+
+    def render_template_fields(self, context: Context, jinja_env: jinja2.Environment | None = None) -> None:
+        super().render_template_fields(context, jinja_env)
+        for header in normalize_headers(self.custom_headers):
+            _mask(header.get("value"))
+
+    def body(self) -> dict[str, Any]:
+        """The create body, validated: every problem at once, before any call."""
+        from airflow_provider_carerix.validation import SpecValidationError, validate_webhook
+
+        for header in normalize_headers(self.custom_headers):
+            _mask(header.get("value"))
+        body: dict[str, Any] = {
+            "_kind": "Webhook",
+            "url": self.url,
+            "filters": [dict(f) for f in self.filters],
+        }
+        if headers := normalize_headers(self.custom_headers):
+            body["customHeaders"] = headers
+        problems = validate_webhook(body, allow_unknown_event_types=self.allow_unknown_event_types)
+        if problems:
+            raise SpecValidationError(problems)
+        for f in body["filters"]:
+            f["eventType"] = f["eventType"].strip().lower()
+        return body
+
+    def execute(self, context: Context) -> str:
+        body = self.body()
+        webhook = self.hook.create_webhook(str(self.application_id), body)
+        self.log.info("Created webhook %s in application %s", webhook.id, self.application_id)
+        return str(webhook.id)
+
+
+class CarerixDeleteWebhookOperator(_CarerixOperator):
+    """Delete one webhook. Already gone counts as done, so a retried task does not fail on its own success."""
+
+    template_fields: Sequence[str] = ("application_id", "webhook_id")
+
+    def __init__(self, *, application_id: str, webhook_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.application_id = application_id
+        self.webhook_id = webhook_id
+
+    def execute(self, context: Context) -> None:
+        from airflow_provider_carerix.exceptions import CarerixNotFoundError
+
+        try:
+            self.hook.delete_webhook(str(self.application_id), str(self.webhook_id))
+        except CarerixNotFoundError:
+            self.log.info("Webhook %s was already deleted", self.webhook_id)
+            return
+        self.log.info("Deleted webhook %s from application %s", self.webhook_id, self.application_id)
+
+
+class CarerixSyncWebhooksOperator(_CarerixOperator):
+    """Converge Carerix onto a spec: create what is missing, replace what changed, prune what is not declared.
+
+    ``spec`` is a dict, or a path to a YAML/JSON spec file (relative to the DAG folder or a
+    ``template_searchpath``, or absolute). The file is a Jinja template, like any ``template_ext`` file, so
+    ``{{ var.value.carerix_receiver_secret }}`` in it resolves at run time; the path itself may be a template
+    too (``"{{ params.spec }}"``). The whole spec is validated before the first call to Carerix. Returns the
+    summary (ids per action), never URLs or header values.
+    """
+
+    template_fields: Sequence[str] = ("spec", "prune", "dry_run")
+    template_ext: Sequence[str] = SPEC_EXTENSIONS
+    template_fields_renderers = {"spec": "yaml"}
+    ui_color = "#e8f4fd"
+
+    def __init__(
+        self,
+        *,
+        spec: Mapping[str, Any] | str | Path,
+        prune: bool | str = True,
+        dry_run: bool | str = False,
+        allow_unknown_event_types: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.spec = str(spec) if isinstance(spec, Path) else spec
+        self.prune = prune
+        self.dry_run = dry_run
+        self.allow_unknown_event_types = allow_unknown_event_types
+        self._spec_source: str | None = self.spec if _is_spec_path(self.spec) else None
+
+    def resolve_template_files(self) -> None:
+        # Airflow's loader only finds files under the DAG folder / template_searchpath; read absolute paths here.
+        if _is_spec_path(self.spec) and Path(str(self.spec)).is_absolute():
+            self._spec_source = str(self.spec)
+            self.spec = Path(str(self.spec)).read_text(encoding="utf-8")
+        super().resolve_template_files()
+
+    def render_template(
+        self,
+        content: Any,
+        context: Context,
+        jinja_env: jinja2.Environment | None = None,
+        seen_oids: set[int] | None = None,
+    ) -> Any:
+        if isinstance(content, str) and _is_spec_path(content) and Path(content).is_absolute():
+            jinja_env = jinja_env or self.get_template_env()
+            return self._render(jinja_env.from_string(Path(content).read_text(encoding="utf-8")), context)
+        if isinstance(content, str) and "://" in content and content.endswith(SPEC_EXTENSIONS):
+            # A URL inside a dict spec that happens to end in .json is text, not a template file.
+            jinja_env = jinja_env or self.get_template_env()
+            return self._render(jinja_env.from_string(content), context)
+        return super().render_template(content, context, jinja_env, seen_oids)
+
+    def render_template_fields(self, context: Context, jinja_env: jinja2.Environment | None = None) -> None:
+        super().render_template_fields(context, jinja_env)
+        if _is_spec_path(self.spec):
+            # The path was itself a template ("{{ params.spec }}"): now load and render the file it names.
+            self._spec_source = str(self.spec)
+            self.spec = self.render_template(self.spec, context, jinja_env)
+        mask_spec_headers(self.spec)
+
+    def load(self) -> Spec:
+        from airflow_provider_carerix.spec import load_spec
+
+        spec = self.spec
+        if _is_spec_path(spec):  # executed without rendering (e.g. operator.execute() called directly)
+            self._spec_source = str(spec)
+            spec = Path(str(spec)).read_text(encoding="utf-8")
+        mask_spec_headers(spec)
+        return load_spec(
+            spec, allow_unknown_event_types=self.allow_unknown_event_types, filename=self._spec_source
+        )
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        prune = _as_bool(self.prune, "prune")
+        dry_run = _as_bool(self.dry_run, "dry_run")
+        spec = self.load()  # raises with every problem before any call to Carerix
+        result = sync(spec, self.hook, prune=prune, dry_run=dry_run, say=self.log.info)
+        summary = result.summary()
+        self.log.info("Summary: %s", result.to_json())
+        return summary
+
+
+def _is_spec_path(value: object) -> bool:
+    return isinstance(value, str) and "\n" not in value and value.strip().endswith(SPEC_EXTENSIONS)

@@ -1,0 +1,393 @@
+"""The sync engine: the pure diff, then plan/apply against an in-memory fake (call counting, crash points).
+
+Runs through real Airflow against the emulator live in ``test_operators.py``; these pin the rules.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+
+from airflow_provider_carerix.exceptions import CarerixNotFoundError
+from airflow_provider_carerix.models import Application, Webhook
+from airflow_provider_carerix.sync import (
+    Action,
+    SyncError,
+    apply,
+    diff_webhooks,
+    display_url,
+    plan,
+    sync,
+    webhook_key,
+)
+
+SECRET = "s3cr3t-header-value"
+URL = "https://receiver.example.com/events"
+
+
+def wh(
+    url: str = URL,
+    filters: list[tuple[str, str | None]] | None = None,
+    headers: list[tuple[str, str]] | None = None,
+    *,
+    id: str | None = None,
+    status: str | None = None,
+    created: datetime | None = None,
+) -> Webhook:
+    return Webhook(
+        id=id,
+        url=url,
+        filters=[
+            {"eventType": et, **({"condition": c} if c is not None else {})}
+            for et, c in (filters or [("crjob:updated", None)])
+        ],
+        customHeaders=[{"name": n, "value": v} for n, v in (headers or [])],
+        status=status,
+        _createdDateTime=created,
+    )
+
+
+def kinds(actions: list[Any]) -> list[tuple[str, str | None]]:
+    return [(a.action.value, a.actual.id if a.actual else None) for a in actions]
+
+
+# ---------------------------------------------------------------------------------------------- keys
+
+
+def test_key_ignores_event_type_case_filter_order_header_order_and_name_case() -> None:
+    a = wh(
+        filters=[("CRJob:Updated", "data.tostatusnode EQ '1234'"), ("crmatch:created", None)],
+        headers=[("X-A", "1"), ("x-b", "2")],
+    )
+    b = wh(
+        filters=[("crmatch:created", None), ("crjob:updated", "data.tostatusnode eq '1234'")],
+        headers=[("X-B", "2"), ("x-a", "1")],
+    )
+    assert webhook_key(a) == webhook_key(b)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        wh(url=URL + "/x"),
+        wh(filters=[("crjob:created", None)]),
+        wh(filters=[("crjob:updated", "data.tostatusnode eq '1'")]),
+        wh(headers=[("X-A", "1")]),
+    ],
+)
+def test_key_differs_on_url_filters_and_headers(other: Webhook) -> None:
+    assert webhook_key(wh()) != webhook_key(other)
+
+
+def test_header_values_compare_exactly_and_never_show_in_repr() -> None:
+    a, b = wh(headers=[("X-A", SECRET)]), wh(headers=[("X-A", SECRET.upper())])
+    assert webhook_key(a) != webhook_key(b)
+    assert SECRET not in repr(webhook_key(a))
+
+
+def test_unparsable_condition_from_carerix_never_equals_a_valid_one() -> None:
+    broken = wh(filters=[("crjob:updated", "data.tostatusnode equals '1'")])
+    valid = wh(filters=[("crjob:updated", "data.tostatusnode eq '1'")])
+    assert webhook_key(broken) != webhook_key(valid)
+
+
+# ---------------------------------------------------------------------------------------------- diff
+
+
+def test_everything_missing_is_created() -> None:
+    desired = [wh(), wh(filters=[("crmatch:created", None)])]
+    assert kinds(diff_webhooks(desired, [], prune=True)) == [("create", None), ("create", None)]
+
+
+def test_identical_is_unchanged_and_disabled_or_error_is_enabled() -> None:
+    desired = [wh(), wh(filters=[("crmatch:created", None)]), wh(filters=[("crpublication:created", None)])]
+    actual = [
+        wh(id="1", status="enabled"),
+        wh(filters=[("CRMATCH:created", None)], id="2", status="disabled"),
+        wh(filters=[("crpublication:created", None)], id="3", status="error"),
+    ]
+    assert kinds(diff_webhooks(desired, actual, prune=True)) == [
+        ("unchanged", "1"),
+        ("enable", "2"),
+        ("enable", "3"),
+    ]
+
+
+def test_changed_webhook_at_same_url_is_replaced_by_the_most_similar() -> None:
+    desired = [
+        wh(filters=[("crjob:updated", "data.tostatusnode eq '9'")]),
+        wh(filters=[("crmatch:created", None)]),
+    ]
+    actual = [
+        wh(filters=[("crmatch:created", None)], headers=[("X-A", "old")], id="m"),
+        wh(filters=[("crjob:updated", "data.tostatusnode eq '1'")], id="j"),
+    ]
+    actions = diff_webhooks(desired, actual, prune=False)
+    assert kinds(actions) == [("replace", "j"), ("replace", "m")]
+    assert actions[0].reason == "conditions changed"
+    assert actions[1].reason == "header names changed"
+
+
+def test_prune_decides_only_about_urls_the_spec_does_not_own() -> None:
+    desired = [wh()]
+    actual = [
+        wh(id="1"),
+        wh(filters=[("crmatch:created", None)], id="stale"),  # spec's URL: always removed
+        wh(url="https://other.example.com/hook", id="foreign"),
+    ]
+    assert kinds(diff_webhooks(desired, actual, prune=False)) == [
+        ("unchanged", "1"),
+        ("delete", "stale"),
+        ("keep", "foreign"),
+    ]
+    assert kinds(diff_webhooks(desired, actual, prune=True)) == [
+        ("unchanged", "1"),
+        ("delete", "stale"),
+        ("delete", "foreign"),
+    ]
+
+
+def test_identical_duplicates_keep_one_enabled_oldest_and_delete_the_rest() -> None:
+    t = [datetime(2024, 1, d, tzinfo=timezone.utc) for d in (1, 2, 3)]
+    actual = [
+        wh(id="c", created=t[2]),
+        wh(id="a", created=t[0], status="disabled"),
+        wh(id="b", created=t[1]),
+    ]
+    assert kinds(diff_webhooks([wh()], actual, prune=False)) == [
+        ("unchanged", "b"),
+        ("delete", "c"),
+        ("delete", "a"),
+    ]
+
+
+def test_nothing_desired_with_prune_deletes_everything() -> None:
+    actual = [wh(id="1"), wh(url="https://x.example.com/", id="2")]
+    assert kinds(diff_webhooks([], actual, prune=True)) == [("delete", "1"), ("delete", "2")]
+    assert kinds(diff_webhooks([], actual, prune=False)) == [("keep", "1"), ("keep", "2")]
+
+
+def test_plan_lines_hide_header_values_and_url_secrets() -> None:
+    desired = [wh(url="https://user:pw@r.example.com/e?token=abc", headers=[("X-Secret", SECRET)])]
+    actual = [wh(url="https://user:pw@r.example.com/e?token=abc", headers=[("X-Secret", "old")], id="7")]
+    [action] = diff_webhooks(desired, actual, prune=True)
+    line = action.line()
+    assert line.startswith("~ replace   7 https://***@r.example.com/e?***")
+    assert "X-Secret: ***" in line and "header values changed" in line
+    for secret in (SECRET, "old", "pw", "abc"):
+        assert secret not in line
+    assert display_url(None) == "<no url>"
+
+
+# ---------------------------------------------------------------------------------------------- plan/apply
+
+
+class FakeSpecApp:
+    def __init__(self, name: str, webhooks: list[Webhook]) -> None:
+        self.name, self.webhooks = name, webhooks
+
+
+class FakeSpec:
+    def __init__(self, *apps: FakeSpecApp) -> None:
+        self.applications = list(apps)
+
+
+class Crash(Exception):
+    pass
+
+
+class FakeCarerix:
+    """In-memory Carerix with the hook's method names, counting calls, able to die before the Nth write."""
+
+    def __init__(self) -> None:
+        self.apps: dict[str, str] = {}
+        self.hooks: dict[str, dict[str, Webhook]] = {}
+        self.reads = 0
+        self.writes = 0
+        self.crash_before_write: int | None = None
+        self._ids = itertools.count(1)
+
+    def _write(self) -> None:
+        if self.crash_before_write is not None and self.writes + 1 >= self.crash_before_write:
+            self.crash_before_write = None
+            raise Crash("injected")
+        self.writes += 1
+
+    def list_applications(self) -> list[Application]:
+        self.reads += 1
+        return [Application(id=i, name=n) for i, n in self.apps.items()]
+
+    def create_application(self, name: str) -> Application:
+        self._write()
+        app_id = f"app-{next(self._ids)}"
+        self.apps[app_id] = name
+        self.hooks[app_id] = {}
+        return Application(id=app_id, name=name)
+
+    def list_webhooks(self, application_id: str) -> list[Webhook]:
+        self.reads += 1
+        return [w.model_copy(deep=True) for w in self.hooks[application_id].values()]
+
+    def create_webhook(self, application_id: str, webhook: Webhook | dict[str, Any]) -> Webhook:
+        self._write()
+        body = webhook if isinstance(webhook, dict) else webhook.to_create_body()
+        created = Webhook.model_validate({**body, "_id": f"wh-{next(self._ids)}", "status": "enabled"})
+        self.hooks[application_id][created.id or ""] = created
+        return created
+
+    def delete_webhook(self, application_id: str, webhook_id: str) -> None:
+        self._write()
+        if self.hooks[application_id].pop(webhook_id, None) is None:
+            raise CarerixNotFoundError(404, "DELETE", "/x", "")
+
+    def enable_webhook(self, application_id: str, webhook_id: str) -> None:
+        self._write()
+        self.hooks[application_id][webhook_id].status = "enabled"
+
+    def keys(self, app_id: str) -> list[Any]:
+        return sorted((webhook_key(w) for w in self.hooks[app_id].values()), key=repr)
+
+
+def spec_of(*webhooks: Webhook, name: str = "airflow-carerix") -> FakeSpec:
+    return FakeSpec(FakeSpecApp(name, list(webhooks)))
+
+
+DESIRED = [
+    wh(filters=[("crjob:updated", "data.tostatusnode eq '1234'")], headers=[("X-Secret", SECRET)]),
+    wh(filters=[("crmatch:created", None)]),
+    wh(filters=[("crpublication:created", None)]),
+]
+
+
+def test_sync_from_nothing_then_no_change_run_makes_no_writes_and_two_reads() -> None:
+    carerix = FakeCarerix()
+    first = sync(spec_of(*DESIRED), carerix, say=lambda _: None).summary()
+    assert first["application_created"] and len(first["created"]) == 3 and None not in first["created"]
+    assert carerix.writes == 4 and carerix.reads == 1  # no webhook list for an application just created
+
+    carerix.reads = carerix.writes = 0
+    second = sync(spec_of(*DESIRED), carerix, say=lambda _: None).summary()
+    assert carerix.writes == 0 and carerix.reads == 2
+    assert sorted(second["unchanged"]) == sorted(first["created"])
+    assert second["created"] == second["deleted"] == second["replaced"] == []
+
+
+def test_dry_run_reads_only_and_reports_what_would_happen() -> None:
+    carerix = FakeCarerix()
+    lines: list[str] = []
+    result = sync(spec_of(*DESIRED), carerix, dry_run=True, say=lines.append)
+    assert carerix.writes == 0 and carerix.apps == {}
+    assert result.summary() == {
+        "application": "airflow-carerix",
+        "application_id": None,
+        "application_created": True,
+        "created": [None, None, None],
+        "replaced": [],
+        "deleted": [],
+        "enabled": [],
+        "unchanged": [],
+        "kept": [],
+        "dry_run": True,
+    }
+    assert "+ create application 'airflow-carerix'" in lines[0]
+    assert SECRET not in "\n".join(lines)
+
+
+def test_two_applications_with_the_spec_name_fail_before_any_write() -> None:
+    carerix = FakeCarerix()
+    carerix.create_application("airflow-carerix")
+    carerix.create_application("airflow-carerix")
+    carerix.writes = 0
+    with pytest.raises(SyncError, match="2 applications in Carerix are named 'airflow-carerix'"):
+        sync(spec_of(*DESIRED), carerix)
+    assert carerix.writes == 0
+
+
+def test_repeated_webhook_or_application_in_spec_is_rejected_before_any_call() -> None:
+    carerix = FakeCarerix()
+    spec = FakeSpec(FakeSpecApp("a", [DESIRED[1], DESIRED[1]]), FakeSpecApp("a", []))
+    with pytest.raises(SyncError) as err:
+        plan(spec, carerix, prune=True)
+    assert "webhooks[1]: identical to webhooks[0]" in str(err.value)
+    assert "application 'a' appears twice" in str(err.value)
+    assert carerix.reads == carerix.writes == 0
+
+
+def test_several_applications_summary_and_reads() -> None:
+    carerix = FakeCarerix()
+    spec = FakeSpec(FakeSpecApp("one", DESIRED[:1]), FakeSpecApp("two", DESIRED[1:]))
+    sync(spec, carerix, say=lambda _: None)
+    carerix.reads = 0
+    summary = sync(spec, carerix, say=lambda _: None).summary()
+    assert carerix.reads == 3 and carerix.writes == 5
+    assert [a["application"] for a in summary["applications"]] == ["one", "two"]
+    assert summary["dry_run"] is False
+    json.dumps(summary)
+
+
+def test_replace_creates_the_new_version_before_deleting_the_old() -> None:
+    carerix = FakeCarerix()
+    sync(spec_of(*DESIRED), carerix, say=lambda _: None)
+    [app_id] = carerix.apps
+    changed = [wh(filters=[("crjob:updated", "data.tostatusnode eq '5678'")], headers=[("X-Secret", SECRET)])]
+    calls: list[str] = []
+    real_create, real_delete = carerix.create_webhook, carerix.delete_webhook
+    carerix.create_webhook = lambda a, w: calls.append("create") or real_create(a, w)  # type: ignore[method-assign]
+    carerix.delete_webhook = lambda a, w: calls.append("delete") or real_delete(a, w)  # type: ignore[method-assign]
+    summary = sync(spec_of(changed[0], *DESIRED[1:]), carerix, say=lambda _: None).summary()
+    assert calls == ["create", "delete"]
+    assert len(summary["replaced"]) == 1 and summary["replaced"][0]["new"] in carerix.hooks[app_id]
+    assert carerix.keys(app_id) == sorted((webhook_key(w) for w in [changed[0], *DESIRED[1:]]), key=repr)
+
+
+@pytest.mark.parametrize(
+    ("prune", "crash_at"), [(True, n) for n in range(1, 6)] + [(False, n) for n in range(1, 5)]
+)
+def test_a_run_that_dies_at_any_write_converges_on_the_next_run(prune: bool, crash_at: int) -> None:
+    """Start: one stale version (to replace), one disabled, one duplicate, one foreign; die before write N."""
+    carerix = FakeCarerix()
+    app_id = carerix.create_application("airflow-carerix").id or ""
+    carerix.create_webhook(app_id, wh(filters=[("crjob:updated", "data.tostatusnode eq '1'")]))
+    disabled = carerix.create_webhook(app_id, DESIRED[1])
+    carerix.hooks[app_id][disabled.id or ""].status = "disabled"
+    carerix.create_webhook(app_id, DESIRED[2])
+    carerix.create_webhook(app_id, DESIRED[2])
+    carerix.create_webhook(app_id, wh(url="https://foreign.example.com/"))
+
+    carerix.writes = 0
+    carerix.crash_before_write = crash_at
+    with pytest.raises(Crash):
+        sync(spec_of(*DESIRED), carerix, prune=prune, say=lambda _: None)
+    sync(spec_of(*DESIRED), carerix, prune=prune, say=lambda _: None)
+
+    expected = [webhook_key(w) for w in DESIRED]
+    if not prune:
+        expected.append(webhook_key(wh(url="https://foreign.example.com/")))
+    assert carerix.keys(app_id) == sorted(expected, key=repr)
+    assert all(w.enabled for w in carerix.hooks[app_id].values())
+    carerix.writes = 0
+    again = plan(spec_of(*DESIRED), carerix, prune=prune)
+    assert not again.has_changes
+
+
+def test_delete_of_an_already_deleted_webhook_counts_as_done() -> None:
+    carerix = FakeCarerix()
+    app_id = carerix.create_application("airflow-carerix").id or ""
+    old = carerix.create_webhook(app_id, wh(url="https://gone.example.com/"))
+    the_plan = plan(spec_of(), carerix, prune=True)
+    del carerix.hooks[app_id][old.id or ""]
+    result = apply(the_plan, carerix, say=lambda _: None)
+    assert result.summary()["deleted"] == [old.id]
+
+
+def test_plan_render_no_changes() -> None:
+    carerix = FakeCarerix()
+    sync(spec_of(*DESIRED), carerix, say=lambda _: None)
+    text = plan(spec_of(*DESIRED), carerix, prune=True).render()
+    assert "3 unchanged" in text and text.endswith("No changes: Carerix matches the spec.")
+    assert all(line.strip().startswith(("application", "= unchanged")) for line in text.splitlines()[:-1])
+    assert Action.UNCHANGED.symbol == "="
