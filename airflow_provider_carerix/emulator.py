@@ -292,6 +292,12 @@ class CarerixEmulator:
         """How many token requests were made (answered or refused)."""
         return self.count(path_contains="/protocol/openid-connect/token")
 
+    @property
+    def issued_tokens(self) -> list[str]:
+        """Every access token handed out so far (tests check that none of them leaks into logs)."""
+        with self._lock:
+            return list(self._tokens)
+
     def reset_log(self) -> None:
         with self._lock:
             self._log.clear()
