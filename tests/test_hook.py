@@ -553,3 +553,13 @@ def test_client_secret_and_tokens_are_registered_with_the_masker(
     token = make_hook().get_access_token()
     assert "demo-secret" in masked
     assert token in masked and token in emulator.issued_tokens
+
+
+def test_webhooks_of_a_missing_application_are_not_found(emulator: CarerixEmulator) -> None:
+    hook = make_hook()
+    with pytest.raises(CarerixNotFoundError) as info:
+        hook.list_webhooks("no-such-application")
+    assert "no-such-application" in info.value.url
+    with pytest.raises(CarerixNotFoundError):
+        hook.create_webhook("no-such-application", WEBHOOK)
+    assert emulator.webhooks("no-such-application") == []

@@ -567,8 +567,11 @@ class CarerixHook(BaseHook):
                 raise
             try:
                 response = self._call(method, path + ("" if slash else "/"), **kwargs)
-            except CarerixApiError:
-                raise exc from None
+            except CarerixApiError as other:
+                # Both forms unknown: the first answer is the honest one (e.g. no such application).
+                if other.status_code in (404, 405):
+                    raise exc from None
+                raise
             self._slash[kind] = not slash
             return response
 
