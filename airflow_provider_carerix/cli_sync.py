@@ -35,6 +35,20 @@ UnknownOpt = Annotated[
 ]
 
 
+def _own_logging() -> None:
+    """Send Airflow's logs to stderr, so stdout holds only the plan and the JSON summary (pipeable).
+
+    Only when this command is the first to import Airflow in the process (the console script): inside a
+    process that already uses Airflow (a test runner, a notebook) its logging is not ours to change.
+    """
+    if "airflow" in sys.modules:
+        return
+    import airflow  # noqa: F401  (configures logging to stdout on import)
+    from airflow.sdk.log import configure_logging
+
+    configure_logging(output=sys.stderr)
+
+
 def render_spec_text(text: str) -> str:
     """Render a spec file's Jinja with Airflow's Variable/Connection accessors (see module docstring)."""
     if "{{" not in text and "{%" not in text:
@@ -59,6 +73,7 @@ def load_spec_file(path: Path, *, allow_unknown_event_types: bool = False) -> Sp
     from airflow_provider_carerix.spec import load_spec
     from airflow_provider_carerix.validation import SpecValidationError
 
+    _own_logging()
     try:
         text = render_spec_text(path.read_text(encoding="utf-8"))
     except OSError as exc:
