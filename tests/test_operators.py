@@ -322,6 +322,8 @@ def test_create_application_create_webhook_delete_webhook(emulator: Any) -> None
 
 
 def test_create_webhook_is_validated_before_any_call(emulator: Any) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
     from airflow_provider_carerix.operators.webhooks import CarerixCreateWebhookOperator
     from airflow_provider_carerix.validation import SpecValidationError
 
@@ -332,11 +334,14 @@ def test_create_webhook_is_validated_before_any_call(emulator: Any) -> None:
         filters=[{"eventType": "cremploye:updated", "condition": "data.x  eq '1'"}],
         custom_headers=[{"name": "Content-Type", "value": "x"}],
     )
-    with pytest.raises(SpecValidationError) as error:
+    with pytest.raises(AirflowFailException) as error:  # no retry: a wrong definition stays wrong
         operator.execute({})
-    paths = {p.path for p in error.value.problems}
+    cause = error.value.__cause__
+    assert isinstance(cause, SpecValidationError)
+    paths = {p.path for p in cause.problems}
     assert {"url", "filters[0].eventType", "filters[0].condition"} <= paths
-    assert any(p.path.startswith("customHeaders[0]") for p in error.value.problems)
+    assert any(p.path.startswith("customHeaders[0]") for p in cause.problems)
+    assert "did you mean 'cremployee'" in str(error.value)
     assert emulator.requests == []
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk import BaseOperator
 
@@ -146,6 +146,7 @@ class CarerixCreateWebhookOperator(_CarerixOperator):
 
     def body(self) -> dict[str, Any]:
         """The create body, validated: every problem at once, before any call."""
+        from airflow_provider_carerix.conditions import parse
         from airflow_provider_carerix.validation import SpecValidationError, validate_webhook
 
         for header in normalize_headers(self.custom_headers):
@@ -159,9 +160,11 @@ class CarerixCreateWebhookOperator(_CarerixOperator):
             body["customHeaders"] = headers
         problems = validate_webhook(body, allow_unknown_event_types=self.allow_unknown_event_types)
         if problems:
-            raise SpecValidationError(problems)
+            _fail_without_retry(SpecValidationError(problems))
         for f in body["filters"]:
             f["eventType"] = f["eventType"].strip().lower()
+            if f.get("condition") is not None:
+                f["condition"] = str(parse(f["condition"]))  # canonical, as the sync compares them
         return body
 
     def execute(self, context: Context) -> str:
@@ -269,11 +272,27 @@ class CarerixSyncWebhooksOperator(_CarerixOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         prune = _as_bool(self.prune, "prune")
         dry_run = _as_bool(self.dry_run, "dry_run")
-        spec = self.load()  # raises with every problem before any call to Carerix
-        result = sync(spec, self.hook, prune=prune, dry_run=dry_run, say=self.log.info)
+        from airflow_provider_carerix.sync import SyncError
+        from airflow_provider_carerix.validation import SpecValidationError
+
+        try:
+            spec = self.load()  # every problem, before any call to Carerix
+        except SpecValidationError as error:
+            _fail_without_retry(error)
+        try:
+            result = sync(spec, self.hook, prune=prune, dry_run=dry_run, say=self.log.info)
+        except SyncError as error:  # ambiguous (e.g. two applications with the name): a person must decide
+            _fail_without_retry(error)
         summary = result.summary()
         self.log.info("Summary: %s", result.to_json())
         return summary
+
+
+def _fail_without_retry(error: Exception) -> NoReturn:
+    """A wrong spec stays wrong on retry: fail the task at once, with every problem in the message."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    raise AirflowFailException(str(error)) from error
 
 
 def _is_spec_path(value: object) -> bool:
