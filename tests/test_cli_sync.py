@@ -57,6 +57,11 @@ def test_plan_reads_only_and_hides_header_values(emulator: Any, variables: None)
     assert "job-status-active-or-closed: https://receiver.example.com/cli/events [crjob:updated if" in first
     assert "X-Carerix-Secret: ***" in result.output and SECRET not in result.output
     assert emulator.write_count() == 0
+    as_json = invoke("plan", "--json", str(EXAMPLE_SPEC))
+    summary = summary_of(as_json.output)
+    assert (
+        summary["dry_run"] is True and summary["created"] == [None] * 6 and summary["application_id"] is None
+    )
 
 
 def test_apply_without_yes_refuses_when_stdin_is_not_a_terminal(emulator: Any, variables: None) -> None:

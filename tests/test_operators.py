@@ -362,3 +362,34 @@ def test_create_webhook_masks_header_values_when_rendered() -> None:
     operator.render_template_fields({"app": "a1", "url": RECEIVER, "secret": secret}, jinja2.Environment())  # type: ignore[arg-type]
     assert operator.url == RECEIVER and operator.custom_headers == {"X-Carerix-Secret": secret}
     assert redact(secret) == "***"
+
+
+def test_sync_operator_with_a_dict_spec_renders_nested_templates_and_masks(emulator: Any) -> None:
+    import jinja2
+    from airflow.sdk._shared.secrets_masker import redact
+
+    from airflow_provider_carerix.operators.webhooks import CarerixSyncWebhooksOperator
+
+    secret = "dict-spec-secret-91c2"
+    operator = CarerixSyncWebhooksOperator(
+        task_id="sync",
+        spec={
+            "application": "dict-spec",
+            "webhooks": [
+                {
+                    "url": "https://receiver.example.com/hook.json",  # ends like a template file: still a URL
+                    "filters": [{"eventType": "crmatch:created"}],
+                    "customHeaders": [{"name": "X-Carerix-Secret", "value": "{{ secret }}"}],
+                }
+            ],
+        },
+        prune="{{ prune }}",
+    )
+    operator.render_template_fields({"secret": secret, "prune": "False"}, jinja2.Environment())  # type: ignore[arg-type]
+    assert redact(secret) == "***"
+    summary = operator.execute({})  # type: ignore[arg-type]
+    assert len(summary["created"]) == 1 and secret not in json.dumps(summary)
+    [application] = emulator.applications()
+    [stored] = emulator.webhooks(application["_id"])
+    assert stored["url"] == "https://receiver.example.com/hook.json"
+    assert stored["customHeaders"] == [{"name": "X-Carerix-Secret", "value": secret}]
