@@ -32,7 +32,8 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-console = Console(highlight=False)
+# Wide enough for the event table when the output is a file or a test pipe, not a terminal.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 130)
 
 PROVISION_DAG = "carerix_provision_webhooks"
 EVENT_DRIVEN_DAG = "carerix_event_driven"
@@ -42,7 +43,7 @@ WAIT_DAG = "carerix_wait_for_event"
 # webhook conditions on (the placeholder status ids of the example spec) plus what a delivery carries.
 GUIDE_EVENTS: list[tuple[str, str, dict[str, Any]]] = [
     (
-        "A candidate changed (cremployee:updated)",
+        "A candidate changed, not open for work (the webhook condition filters it out)",
         "cremployee:updated",
         {
             "entityId": "1",
