@@ -20,7 +20,7 @@ Grammar (keywords are case-insensitive; precedence ``not`` > ``and`` > ``or``)::
     number     = [ "-" ] digits [ "." digits ] [ ( "e" | "E" ) [ "+" | "-" ] digits ]
 
 Matching semantics (``Condition.matches``) are documented on :meth:`Condition.matches` and in
-``docs/definitions.md``; in short: a missing field or a type mismatch makes a comparison false, and a
+the README's "Webhook definitions"; in short: a missing field or a type mismatch makes a comparison false, and a
 number compares equal to a string that spells the same number (Carerix ids arrive as strings).
 """
 
