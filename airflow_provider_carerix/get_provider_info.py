@@ -71,7 +71,7 @@ def get_provider_info() -> dict[str, Any]:
                 "conn-fields": {
                     "client_id": {
                         "label": "Client ID",
-                        "description": "Confidential OAuth2 client, code like urn:{vendor}/{application name}.",
+                        "description": "Confidential OAuth2 client, code like urn:yourvendor/your-application.",
                         "schema": {"type": ["string", "null"]},
                     },
                     "client_secret": {
@@ -85,12 +85,14 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "identity_host": {
                         "label": "Identity host",
-                        "description": "id.carerix.io, id-2.carerix.io, id-3..., id-s1...: see your tenant's login URL.",
+                        "description": "Default https://id.carerix.io; tenants also live on id-2, id-3, id-4, id-s1...: "
+                        "see your tenant's login URL.",
                         "schema": {"type": ["string", "null"]},
                     },
                     "auth_url": {
                         "label": "Access token URL",
-                        "description": "Full token URL; when set it wins over realm and identity host.",
+                        "description": "Full token URL, e.g. https://id-2.carerix.io/auth/realms/yourcompany/protocol/"
+                        "openid-connect/token; when set it wins over realm and identity host.",
                         "schema": {"type": ["string", "null"]},
                     },
                     "scope": {
