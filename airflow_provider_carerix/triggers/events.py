@@ -152,6 +152,34 @@ class EventFilter:
     tenant: str | None = None
     _parsed: Any = field(default=None, compare=False, repr=False)
 
+    @classmethod
+    def build(
+        cls,
+        event_types: str | Iterable[str] | None,
+        condition: str | None,
+        webhook_id: str | None,
+        application_id: str | None,
+        tenant: str | None,
+    ) -> EventFilter:
+        """Normalised filters, so that equal watchers serialise (and so hash) equal."""
+        return cls(
+            event_types=tuple(normalise_event_types(event_types)),
+            condition=_validate_condition(condition),
+            webhook_id=_clean_id(webhook_id),
+            application_id=_clean_id(application_id),
+            tenant=_clean_id(tenant),
+        )
+
+    def serialize(self) -> dict[str, Any]:
+        """The filter part of a trigger's kwargs: primitives only."""
+        return {
+            "event_types": list(self.event_types),
+            "condition": self.condition,
+            "webhook_id": self.webhook_id,
+            "application_id": self.application_id,
+            "tenant": self.tenant,
+        }
+
     def parsed_condition(self) -> Condition | None:
         if self.condition is None:
             return None
@@ -515,22 +543,16 @@ class CarerixEventTrigger(BaseEventTrigger):
         store_url: str | None = None,
     ) -> None:
         super().__init__()
-        self.event_types = normalise_event_types(event_types)
-        self.condition = _validate_condition(condition)
-        self.webhook_id = _clean_id(webhook_id)
-        self.application_id = _clean_id(application_id)
-        self.tenant = _clean_id(tenant)
+        self.filter = EventFilter.build(event_types, condition, webhook_id, application_id, tenant)
+        self.event_types = list(self.filter.event_types)
+        self.condition = self.filter.condition
+        self.webhook_id = self.filter.webhook_id
+        self.application_id = self.filter.application_id
+        self.tenant = self.filter.tenant
         self.poll_interval = float(poll_interval)
         if self.poll_interval <= 0:
             raise ValueError("poll_interval must be positive")
         self.store_url = _validate_store_url(store_url)
-        self.filter = EventFilter(
-            event_types=tuple(self.event_types),
-            condition=self.condition,
-            webhook_id=self.webhook_id,
-            application_id=self.application_id,
-            tenant=self.tenant,
-        )
         self.consumer = _clean_id(consumer) or self._default_consumer()
         # Where this subscriber stands in the log (in memory; the store holds the committed value).
         self._position: int | None = None
@@ -547,11 +569,7 @@ class CarerixEventTrigger(BaseEventTrigger):
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
-                "event_types": list(self.event_types),
-                "condition": self.condition,
-                "webhook_id": self.webhook_id,
-                "application_id": self.application_id,
-                "tenant": self.tenant,
+                **self.filter.serialize(),
                 "consumer": self.consumer,
                 "poll_interval": self.poll_interval,
                 "store_url": self.store_url,
@@ -753,32 +771,22 @@ class CarerixEventSensorTrigger(BaseTrigger):
         store_url: str | None = None,
     ) -> None:
         super().__init__()
-        self.event_types = normalise_event_types(event_types)
-        self.condition = _validate_condition(condition)
-        self.webhook_id = _clean_id(webhook_id)
-        self.application_id = _clean_id(application_id)
-        self.tenant = _clean_id(tenant)
+        self.filter = EventFilter.build(event_types, condition, webhook_id, application_id, tenant)
+        self.event_types = list(self.filter.event_types)
+        self.condition = self.filter.condition
+        self.webhook_id = self.filter.webhook_id
+        self.application_id = self.filter.application_id
+        self.tenant = self.filter.tenant
         self.since = _iso(parse_time(since))
         self.deadline = _iso(parse_time(deadline))
         self.poll_interval = float(poll_interval)
         self.store_url = _validate_store_url(store_url)
-        self.filter = EventFilter(
-            event_types=tuple(self.event_types),
-            condition=self.condition,
-            webhook_id=self.webhook_id,
-            application_id=self.application_id,
-            tenant=self.tenant,
-        )
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
-                "event_types": list(self.event_types),
-                "condition": self.condition,
-                "webhook_id": self.webhook_id,
-                "application_id": self.application_id,
-                "tenant": self.tenant,
+                **self.filter.serialize(),
                 "since": self.since,
                 "deadline": self.deadline,
                 "poll_interval": self.poll_interval,
