@@ -14,7 +14,7 @@ Payloads (JSON, never pickles)::
     {"status": "error", "message": "..."}
     {"status": "timeout", "message": "...", "deadline": "..."}            # sensor trigger only
 
-Delivery design of the event trigger (see ``docs/events.md`` for the long version):
+Delivery design of the event trigger (the README's "Waiting for events" has the long version):
 
 * **Cursors.** ``consumer`` names three cursors in the store: ``<consumer>`` (delivered: advanced only after
   Airflow persisted the asset events), ``<consumer>:processed`` (advanced by the DAG's task via
@@ -693,7 +693,7 @@ class CarerixEventTrigger(BaseEventTrigger):
         finally:
             await asyncio.to_thread(store.close)
 
-    # for the DAG's task: drain what is not processed yet (see docs/events.md, "Bursts") ------------------
+    # for the DAG's task: drain what is not processed yet (README, "Bursts") ------------------
 
     def unprocessed_events(self, *, limit: int | None = None) -> list[dict[str, Any]]:
         """Every matching event after this consumer's processing cursor, oldest first (sync, for tasks).
