@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -186,6 +187,7 @@ def main() -> None:
         stack.stop()
         stop_receiver()
         store.close()
+        shutil.rmtree(work, ignore_errors=True)
 
     print(f"event -> first line of the downstream task, {args.events} spaced events each, warm stack")
     print(f"(Airflow 3.3, SQLite, LocalExecutor, scheduler_idle_sleep_time={args.idle_sleep})")
