@@ -206,9 +206,6 @@ def main() -> None:
     print(
         "  AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=0.05   (default 1 s: the scheduler loop's idle sleep)"
     )
-    print(
-        "  AIRFLOW__SCHEDULER__MAX_DAGRUNS_TO_CREATE_PER_LOOP, PARSING_PROCESSES: leave at defaults on 2 cores"
-    )
     print("  poll_interval of CarerixEventTrigger (default 0.25 s) on SQLite; PostgreSQL wakes on NOTIFY")
 
 
