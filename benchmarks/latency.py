@@ -35,6 +35,7 @@ from airflow_provider_carerix.store import EventStore  # noqa: E402
 from airflow_provider_carerix.triggers import events as trig  # noqa: E402
 from airflow_provider_carerix.triggers.events import CarerixEventTrigger  # noqa: E402
 from tests.fixtures.receiver import SECRET_HEADER, start_receiver_process  # noqa: E402
+from tests.guide import guide_event  # noqa: E402
 
 SECRET = "bench-" + uuid.uuid4().hex
 
@@ -46,15 +47,7 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def body(i: int) -> dict[str, Any]:
-    return {
-        "id": str(uuid.uuid4()),
-        "time": "2024-02-14T14:24:40Z",
-        "type": "cremployee:updated",
-        "applicationId": "192e953d-1e3a-4513-b14c-a66bca4be005",
-        "webhookId": "4c3174c9-deab-426a-8d26-23bbc89e461e",
-        "tenant": "cxdev50streamer",
-        "data": {"entityId": str(i), "changedFields": ["touser.lastname"]},
-    }
+    return guide_event(i, ["touser.lastname"])
 
 
 class Harness:

@@ -27,6 +27,7 @@ import pytest
 from airflow_provider_carerix.store import EventStore
 from tests.fixtures.airflow_stack import AirflowStack, wait_for
 from tests.fixtures.receiver import SECRET_HEADER, start_receiver
+from tests.guide import guide_event
 
 pytestmark = pytest.mark.airflow_e2e
 
@@ -77,15 +78,7 @@ def _utc(value: str | datetime) -> datetime:
 
 
 def _event(entity_id: int) -> dict[str, Any]:
-    return {
-        "id": str(uuid.uuid4()),
-        "time": "2024-02-14T14:24:40Z",
-        "type": "cremployee:updated",
-        "applicationId": "192e953d-1e3a-4513-b14c-a66bca4be005",
-        "webhookId": "4c3174c9-deab-426a-8d26-23bbc89e461e",
-        "tenant": "cxdev50streamer",
-        "data": {"entityId": str(entity_id), "changedFields": ["touser.tosinglestatusnode"]},
-    }
+    return guide_event(entity_id, ["touser.tosinglestatusnode"])
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import pytest
 from airflow_provider_carerix.store import EventStore
 from tests.fixtures.airflow_stack import AirflowStack, wait_for
 from tests.fixtures.receiver import SECRET_HEADER, start_receiver
+from tests.guide import GUIDE_EVENT
 
 pytestmark = pytest.mark.airflow_e2e
 
@@ -30,24 +31,7 @@ ASSET = "carerix_cremployee_updated"
 CONSUMER = "carerix_event_driven"
 SECRET = "e2e-" + uuid.uuid4().hex
 
-GUIDE_PAYLOAD: dict[str, Any] = {
-    "id": "8469bf71-4942-45ea-98b8-393077288785",
-    "time": "2024-02-14T14:24:40Z",
-    "type": "cremployee:updated",
-    "applicationId": "192e953d-1e3a-4513-b14c-a66bca4be005",
-    "webhookId": "4c3174c9-deab-426a-8d26-23bbc89e461e",
-    "tenant": "cxdev50streamer",
-    "data": {
-        "entityId": "1",
-        "changedFields": [
-            "touser.attributechanges",
-            "touser",
-            "touser.lastname",
-            "modificationdate",
-            "touser.modificationdate",
-        ],
-    },
-}
+GUIDE_PAYLOAD: dict[str, Any] = GUIDE_EVENT
 
 
 class Carerix:
