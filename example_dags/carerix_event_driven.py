@@ -6,7 +6,7 @@ makes the scheduler start (or join) a run of this DAG.
 
 Why the task reads the store instead of only its triggering asset events: when many events arrive at once (a
 bulk status change in Carerix), Airflow 3 can leave asset events that arrive while a run is being created
-without a run until some later event comes (this provider's issue 8). So the asset events are a wake-up; the
+without a run until some later event comes. So the asset events are a wake-up; the
 task takes every event its consumer has not processed yet from the store (the durable log) and commits the
 consumer's processing cursor when it succeeds. A run woken by a straggler finds nothing new and is a no-op.
 Every payload stays visible in Airflow: in the task log and in the task's XCom.
@@ -18,6 +18,7 @@ and the event store URL on the triggerer and workers (``CARERIX_EVENT_STORE_URL`
 
 from __future__ import annotations
 
+# [START howto_event_driven_dag]
 import logging
 from typing import Any
 
@@ -82,3 +83,4 @@ with DAG(
         return pending
 
     process_employee_updates()
+# [END howto_event_driven_dag]

@@ -25,6 +25,7 @@ application that the spec does not mention (at other URLs); ``{"spec": "specs/ot
 
 from __future__ import annotations
 
+# [START howto_sync_webhooks_dag]
 import pendulum
 from airflow.sdk import DAG, Param
 
@@ -55,3 +56,4 @@ with DAG(
         dry_run="{{ params.dry_run }}",
         carerix_conn_id="carerix_default",
     )
+# [END howto_sync_webhooks_dag]

@@ -8,6 +8,7 @@ task through XCom. Replace ``1234`` with your tenant's status id of the Intake s
 
 from __future__ import annotations
 
+# [START howto_sensor_wait_for_event]
 import logging
 from datetime import timedelta
 from typing import Any
@@ -44,3 +45,4 @@ with DAG(
         return {"match_id": match_id, "event_id": body.get("id"), "sequence": event["sequence"]}
 
     start_intake(wait_for_intake.output)
+# [END howto_sensor_wait_for_event]
