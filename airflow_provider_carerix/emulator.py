@@ -7,6 +7,15 @@ Carerix, including the parts Carerix does not publish and the hook must survive:
 ``items``-wrapped lists, ``id`` instead of ``_id``, a trailing slash either way, 401 on expired tokens, 429
 with ``Retry-After``, 5xx, slow answers.
 
+Like Carerix it signs every delivery: each application has an RSA key pair, the public key is served on the
+application (``signatureVerification: {"algorithm", "publicKey": <PEM>}``) and every delivery carries
+``Cx-Signature``, the base64 RSASSA-PKCS1-v1_5/SHA-256 signature of the raw body. Keys rotate on request
+(``rotate_key``); the previous key is kept for ``key_retention`` seconds so tests can send with it.
+
+Like Carerix it keeps a delivery log: one job per event and webhook with every attempt (failed ones too, e.g.
+while the receiver is down), retried on ``retry_schedule`` (seconds after the previous attempt; tests shorten
+it) and readable through the GraphQL query ``webhookDeliveryJobPage`` at ``/graphql/v1/graphql``.
+
 It must not import Airflow: the console script runs it on machines and in processes without Airflow set up.
 
 Run it: ``carerix-emulator serve --port 8089 --realm demo --client-id demo-client`` (secret from the
@@ -20,7 +29,6 @@ environment variable ``CARERIX_EMULATOR_CLIENT_SECRET``, default ``demo-secret``
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import json
@@ -29,6 +37,7 @@ import os
 import re
 import secrets
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -37,14 +46,28 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qs, quote, urlsplit
+
+import typer
+
+from airflow_provider_carerix import emulator_graphql
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 log = logging.getLogger(__name__)
 
 MANAGE_SCOPE = "urn:cx/webhooks:data:manage"
 API_PREFIX = "/webhooks/v1"
 CONTROL_PREFIX = "/_emulator"
+GRAPHQL_PATH = "/graphql/v1/graphql"
+SIGNATURE_HEADER = "Cx-Signature"
+#: What ``signatureVerification.algorithm`` says; Carerix has not published its values, this is the Java name.
+SIGNATURE_ALGORITHM = "SHA256withRSA"
+APPLICATION_KINDS = ("Application", "WebhookApplication")
+#: Seconds between a failed attempt and the next one; Carerix's own schedule is not published.
+DEFAULT_RETRY_SCHEDULE = (30.0, 120.0, 600.0)
 _TOKEN_PATH = re.compile(r"^/auth/realms/(?P<realm>[^/]+)/protocol/openid-connect/token/?$")
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _WEBHOOK_FIELDS = ("url", "filters", "customHeaders", "status", "_createdDateTime", "_updatedDateTime")
@@ -69,6 +92,12 @@ class Delivery:
     status: int
     event: dict[str, Any]
     error: str | None = None
+    job_id: str | None = None
+    attempt: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
 
 
 @dataclass
@@ -93,6 +122,34 @@ class Fault:
             and (self.method is None or self.method.upper() == method)
             and (self.path_contains is None or self.path_contains in path)
         )
+
+
+@dataclass
+class _SigningKey:
+    private_key: RSAPrivateKey = field(repr=False)
+    public_pem: str
+    created: float
+    retired_at: float | None = None
+
+
+@dataclass
+class _Job:
+    """A delivery job: one event on its way to one webhook, with every attempt (Carerix's ``WebhookDeliveryJob``)."""
+
+    id: str
+    created: str
+    application_id: str
+    webhook_id: str
+    url: str
+    headers: list[dict[str, str]]
+    payload: str
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    next_attempt_at: float | None = None
+    signing: str = "current"
+
+    @property
+    def delivered(self) -> bool:
+        return any(a["deliveryStatus"] == "successful" for a in self.attempts)
 
 
 @dataclass
@@ -143,6 +200,11 @@ class CarerixEmulator:
     List behaviour (what Carerix does not publish): ``list_shape`` ``"array"`` or ``"items"``; ``slim=True``
     ignores ``?fields=`` so list entries hold only ``_kind`` and ``_id``; ``id_key`` ``"_id"`` or ``"id"``;
     ``trailing_slash`` ``"both"``, ``"with"`` or ``"without"`` for the collection paths.
+
+    ``application_kind``: the ``_kind`` answered for applications (the REST guide says ``Application``, the
+    GraphQL schema ``WebhookApplication``); both are accepted on create. ``retry_schedule``: seconds to wait
+    after each failed attempt before the next (its length is the number of retries; ``()`` never retries).
+    ``key_retention``: how long a rotated-out signing key can still be used with ``deliver(signing="previous")``.
     """
 
     def __init__(
@@ -159,6 +221,10 @@ class CarerixEmulator:
         id_key: str = "_id",
         trailing_slash: str = "both",
         delivery_timeout: float = 10.0,
+        application_kind: str = "Application",
+        retry_schedule: Iterable[float] = DEFAULT_RETRY_SCHEDULE,
+        key_retention: float = 3600.0,
+        key_size: int = 2048,
     ) -> None:
         self.host = host
         self.port = port
@@ -173,6 +239,16 @@ class CarerixEmulator:
         self.id_key = id_key
         self.trailing_slash = trailing_slash
         self.delivery_timeout = delivery_timeout
+        if application_kind not in APPLICATION_KINDS:
+            raise ValueError(f"application_kind must be one of {APPLICATION_KINDS}, got {application_kind!r}")
+        self.application_kind = application_kind
+        self.retry_schedule = tuple(float(s) for s in retry_schedule)
+        self.key_retention = key_retention
+        self.key_size = key_size
+        self._keys: dict[str, list[_SigningKey]] = {}
+        self._jobs: dict[str, _Job] = {}
+        self._retry_wakeup = threading.Event()
+        self._retry_thread: threading.Thread | None = None
         self._lock = threading.RLock()
         self._apps: dict[str, dict[str, Any]] = {}
         self._hooks: dict[str, dict[str, dict[str, Any]]] = {}
@@ -202,6 +278,10 @@ class CarerixEmulator:
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="carerix-emulator", daemon=True
         )
         self._thread.start()
+        self._retry_thread = threading.Thread(
+            target=self._retry_loop, args=(server,), name="carerix-emulator-retries", daemon=True
+        )
+        self._retry_thread.start()
         log.info("Carerix emulator listening on %s (token URL %s)", self.url, self.token_url)
         return self
 
@@ -209,6 +289,11 @@ class CarerixEmulator:
         server, self._server = self._server, None
         if server is None:
             return
+        self._retry_wakeup.set()
+        if self._retry_thread is not None:
+            self._retry_thread.join(timeout=max(5.0, self.delivery_timeout + 1))
+            self._retry_thread = None
+        self._retry_wakeup.clear()
         server.shutdown()
         server.server_close()
         if self._thread is not None:
@@ -232,6 +317,10 @@ class CarerixEmulator:
     @property
     def api_url(self) -> str:
         return self.url + API_PREFIX
+
+    @property
+    def graphql_url(self) -> str:
+        return self.url + GRAPHQL_PATH
 
     @property
     def token_url(self) -> str:
@@ -322,9 +411,83 @@ class CarerixEmulator:
     def add_application(self, name: str) -> str:
         app_id = str(uuid.uuid4())
         with self._lock:
-            self._apps[app_id] = {"_kind": "Application", "_id": app_id, "name": name}
+            self._apps[app_id] = {"_kind": self.application_kind, "_id": app_id, "name": name}
             self._hooks[app_id] = {}
         return app_id
+
+    def _application(self, app_id: str) -> dict[str, Any]:
+        """An application as the API answers it: with its current public key, as Carerix serves it."""
+        app = dict(self._apps[app_id])
+        app["_kind"] = self.application_kind
+        app["signatureVerification"] = {
+            "_kind": "AsymmetricSignatureVerification",
+            "algorithm": SIGNATURE_ALGORITHM,
+            "publicKey": self._current_key(app_id).public_pem,
+        }
+        return app
+
+    # ------------------------------------------------------------------------------------------ signing
+
+    def _new_key(self) -> _SigningKey:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        private = rsa.generate_private_key(public_exponent=65537, key_size=self.key_size)
+        pem = (
+            private.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+        )
+        return _SigningKey(private, pem, time.monotonic())
+
+    def _current_key(self, app_id: str) -> _SigningKey:
+        # Generated on first use: many tests create applications they never sign for.
+        with self._lock:
+            keys = self._keys.setdefault(app_id, [])
+            if not keys:
+                keys.append(self._new_key())
+            return keys[-1]
+
+    def public_key(self, application_id: str) -> str:
+        """The PEM of the key the application's deliveries are signed with now."""
+        return self._current_key(application_id).public_pem
+
+    def previous_public_key(self, application_id: str) -> str | None:
+        with self._lock:
+            keys = self._keys.get(application_id) or []
+            return keys[-2].public_pem if len(keys) > 1 else None
+
+    def rotate_key(self, application_id: str) -> str:
+        """Sign with a new key pair from now on; the previous one is kept ``key_retention`` seconds. New PEM."""
+        with self._lock:
+            if application_id not in self._apps:
+                raise KeyError(f"no application {application_id}")
+            keys = self._keys.setdefault(application_id, [])
+            now = time.monotonic()
+            if keys:
+                keys[-1].retired_at = now
+            keys.append(self._new_key())
+            # Keep the current key and the ones still within their retention.
+            self._keys[application_id] = [
+                k for k in keys if k.retired_at is None or now - k.retired_at < self.key_retention
+            ]
+            return keys[-1].public_pem
+
+    def sign(self, application_id: str, body: bytes, *, which: str = "current") -> str:
+        """``Cx-Signature`` for ``body``: base64 of RSASSA-PKCS1-v1_5 with SHA-256 over the raw bytes."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        if which == "previous":
+            with self._lock:
+                keys = self._keys.get(application_id) or []
+                if len(keys) < 2:
+                    raise KeyError(f"application {application_id} has no previous key (rotate first)")
+                key = keys[-2]
+        else:
+            key = self._current_key(application_id)
+        signature = key.private_key.sign(body, padding.PKCS1v15(), hashes.SHA256())
+        return base64.b64encode(signature).decode("ascii")
 
     def add_webhook(self, application_id: str, body: dict[str, Any]) -> str:
         """Create a webhook as if someone had done it by hand in Carerix (no token, not logged)."""
@@ -363,6 +526,8 @@ class CarerixEmulator:
             self._faults.clear()
             self._log.clear()
             self.deliveries.clear()
+            self._keys.clear()
+            self._jobs.clear()
 
     def state(self) -> dict[str, Any]:
         with self._lock:
@@ -378,7 +543,11 @@ class CarerixEmulator:
                     "slim": self.slim,
                     "id_key": self.id_key,
                     "trailing_slash": self.trailing_slash,
+                    "application_kind": self.application_kind,
+                    "retry_schedule": list(self.retry_schedule),
+                    "key_retention": self.key_retention,
                 },
+                "jobs": len(self._jobs),
             }
 
     # ------------------------------------------------------------------------------------------ tokens
@@ -437,13 +606,19 @@ class CarerixEmulator:
         tenant: str = "demo",
         event_id: str | None = None,
         event_time: str | None = None,
+        signing: str = "current",
     ) -> list[Delivery]:
-        """POST the guide's payload to every enabled webhook with a matching filter; one POST per webhook."""
-        import requests  # the emulator's only third-party need, and only for delivery
+        """Queue the guide's payload for every enabled webhook with a matching filter and make the first attempt.
 
+        One delivery job per webhook, as in Carerix; a failed attempt is retried on ``retry_schedule``.
+        ``signing``: ``"current"`` (what Carerix does), ``"previous"`` (the key before the last rotation) or
+        ``"none"`` (no ``Cx-Signature``), for tests of the receiver.
+        """
+        if signing not in ("current", "previous", "none"):
+            raise ValueError(f"signing must be current, previous or none, got {signing!r}")
         event_id = event_id or str(uuid.uuid4())
         when = event_time or _now_iso()
-        targets: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+        jobs: list[_Job] = []
         with self._lock:
             for app_id, hooks in self._hooks.items():
                 for hook in hooks.values():
@@ -464,27 +639,130 @@ class CarerixEmulator:
                         and _condition_matches(f.get("condition"), payload)
                         for f in hook.get("filters") or []
                     ):
-                        targets.append((hook["_id"], json.loads(json.dumps(hook)), payload))
-        results = []
-        for webhook_id, hook, payload in targets:
-            headers = {
-                str(h["name"]): str(h.get("value", ""))
-                for h in hook.get("customHeaders") or []
-                if isinstance(h, dict) and h.get("name")
-            }
-            headers["Content-Type"] = "application/json"
-            headers["Cx-Payload-Schema-Version"] = "1"
-            try:
-                response = requests.post(
-                    hook["url"], data=json.dumps(payload), headers=headers, timeout=self.delivery_timeout
-                )
-                delivery = Delivery(webhook_id, hook["url"], response.status_code, payload)
-            except requests.RequestException as exc:
-                delivery = Delivery(webhook_id, hook["url"], 0, payload, error=type(exc).__name__)
-            results.append(delivery)
+                        job = _Job(
+                            id=str(uuid.uuid4()),
+                            created=_now_iso(),
+                            application_id=app_id,
+                            webhook_id=hook["_id"],
+                            url=str(hook["url"]),
+                            headers=[
+                                {"name": str(h["name"]), "value": str(h.get("value", ""))}
+                                for h in hook.get("customHeaders") or []
+                                if isinstance(h, dict) and h.get("name")
+                            ],
+                            payload=json.dumps(payload),
+                            signing=signing,
+                        )
+                        self._jobs[job.id] = job
+                        jobs.append(job)
+        return [self._attempt(job) for job in jobs]
+
+    def _attempt(self, job: _Job) -> Delivery:
+        """POST the job's payload once, record the attempt and schedule the next one if it failed."""
+        import requests  # the emulator's only third-party need, and only for delivery
+
+        body = job.payload.encode()
+        headers = {h["name"]: h["value"] for h in job.headers}
+        headers["Content-Type"] = "application/json"
+        headers["Cx-Payload-Schema-Version"] = "1"
+        if job.signing != "none":
+            headers[SIGNATURE_HEADER] = self.sign(job.application_id, body, which=job.signing)
+        status, error = 0, None
+        response_headers: dict[str, list[str]] = {}
+        response_text = ""
+        try:
+            response = requests.post(job.url, data=body, headers=headers, timeout=self.delivery_timeout)
+            status = response.status_code
+            response_headers = {k: [v] for k, v in response.headers.items()}
+            response_text = response.text[:4096]
+        except requests.RequestException as exc:
+            error = type(exc).__name__
+        ok = 200 <= status < 300
         with self._lock:
-            self.deliveries.extend(results)
-        return results
+            job.attempts.append(
+                {
+                    "_kind": "WebhookDeliveryJobAttempt",
+                    "_id": str(uuid.uuid4()),
+                    "_createdDateTime": _now_iso(),
+                    "deliveryStatus": "successful" if ok else "failed",
+                    "responseStatusCode": status or None,
+                    "responseHeaders": json.dumps(response_headers),
+                    "responsePayload": response_text if status else error,
+                }
+            )
+            retries_done = len(job.attempts) - 1
+            if ok or retries_done >= len(self.retry_schedule):
+                job.next_attempt_at = None
+            else:
+                job.next_attempt_at = time.monotonic() + self.retry_schedule[retries_done]
+                self._retry_wakeup.set()
+            delivery = Delivery(
+                job.webhook_id, job.url, status, json.loads(job.payload), error, job.id, len(job.attempts)
+            )
+            self.deliveries.append(delivery)
+        return delivery
+
+    def retry_due(self, *, now: bool = False) -> list[Delivery]:
+        """Make the attempts whose time has come (``now=True``: every scheduled one, whatever its time)."""
+        with self._lock:
+            clock = time.monotonic()
+            due = [
+                job
+                for job in self._jobs.values()
+                if job.next_attempt_at is not None and (now or job.next_attempt_at <= clock)
+            ]
+            for job in due:
+                job.next_attempt_at = None  # taken: a concurrent caller must not attempt it too
+        return [self._attempt(job) for job in due]
+
+    def pending_retries(self) -> int:
+        """How many jobs still have an attempt scheduled."""
+        with self._lock:
+            return sum(1 for job in self._jobs.values() if job.next_attempt_at is not None)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """The delivery log as the GraphQL API answers it, oldest first."""
+        with self._lock:
+            return [self._job_view(job) for job in self._jobs.values()]
+
+    def _job_view(self, job: _Job) -> dict[str, Any]:
+        hook = self._hooks.get(job.application_id, {}).get(job.webhook_id)
+        return {
+            "_kind": "WebhookDeliveryJob",
+            "_id": job.id,
+            "_createdDateTime": job.created,
+            "headers": [dict(h) for h in job.headers],
+            "payload": job.payload,
+            "url": job.url,
+            "webhook": None
+            if hook is None
+            else {**hook, "application": {"_kind": self.application_kind, "_id": job.application_id}},
+            "attempts": {
+                "items": [dict(a) for a in job.attempts],
+                "page": 0,
+                "size": max(20, len(job.attempts)),
+                "totalElements": len(job.attempts),
+                "totalPages": 1 if job.attempts else 0,
+                "numberOfElements": len(job.attempts),
+                "first": True,
+                "last": True,
+                "sort": "_createdDateTime: ASC",
+            },
+        }
+
+    def _retry_loop(self, server: ThreadingHTTPServer) -> None:
+        while self._server is server:
+            with self._lock:
+                times = [j.next_attempt_at for j in self._jobs.values() if j.next_attempt_at is not None]
+            timeout = max(0.0, min(times) - time.monotonic()) if times else 1.0
+            if self._retry_wakeup.wait(min(timeout, 1.0)):
+                self._retry_wakeup.clear()
+            if self._server is not server:
+                return
+            try:
+                self.retry_due()
+            except Exception:  # pragma: no cover - a bug in one retry must not stop the others
+                log.exception("Carerix emulator: retrying deliveries failed")
 
     # ------------------------------------------------------------------------------------------ HTTP
 
@@ -527,7 +805,53 @@ class CarerixEmulator:
             if denied is not None:
                 return denied
             return self._api(method, path[len(API_PREFIX) :], query, body)
+        if path.rstrip("/") == GRAPHQL_PATH:
+            if method != "POST":
+                return _Response(405, {"error": "method not allowed"})
+            denied = self._authorize(headers)
+            if denied is not None:
+                return denied
+            request = _json_object(body)
+            if request is None:
+                return _Response(400, {"errors": [{"message": "body must be a JSON object"}]})
+            with self._lock:
+                return _Response(200, emulator_graphql.execute(request, self._graphql_root()))
         return _Response(404, {"error": "not found"})
+
+    def _graphql_root(self) -> dict[str, Any]:
+        return {"webhookDeliveryJobPage": lambda args: self._job_page(args)}
+
+    def _job_page(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``webhookDeliveryJobPage(pageable: Pageable)``: Spring-style pages, optionally sorted by a field."""
+        pageable = args.get("pageable") or {}
+        page = int(pageable.get("page") or 0)
+        size = int(pageable.get("size") or 20)
+        if page < 0 or size < 1:
+            raise emulator_graphql.GraphQLError("pageable: page must be >= 0 and size >= 1")
+        items = [self._job_view(job) for job in self._jobs.values()]
+        orders = pageable.get("sort") or []
+        for order in reversed(orders):
+            prop = str(order.get("property") or "")
+            if prop not in ("_createdDateTime", "_id"):
+                raise emulator_graphql.GraphQLError(f"cannot sort delivery jobs by {prop!r}")
+            descending = str(order.get("direction") or "ASC").upper() == "DESC"
+            items.sort(key=lambda item, p=prop: item[p], reverse=descending)
+        total = len(items)
+        pages = (total + size - 1) // size
+        chunk = items[page * size : (page + 1) * size]
+        return {
+            "items": chunk,
+            "page": page,
+            "size": size,
+            "totalElements": total,
+            "totalPages": pages,
+            "numberOfElements": len(chunk),
+            "first": page == 0,
+            "last": page >= pages - 1,
+            "sort": ", ".join(
+                f"{o.get('property')}: {str(o.get('direction') or 'ASC').upper()}" for o in orders
+            ),
+        }
 
     def _token(self, realm: str, headers: Any, body: bytes) -> _Response:
         if realm != self.realm:
@@ -615,13 +939,22 @@ class CarerixEmulator:
                 if not self._collection_ok(rest):
                     return not_found
                 if method == "GET":
-                    return self._list(list(self._apps.values()), fields)
+                    if fields and "signatureVerification" in fields:
+                        return self._list([self._application(a) for a in self._apps], fields)
+                    return self._list(
+                        [{**a, "_kind": self.application_kind} for a in self._apps.values()], fields
+                    )
                 if method == "POST":
                     data = _json_object(body)
                     if data is None:
                         return _Response(400, {"error": "body must be a JSON object"})
+                    kind = data.get("_kind", "Application")
+                    if kind not in APPLICATION_KINDS:
+                        return _Response(
+                            400, {"error": f"_kind must be one of {list(APPLICATION_KINDS)}, got {kind!r}"}
+                        )
                     app_id = self.add_application(str(data.get("name") or ""))
-                    return _Response(201, self._public({"_kind": "Application", "_id": app_id}))
+                    return _Response(201, self._public({"_kind": self.application_kind, "_id": app_id}))
                 return _Response(405, {"error": "method not allowed"})
             app_id = segments[1]
             app = self._apps.get(app_id)
@@ -629,10 +962,11 @@ class CarerixEmulator:
                 return not_found
             if len(segments) == 2:
                 if method == "GET":
-                    return _Response(200, self._public(app))
+                    return _Response(200, self._public(self._application(app_id)))
                 if method == "DELETE":
                     del self._apps[app_id]
                     self._hooks.pop(app_id, None)
+                    self._keys.pop(app_id, None)
                     return _Response(204)
                 return _Response(405, {"error": "method not allowed"})
             if segments[2] != "webhooks":
@@ -684,12 +1018,16 @@ class CarerixEmulator:
         if action == "deliver" and method == "POST":
             if not data.get("type"):
                 return _Response(400, {"error": "'type' is required"})
-            deliveries = self.deliver(
-                str(data["type"]),
-                data.get("data") or {},
-                tenant=str(data.get("tenant") or "demo"),
-                event_id=data.get("id"),
-            )
+            try:
+                deliveries = self.deliver(
+                    str(data["type"]),
+                    data.get("data") or {},
+                    tenant=str(data.get("tenant") or "demo"),
+                    event_id=data.get("id"),
+                    signing=str(data.get("signing") or "current"),
+                )
+            except (ValueError, KeyError) as exc:
+                return _Response(400, {"error": str(exc)})
             return _Response(200, {"deliveries": [asdict(d) for d in deliveries]})
         if action == "faults" and method == "POST":
             allowed = {"status", "times", "method", "path_contains", "retry_after", "delay", "processed"}
@@ -702,13 +1040,34 @@ class CarerixEmulator:
             self.clear_faults()
             return _Response(204)
         if action == "config" and method == "POST":
-            allowed = {"token_lifetime", "list_shape", "slim", "id_key", "trailing_slash"}
+            allowed = {
+                "token_lifetime",
+                "list_shape",
+                "slim",
+                "id_key",
+                "trailing_slash",
+                "application_kind",
+                "retry_schedule",
+                "key_retention",
+            }
             unknown = set(data) - allowed
             if unknown:
                 return _Response(400, {"error": f"unknown keys: {sorted(unknown)}"})
+            if data.get("application_kind", self.application_kind) not in APPLICATION_KINDS:
+                return _Response(400, {"error": f"application_kind must be one of {list(APPLICATION_KINDS)}"})
             for key, value in data.items():
-                setattr(self, key, value)
+                setattr(self, key, tuple(float(v) for v in value) if key == "retry_schedule" else value)
             return _Response(200, self.state()["config"])
+        if action == "rotate-key" and method == "POST":
+            app_id = str(data.get("applicationId") or "")
+            if app_id not in self._apps:
+                return _Response(404, {"error": f"no application {app_id!r}"})
+            return _Response(200, {"applicationId": app_id, "publicKey": self.rotate_key(app_id)})
+        if action == "retry" and method == "POST":
+            retried = self.retry_due(now=bool(data.get("all", True)))
+            return _Response(200, {"deliveries": [asdict(d) for d in retried]})
+        if action == "jobs" and method == "GET":
+            return _Response(200, {"jobs": self.jobs()})
         if action == "expire-tokens" and method == "POST":
             self.expire_tokens()
             return _Response(204)
@@ -760,49 +1119,85 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("emulator: " + format, *args)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console script ``carerix-emulator``."""
-    parser = argparse.ArgumentParser(prog="carerix-emulator", description="A local Carerix for offline work.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="Run the emulator until interrupted.")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8089, help="0 picks a free port (printed on start).")
-    serve.add_argument("--realm", default="demo")
-    serve.add_argument("--client-id", default="demo-client")
-    serve.add_argument("--token-lifetime", type=float, default=300)
-    serve.add_argument("--list-shape", choices=["array", "items"], default="array")
-    serve.add_argument(
-        "--slim", action="store_true", help="Ignore ?fields= on lists (entries hold only ids)."
-    )
-    args = parser.parse_args(argv)
+cli = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="A local Carerix for offline work.",
+    pretty_exceptions_enable=False,
+)
 
+
+def _schedule(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected seconds separated by commas, e.g. 30,120,600; got {text!r}"
+        ) from None
+
+
+@cli.callback()
+def _root() -> None:
+    """A local Carerix for offline work."""
+    # A callback keeps typer in multi-command mode while ``serve`` is the only command.
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="0 picks a free port (printed on start).")] = 8089,
+    realm: Annotated[str, typer.Option()] = "demo",
+    client_id: Annotated[str, typer.Option()] = "demo-client",
+    token_lifetime: Annotated[float, typer.Option()] = 300,
+    list_shape: Annotated[str, typer.Option(help="array or items.")] = "array",
+    slim: Annotated[
+        bool, typer.Option("--slim", help="Ignore ?fields= on lists (entries hold only ids).")
+    ] = False,
+    application_kind: Annotated[
+        str, typer.Option(help="_kind answered for applications: Application or WebhookApplication.")
+    ] = "Application",
+    retry_schedule: Annotated[
+        str, typer.Option(help="Seconds before each retry of a failed delivery, comma-separated.")
+    ] = ",".join(f"{s:g}" for s in DEFAULT_RETRY_SCHEDULE),
+) -> None:
+    """Run the emulator until interrupted (client secret from env CARERIX_EMULATOR_CLIENT_SECRET)."""
+    if list_shape not in ("array", "items"):
+        raise typer.BadParameter("must be array or items", param_hint="--list-shape")
+    if application_kind not in APPLICATION_KINDS:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(APPLICATION_KINDS)}", param_hint="--application-kind"
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     secret = os.environ.get("CARERIX_EMULATOR_CLIENT_SECRET", "demo-secret")
     emulator = CarerixEmulator(
-        args.host,
-        args.port,
-        realm=args.realm,
-        clients={args.client_id: secret},
-        token_lifetime=args.token_lifetime,
-        list_shape=args.list_shape,
-        slim=args.slim,
+        host,
+        port,
+        realm=realm,
+        clients={client_id: secret},
+        token_lifetime=token_lifetime,
+        list_shape=list_shape,
+        slim=slim,
+        application_kind=application_kind,
+        retry_schedule=_schedule(retry_schedule),
     )
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopped.set())
     emulator.start()
     print(f"Carerix emulator on {emulator.url}  (API {emulator.api_url}, token URL {emulator.token_url})")
-    print(f"client id {args.client_id}; realm {args.realm}; control {emulator.url}{CONTROL_PREFIX}/state")
-    print(
-        f"AIRFLOW_CONN_CARERIX_DEFAULT='{emulator.connection_json(args.client_id, '<secret>')}'", flush=True
-    )
+    print(f"client id {client_id}; realm {realm}; control {emulator.url}{CONTROL_PREFIX}/state")
+    print(f"AIRFLOW_CONN_CARERIX_DEFAULT='{emulator.connection_json(client_id, '<secret>')}'", flush=True)
     try:
         while not stopped.wait(0.5):
             pass
     finally:
         emulator.stop()
-    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script ``carerix-emulator``."""
+    cli(args=argv if argv is not None else sys.argv[1:], prog_name="carerix-emulator")
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    main()

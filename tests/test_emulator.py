@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -52,11 +53,13 @@ class Receiver:
     def __init__(self, status: int = 200) -> None:
         self.status = status
         self.received: list[tuple[dict[str, str], Any]] = []
+        self.raw: list[bytes] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.raw.append(body)
                 receiver.received.append((dict(self.headers), json.loads(body)))
                 self.send_response(receiver.status)
                 self.send_header("Content-Length", "0")
@@ -356,6 +359,194 @@ def test_http_control_endpoints(emulator: CarerixEmulator, receiver: Receiver) -
     assert requests.post(f"{control}/faults", json={"bogus": 1}, timeout=5).status_code == 400
     assert requests.post(f"{control}/config", json={"slim": True}, timeout=5).json()["slim"] is True
     assert emulator.slim is True
+
+
+# ------------------------------------------------------------------------------------------ signing
+
+
+def _verify(pem: str, signature: str, body: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    key = load_pem_public_key(pem.encode())
+    try:
+        key.verify(base64.b64decode(signature), body, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr,call-arg]
+    except InvalidSignature:
+        return False
+    return True
+
+
+def test_deliveries_are_signed_with_the_key_served_on_the_application(
+    emulator: CarerixEmulator, receiver: Receiver
+) -> None:
+    app_id = emulator.add_application("a")
+    emulator.add_webhook(app_id, {"url": receiver.url, "filters": [{"eventType": "crjob:created"}]})
+    app = requests.get(
+        f"{emulator.api_url}/applications/{app_id}", headers=bearer(emulator), timeout=5
+    ).json()
+    verification = app["signatureVerification"]
+    assert verification["algorithm"] == "SHA256withRSA"
+    assert verification["publicKey"].startswith("-----BEGIN PUBLIC KEY-----")
+    assert "PRIVATE" not in json.dumps(app)
+
+    emulator.deliver("crjob:created", {"entityId": "1"})
+    [(headers, _)] = receiver.received
+    assert _verify(verification["publicKey"], headers["Cx-Signature"], receiver.raw[0])
+    assert not _verify(verification["publicKey"], headers["Cx-Signature"], receiver.raw[0] + b" ")
+
+    unsigned = emulator.deliver("crjob:created", {}, signing="none")
+    assert unsigned[0].ok and "Cx-Signature" not in receiver.received[-1][0]
+
+
+def test_key_rotation_serves_the_new_key_and_keeps_the_previous_one_usable(
+    emulator: CarerixEmulator, receiver: Receiver
+) -> None:
+    app_id = emulator.add_application("a")
+    emulator.add_webhook(app_id, {"url": receiver.url, "filters": [{"eventType": "crjob:created"}]})
+    old = emulator.public_key(app_id)
+    with pytest.raises(KeyError):
+        emulator.deliver("crjob:created", {}, signing="previous")
+    new = requests.post(
+        f"{emulator.url}/_emulator/rotate-key", json={"applicationId": app_id}, timeout=30
+    ).json()["publicKey"]
+    assert new != old and emulator.public_key(app_id) == new and emulator.previous_public_key(app_id) == old
+    emulator.deliver("crjob:created", {})
+    emulator.deliver("crjob:created", {}, signing="previous")
+    (h_new, _), (h_old, _) = receiver.received
+    assert _verify(new, h_new["Cx-Signature"], receiver.raw[0])
+    assert _verify(old, h_old["Cx-Signature"], receiver.raw[1])
+    assert not _verify(new, h_old["Cx-Signature"], receiver.raw[1])
+
+
+def test_webhook_application_kind_is_accepted_and_can_be_answered(emulator_factory: Any) -> None:
+    emulator = emulator_factory(application_kind="WebhookApplication")
+    headers = bearer(emulator)
+    for kind in ("Application", "WebhookApplication"):
+        created = requests.post(
+            f"{emulator.api_url}/applications/",
+            json={"_kind": kind, "name": kind},
+            headers=headers,
+            timeout=5,
+        )
+        assert created.status_code == 201 and created.json()["_kind"] == "WebhookApplication"
+    refused = requests.post(
+        f"{emulator.api_url}/applications/",
+        json={"_kind": "Webhook", "name": "x"},
+        headers=headers,
+        timeout=5,
+    )
+    assert refused.status_code == 400 and "_kind" in refused.json()["error"]
+
+
+# ------------------------------------------------------------------------------------------ delivery log
+
+JOB_QUERY = """
+query Jobs($pageable: Pageable) {
+  webhookDeliveryJobPage(pageable: $pageable) {
+    page size totalElements totalPages numberOfElements first last
+    items { _id payload webhook { _id } attempts { items { deliveryStatus responseStatusCode } } }
+  }
+}
+"""
+
+
+def graphql(emulator: CarerixEmulator, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    response = requests.post(
+        emulator.graphql_url,
+        json={"query": query, "variables": variables or {}},
+        headers=bearer(emulator),
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_failed_deliveries_are_retried_on_schedule_and_logged_with_every_attempt(
+    emulator_factory: Any, receiver: Receiver
+) -> None:
+    emulator = emulator_factory(retry_schedule=(0.05, 0.05))
+    app_id = emulator.add_application("a")
+    emulator.add_webhook(
+        app_id, {"url": "http://127.0.0.1:9/down", "filters": [{"eventType": "crjob:created"}]}
+    )
+    emulator.add_webhook(app_id, {"url": receiver.url, "filters": [{"eventType": "crjob:created"}]})
+    emulator.deliver("crjob:created", {"entityId": "1"}, event_id="evt-1")
+    deadline = time.monotonic() + 30
+    while emulator.pending_retries() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert emulator.pending_retries() == 0
+    page = graphql(emulator, JOB_QUERY)["data"]["webhookDeliveryJobPage"]
+    assert page["totalElements"] == 2 and page["first"] and page["last"]
+    by_status = {tuple(a["deliveryStatus"] for a in job["attempts"]["items"]): job for job in page["items"]}
+    assert set(by_status) == {("failed", "failed", "failed"), ("successful",)}
+    failed = by_status[("failed", "failed", "failed")]
+    assert json.loads(failed["payload"])["id"] == "evt-1"
+    assert failed["attempts"]["items"][0]["responseStatusCode"] is None
+    assert len(receiver.received) == 1  # the successful job is never attempted again
+
+
+def test_a_receiver_that_comes_back_gets_the_retry(emulator_factory: Any) -> None:
+    emulator = emulator_factory(retry_schedule=(3600,))
+    receiver = Receiver(status=503)
+    try:
+        app_id = emulator.add_application("a")
+        emulator.add_webhook(app_id, {"url": receiver.url, "filters": [{"eventType": "crjob:created"}]})
+        [first] = emulator.deliver("crjob:created", {})
+        assert first.status == 503 and emulator.pending_retries() == 1
+        receiver.status = 200
+        [retry] = requests.post(f"{emulator.url}/_emulator/retry", json={}, timeout=10).json()["deliveries"]
+        assert retry["status"] == 200 and retry["attempt"] == 2 and retry["job_id"] == first.job_id
+        assert emulator.pending_retries() == 0
+        assert receiver.raw[0] == receiver.raw[1]  # the same body, byte for byte
+    finally:
+        receiver.close()
+
+
+def test_graphql_pages_sorts_and_refuses_what_carerix_would(emulator_factory: Any) -> None:
+    emulator = emulator_factory(retry_schedule=())
+    app_id = emulator.add_application("a")
+    emulator.add_webhook(
+        app_id, {"url": "http://127.0.0.1:9/down", "filters": [{"eventType": "crjob:created"}]}
+    )
+    for n in range(5):
+        emulator.deliver("crjob:created", {"entityId": str(n)}, event_id=f"evt-{n}")
+    ids: list[str] = []
+    for page_number in range(3):
+        page = graphql(
+            emulator,
+            JOB_QUERY,
+            {
+                "pageable": {
+                    "page": page_number,
+                    "size": 2,
+                    "sort": [{"property": "_id", "direction": "DESC"}],
+                }
+            },
+        )["data"]["webhookDeliveryJobPage"]
+        assert (page["page"], page["size"], page["totalElements"], page["totalPages"]) == (
+            page_number,
+            2,
+            5,
+            3,
+        )
+        assert page["last"] == (page_number == 2)
+        ids += [item["_id"] for item in page["items"]]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 5
+    inline = graphql(emulator, "{ jobs: webhookDeliveryJobPage(pageable: {size: 1}) { items { url } } }")
+    assert inline["data"]["jobs"]["items"] == [{"url": "http://127.0.0.1:9/down"}]
+    for bad, message in [
+        ("{ webhookDeliveryJobPage { items { nope } } }", "Cannot query field 'nope'"),
+        ("{ webhookDeliveryJobPage { items } }", "must have a selection"),
+        ("{ webhookDeliveryJobPage(filter: 1) { page } }", "Unknown argument"),
+        ("mutation { webhookDeliveryJobPage { page } }", "only queries"),
+        ("{ webhookDeliveryJobPage { page ", "Syntax Error"),
+    ]:
+        answer = graphql(emulator, bad)
+        assert answer["data"] is None and message in answer["errors"][0]["message"], answer
+    unauthenticated = requests.post(emulator.graphql_url, json={"query": JOB_QUERY}, timeout=5)
+    assert unauthenticated.status_code == 401
 
 
 # ------------------------------------------------------------------------------------------ process

@@ -1,0 +1,319 @@
+"""The small part of GraphQL the emulator needs to answer Carerix's ``webhookDeliveryJobPage`` query.
+
+Why not a GraphQL library: none ships with Airflow, and the emulator must stay dependency-light. This covers
+what a client of the delivery log sends: one query operation (named or not) with variable definitions, fields
+with arguments (variables, strings, numbers, booleans, null, enums, lists, input objects), aliases and nested
+selection sets. Like a real server it answers only the selected fields and refuses unknown fields, a scalar
+with a selection or an object without one, so a client query that would fail at Carerix fails here too.
+Fragments, directives and mutations are not supported (an error says so).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["SCHEMA", "GraphQLError", "execute"]
+
+
+class GraphQLError(Exception):
+    """A query the emulator refuses; answered as ``{"errors": [{"message": ...}]}``."""
+
+
+_PAGE_FIELDS: dict[str, str | None] = {
+    "page": None,
+    "size": None,
+    "sort": None,
+    "totalElements": None,
+    "totalPages": None,
+    "numberOfElements": None,
+    "first": None,
+    "last": None,
+}
+
+#: Object types and their fields as in Carerix's published schema: ``None`` is a scalar, a string the type of
+#: an object field. Only what the delivery log needs.
+SCHEMA: dict[str, dict[str, str | None]] = {
+    "Query": {"webhookDeliveryJobPage": "WebhookDeliveryJobPage"},
+    "WebhookDeliveryJobPage": {**_PAGE_FIELDS, "items": "WebhookDeliveryJob"},
+    "WebhookDeliveryJob": {
+        "_id": None,
+        "_kind": None,
+        "_createdDateTime": None,
+        "headers": "CustomHeader",
+        "payload": None,
+        "url": None,
+        "webhook": "Webhook",
+        "attempts": "WebhookDeliveryJobAttemptPage",
+    },
+    "WebhookDeliveryJobAttemptPage": {**_PAGE_FIELDS, "items": "WebhookDeliveryJobAttempt"},
+    "WebhookDeliveryJobAttempt": {
+        "_id": None,
+        "_kind": None,
+        "_createdDateTime": None,
+        "deliveryStatus": None,
+        "responseStatusCode": None,
+        "responseHeaders": None,
+        "responsePayload": None,
+    },
+    "Webhook": {
+        "_id": None,
+        "_kind": None,
+        "_createdDateTime": None,
+        "_updatedDateTime": None,
+        "application": "WebhookApplication",
+        "url": None,
+        "status": None,
+        "filters": "WebhookFilter",
+        "customHeaders": "CustomHeader",
+    },
+    "WebhookApplication": {"_id": None, "_kind": None, "name": None},
+    "WebhookFilter": {"eventType": None, "condition": None},
+    "CustomHeader": {"name": None, "value": None},
+}
+
+#: Arguments each root field takes (anything else is an error, as at a real server).
+ROOT_ARGUMENTS: dict[str, frozenset[str]] = {"webhookDeliveryJobPage": frozenset({"pageable"})}
+
+_TOKEN = re.compile(
+    r"""
+    (?P<skip>[\s,]+|\#[^\n]*)
+    | (?P<spread>\.\.\.)
+    | (?P<punct>[{}()\[\]:!$=@])
+    | (?P<string>"(?:[^"\\\n]|\\.)*")
+    | (?P<number>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)
+    | (?P<name>[_A-Za-z][_0-9A-Za-z]*)
+    """,
+    re.VERBOSE,
+)
+
+
+@dataclass
+class _Field:
+    alias: str
+    name: str
+    arguments: dict[str, Any]
+    selections: list[_Field] | None
+
+
+class _Variable:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            raise GraphQLError(f"Syntax Error: unexpected character {text[pos]!r} at offset {pos}")
+        pos = match.end()
+        kind = match.lastgroup or ""
+        if kind == "skip":
+            continue
+        if kind == "spread":
+            raise GraphQLError("fragments are not supported by the emulator")
+        out.append((kind, match.group()))
+    return out
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.tokens = _tokens(text)
+        self.pos = 0
+
+    def peek(self) -> tuple[str, str] | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def take(self, value: str | None = None, kind: str | None = None) -> str:
+        token = self.peek()
+        if (
+            token is None
+            or (value is not None and token[1] != value)
+            or (kind is not None and token[0] != kind)
+        ):
+            want = value or kind
+            got = "end of query" if token is None else repr(token[1])
+            raise GraphQLError(f"Syntax Error: expected {want}, got {got}")
+        self.pos += 1
+        return token[1]
+
+    def at(self, value: str) -> bool:
+        token = self.peek()
+        return token is not None and token[1] == value and token[0] == "punct"
+
+    def document(self) -> tuple[list[_Field], dict[str, Any]]:
+        defaults: dict[str, Any] = {}
+        token = self.peek()
+        if token is not None and token[0] == "name":
+            operation = self.take(kind="name")
+            if operation != "query":
+                raise GraphQLError(f"only queries are supported by the emulator, not {operation!r}")
+            token = self.peek()
+            if token is not None and token[0] == "name":
+                self.take(kind="name")
+            if self.at("("):
+                self.take("(")
+                while not self.at(")"):
+                    self.take("$")
+                    name = self.take(kind="name")
+                    self.take(":")
+                    self.type_ref()
+                    if self.at("="):
+                        self.take("=")
+                        defaults[name] = self.value(const=True)
+                self.take(")")
+        if self.at("@"):
+            raise GraphQLError("directives are not supported by the emulator")
+        selections = self.selection_set()
+        if self.peek() is not None:
+            raise GraphQLError("only one operation per request is supported by the emulator")
+        return selections, defaults
+
+    def type_ref(self) -> None:
+        if self.at("["):
+            self.take("[")
+            self.type_ref()
+            self.take("]")
+        else:
+            self.take(kind="name")
+        if self.at("!"):
+            self.take("!")
+
+    def selection_set(self) -> list[_Field]:
+        self.take("{")
+        fields: list[_Field] = []
+        while not self.at("}"):
+            name = self.take(kind="name")
+            alias = name
+            if self.at(":"):
+                self.take(":")
+                name = self.take(kind="name")
+            arguments: dict[str, Any] = {}
+            if self.at("("):
+                self.take("(")
+                while not self.at(")"):
+                    arg = self.take(kind="name")
+                    self.take(":")
+                    arguments[arg] = self.value(const=False)
+                self.take(")")
+            if self.at("@"):
+                raise GraphQLError("directives are not supported by the emulator")
+            selections = self.selection_set() if self.at("{") else None
+            fields.append(_Field(alias, name, arguments, selections))
+        self.take("}")
+        if not fields:
+            raise GraphQLError("Syntax Error: empty selection set")
+        return fields
+
+    def value(self, *, const: bool) -> Any:
+        token = self.peek()
+        if token is None:
+            raise GraphQLError("Syntax Error: expected a value, got end of query")
+        kind, text = token
+        if kind == "punct" and text == "$":
+            if const:
+                raise GraphQLError("Syntax Error: a variable is not allowed here")
+            self.take("$")
+            return _Variable(self.take(kind="name"))
+        if kind == "punct" and text == "[":
+            self.take("[")
+            items = []
+            while not self.at("]"):
+                items.append(self.value(const=const))
+            self.take("]")
+            return items
+        if kind == "punct" and text == "{":
+            self.take("{")
+            obj: dict[str, Any] = {}
+            while not self.at("}"):
+                key = self.take(kind="name")
+                self.take(":")
+                obj[key] = self.value(const=const)
+            self.take("}")
+            return obj
+        self.pos += 1
+        if kind == "string":
+            import json
+
+            return json.loads(text)
+        if kind == "number":
+            return float(text) if any(c in text for c in ".eE") else int(text)
+        if kind == "name":
+            return {"true": True, "false": False, "null": None}.get(text, text)  # else an enum value
+        raise GraphQLError(f"Syntax Error: unexpected {text!r}")
+
+
+def _substitute(value: Any, variables: dict[str, Any]) -> Any:
+    if isinstance(value, _Variable):
+        return variables.get(value.name)
+    if isinstance(value, list):
+        return [_substitute(v, variables) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables) for k, v in value.items()}
+    return value
+
+
+def _project(value: Any, type_name: str, selections: list[_Field], path: str) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [_project(v, type_name, selections, path) for v in value]
+    fields = SCHEMA[type_name]
+    out: dict[str, Any] = {}
+    for field in selections:
+        if field.name == "__typename":
+            out[field.alias] = type_name
+            continue
+        if field.name not in fields:
+            raise GraphQLError(f"Cannot query field {field.name!r} on type {type_name!r} ({path})")
+        if field.arguments:
+            raise GraphQLError(f"Unknown argument on field {type_name}.{field.name} ({path})")
+        child = fields[field.name]
+        if child is None and field.selections is not None:
+            raise GraphQLError(f"Field {field.name!r} of type {type_name!r} must not have a selection")
+        if child is not None and field.selections is None:
+            raise GraphQLError(
+                f"Field {field.name!r} of type {type_name!r} must have a selection of subfields"
+            )
+        raw = value.get(field.name) if isinstance(value, dict) else None
+        out[field.alias] = (
+            raw if child is None else _project(raw, child, field.selections or [], f"{path}.{field.name}")
+        )
+    return out
+
+
+def execute(request: dict[str, Any], resolvers: dict[str, Callable[[dict[str, Any]], Any]]) -> dict[str, Any]:
+    """Run ``{"query", "variables"}`` against root ``resolvers``; a GraphQL response (errors included)."""
+    query = request.get("query")
+    variables = request.get("variables") or {}
+    if not isinstance(query, str) or not query.strip():
+        return {"errors": [{"message": "'query' must be a non-empty string"}], "data": None}
+    if not isinstance(variables, dict):
+        return {"errors": [{"message": "'variables' must be an object"}], "data": None}
+    try:
+        selections, defaults = _Parser(query).document()
+        variables = {**defaults, **variables}
+        data: dict[str, Any] = {}
+        for field in selections:
+            if field.name == "__typename":
+                data[field.alias] = "Query"
+                continue
+            if field.name not in SCHEMA["Query"] or field.name not in resolvers:
+                raise GraphQLError(f"Cannot query field {field.name!r} on type 'Query'")
+            unknown = set(field.arguments) - ROOT_ARGUMENTS.get(field.name, frozenset())
+            if unknown:
+                raise GraphQLError(f"Unknown argument(s) {sorted(unknown)} on field 'Query.{field.name}'")
+            if field.selections is None:
+                raise GraphQLError(f"Field {field.name!r} must have a selection of subfields")
+            arguments = _substitute(field.arguments, variables)
+            result = resolvers[field.name](arguments)
+            data[field.alias] = _project(
+                result, SCHEMA["Query"][field.name] or "", field.selections, field.name
+            )
+    except GraphQLError as exc:
+        return {"errors": [{"message": str(exc)}], "data": None}
+    return {"data": data}
