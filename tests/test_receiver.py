@@ -613,3 +613,22 @@ def test_provider_info_still_valid() -> None:
         importlib.resources.files("airflow").joinpath("provider_info.schema.json").read_text()
     )
     jsonschema.validate(get_provider_info(), schema)
+
+
+# -- authentication as an object ---------------------------------------------------------------------------------
+
+
+def test_receiver_auth_without_a_web_framework() -> None:
+    from airflow_provider_carerix.receiver.auth import AuthenticationError, ReceiverAuth
+
+    auth = ReceiverAuth([SECRET, "old"], secret_header="X-Carerix-Secret")
+    body = event_body()
+    auth.verify(body, {"x-carerix-secret": SECRET})  # plain mapping, any case
+    auth.verify(body, [(b"X-Carerix-Secret", b"old")])  # raw ASGI pairs
+    for headers in ({}, {"X-Carerix-Secret": "wrong"}, {"X-Other": SECRET}):
+        with pytest.raises(AuthenticationError) as excinfo:
+            auth.verify(body, headers)
+        assert excinfo.value.status_code == 401 and SECRET not in str(excinfo.value)
+    with pytest.raises(ValueError, match="no receiver secret"):
+        ReceiverAuth([])
+    ReceiverAuth([], insecure=True).verify(body, {})

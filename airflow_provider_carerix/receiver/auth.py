@@ -1,0 +1,199 @@
+"""Is this delivery from Carerix? One object, one ``verify(body, headers)``, no web framework inside.
+
+Shaped like the standard-webhooks libraries (``Webhook(secret).verify(payload, headers)``): the caller hands
+over the raw body and the request headers, and gets either nothing back or an :class:`AuthenticationError`
+(status 401) saying what was wrong without echoing anything the client sent. The same object therefore serves
+the standalone receiver, the receiver mounted in Airflow's API server, tests and any other server a user
+prefers.
+
+Two mechanisms, each optional, both required when both are configured:
+
+* **Secret header** (what Carerix's ``customHeaders`` give today): the header must be present exactly once and
+  equal one of the configured secrets (several at once during rotation). Surrounding spaces and tabs are never
+  part of a secret, neither in the configuration nor in the header (HTTP parsers differ in what they strip,
+  so the rule is applied here, once). Comparison is constant-time and does not stop at the first match.
+* **Cx-Signature**: Carerix reserves this header and public client code says it is RSA with SHA-256 over the
+  body, with key material handed out when the application is created; Carerix has not published the scheme.
+  Assumed here: the header is the base64 signature (standard or URL-safe alphabet) of the raw request body,
+  RSASSA-PKCS1-v1_5 with SHA-256 (what "SHA256withRSA" means in Java), RSASSA-PSS with SHA-256 accepted as
+  well. Checked only when at least one public key is configured; any configured key may match (rotation).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+__all__ = [
+    "DEFAULT_SECRET_HEADER",
+    "ENV_SECRET",
+    "ENV_SECRET_HEADER",
+    "SIGNATURE_HEADER",
+    "AuthenticationError",
+    "ReceiverAuth",
+    "load_public_key",
+    "load_secrets",
+]
+
+DEFAULT_SECRET_HEADER = "X-Carerix-Secret"
+SIGNATURE_HEADER = "Cx-Signature"
+ENV_SECRET = "CARERIX_RECEIVER_SECRET"
+ENV_SECRET_HEADER = "CARERIX_RECEIVER_SECRET_HEADER"
+_WHITESPACE = " \t"
+
+#: Request headers as any server hands them over: a multi-valued mapping (``getlist``, e.g. Starlette's),
+#: a plain mapping, or the raw (name, value) pairs (bytes or str) of an ASGI scope.
+Headers: TypeAlias = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
+
+
+class AuthenticationError(Exception):
+    """The delivery is not proven to come from Carerix; ``detail`` never repeats what the client sent."""
+
+    status_code = 401
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def load_secrets(secret_file: Path | str | None = None, env: str = ENV_SECRET) -> list[str]:
+    """Secrets from env (comma-separated) and a file (one per line, ``#`` comments): all valid at once."""
+    secrets = [s.strip(_WHITESPACE) for s in os.environ.get(env, "").split(",") if s.strip(_WHITESPACE)]
+    if secret_file:
+        for line in Path(secret_file).read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                secrets.append(line)
+    return list(dict.fromkeys(secrets))
+
+
+def load_public_key(pem: bytes | str | RSAPublicKey) -> RSAPublicKey:
+    """An RSA public key from PEM text (an already loaded key is returned as is)."""
+    if not isinstance(pem, (bytes, str)):
+        return pem
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    key = load_pem_public_key(pem.encode() if isinstance(pem, str) else pem)
+    if not isinstance(key, RSAPublicKey):
+        raise ValueError("the Cx-Signature public key must be an RSA key (PEM)")
+    return key
+
+
+def header_values(headers: Headers, name: str) -> list[str]:
+    """Every value of header ``name`` (case-insensitive), in order; bytes are decoded as latin-1 (RFC 9110)."""
+    getlist = getattr(headers, "getlist", None)
+    if callable(getlist):
+        return list(getlist(name))
+    lower = name.lower()
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    values: list[str] = []
+    for key, value in pairs:
+        key_s = key.decode("latin-1") if isinstance(key, bytes) else key
+        if key_s.lower() == lower:
+            values.append(value.decode("latin-1") if isinstance(value, bytes) else value)
+    return values
+
+
+def _verify_signature(keys: Sequence[RSAPublicKey], header: str, body: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    value = header.strip(_WHITESPACE)
+    try:
+        signature = base64.b64decode(
+            value + "=" * (-len(value) % 4),
+            altchars=b"-_" if "-" in value or "_" in value else None,
+            validate=True,
+        )
+    except (binascii.Error, ValueError):
+        return False
+    pads = (
+        padding.PKCS1v15(),
+        padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO),
+    )
+    for key in keys:
+        for pad in pads:
+            try:
+                key.verify(signature, body, pad, hashes.SHA256())
+                return True
+            except InvalidSignature:
+                continue
+            except ValueError:
+                break  # a signature of the wrong size for this key: try the next key
+    return False
+
+
+class ReceiverAuth:
+    """Verifies deliveries: the secret header and, when keys are configured, the Cx-Signature of the body.
+
+    ``ReceiverAuth([], insecure=True)`` accepts everything (local experiments only); without ``insecure`` it
+    refuses to exist with nothing to check, so a misconfiguration cannot silently open the door.
+    """
+
+    def __init__(
+        self,
+        secrets: Sequence[str],
+        *,
+        secret_header: str = DEFAULT_SECRET_HEADER,
+        public_keys: Sequence[bytes | str | RSAPublicKey] = (),
+        insecure: bool = False,
+    ) -> None:
+        self.secret_header = secret_header
+        self._secrets = [s.strip(_WHITESPACE).encode() for s in secrets if s.strip(_WHITESPACE)]
+        self._keys = [load_public_key(k) for k in public_keys]
+        if not self._secrets and not self._keys and not insecure:
+            raise ValueError(
+                f"no receiver secret configured (env {ENV_SECRET} or --secret-file); refusing to accept "
+                "unauthenticated events (pass insecure=True / --insecure for local experiments only)"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        """False when nothing is checked (``insecure`` without secrets or keys)."""
+        return bool(self._secrets or self._keys)
+
+    @property
+    def challenge(self) -> str:
+        """The ``WWW-Authenticate`` value of a 401: names the header to send, never a secret."""
+        return f'Secret header="{self.secret_header}"'
+
+    def verify(self, body: bytes, headers: Headers) -> None:
+        """Return if the delivery is authentic, raise :class:`AuthenticationError` otherwise."""
+        if self._secrets:
+            self._verify_secret(headers)
+        if self._keys:
+            signatures = header_values(headers, SIGNATURE_HEADER)
+            if len(signatures) > 1:
+                raise AuthenticationError(f"more than one {SIGNATURE_HEADER} header")
+            if not signatures or not _verify_signature(self._keys, signatures[0], body):
+                raise AuthenticationError(f"missing or invalid {SIGNATURE_HEADER}")
+
+    def _verify_secret(self, headers: Headers) -> None:
+        values = header_values(headers, self.secret_header)
+        if len(values) > 1:
+            # Proxies and frameworks disagree on which of two values wins: refuse the ambiguity.
+            raise AuthenticationError(f"more than one {self.secret_header} header")
+        if not values:
+            raise AuthenticationError(f"missing or wrong {self.secret_header} header")
+        given = values[0].strip(_WHITESPACE).encode("latin-1", "replace")
+        ok = False
+        for secret in self._secrets:  # no early exit: timing must not tell which secret (if any) matched
+            ok |= hmac.compare_digest(given, secret)
+        if not ok:
+            raise AuthenticationError(f"missing or wrong {self.secret_header} header")
+
+    def __repr__(self) -> str:
+        return (
+            f"ReceiverAuth(header={self.secret_header!r}, secrets={len(self._secrets)}, "
+            f"keys={len(self._keys)})"
+        )

@@ -1,0 +1,109 @@
+"""``carerix-receiver``: run the standalone receiver (``serve``) and apply retention (``purge``)."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from airflow_provider_carerix.receiver.auth import (
+    DEFAULT_SECRET_HEADER,
+    ENV_SECRET,
+    ENV_SECRET_HEADER,
+    load_secrets,
+)
+from airflow_provider_carerix.receiver.validation import DEFAULT_MAX_BODY
+from airflow_provider_carerix.store import EventStore, StoreUnavailable, parse_duration, resolve_store_url
+
+__all__ = ["cli", "main"]
+
+log = logging.getLogger(__name__)
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Carerix webhook receiver.")
+
+
+@cli.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; keep loopback behind a TLS proxy.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8090,
+    store: Annotated[
+        str | None, typer.Option(help="Event store URL (default: resolved as everywhere).")
+    ] = None,
+    secret_header: Annotated[str, typer.Option(envvar=ENV_SECRET_HEADER)] = DEFAULT_SECRET_HEADER,
+    secret_file: Annotated[Path | None, typer.Option(help="File with one valid secret per line.")] = None,
+    insecure: Annotated[
+        bool, typer.Option(help="Accept events without a secret (local experiments only).")
+    ] = False,
+    public_key_file: Annotated[
+        Path | None, typer.Option(help="RSA public key (PEM) for Cx-Signature.")
+    ] = None,
+    max_body: Annotated[int, typer.Option(help="Largest accepted body in bytes.")] = DEFAULT_MAX_BODY,
+    log_level: Annotated[str, typer.Option()] = "info",
+    access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn access log).")] = False,
+) -> None:
+    """Run the receiver. Secrets come from env CARERIX_RECEIVER_SECRET (comma-separated) or --secret-file."""
+    import uvicorn
+
+    from airflow_provider_carerix.receiver.app import create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    secrets = load_secrets(secret_file)
+    if not secrets and not insecure:
+        typer.echo(
+            f"error: no receiver secret: set {ENV_SECRET} or pass --secret-file "
+            "(or --insecure for local experiments only)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if not secrets:
+        log.warning(
+            "Running with --insecure and no secret: anyone who can reach %s:%d can post events", host, port
+        )
+    public_key = public_key_file.read_bytes() if public_key_file else None
+    app = create_app(
+        resolve_store_url(store),
+        secrets=secrets,
+        secret_header=secret_header,
+        max_body=max_body,
+        public_key=public_key,
+        insecure=insecure,
+    )
+    log.info("Carerix receiver on http://%s:%d/events, store %r", host, port, app.state.store)
+    # Startup objects never die: keep them out of the collector so full collections stay short (p99).
+    gc.collect()
+    gc.freeze()
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=access_log)
+
+
+@cli.command()
+def purge(
+    older_than: Annotated[
+        str, typer.Option(help="Delete events received longer ago (30d, 12h, 2w).")
+    ] = "30d",
+    store: Annotated[
+        str | None, typer.Option(help="Event store URL (default: resolved as everywhere).")
+    ] = None,
+) -> None:
+    """Apply retention: delete old events (the newest one is always kept)."""
+    try:
+        age = parse_duration(older_than)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    with EventStore(store) as event_store:
+        try:
+            deleted = event_store.purge(age)
+        except StoreUnavailable as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"deleted {deleted} events received more than {older_than} ago")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli(args=argv if argv is not None else sys.argv[1:], prog_name="carerix-receiver")
