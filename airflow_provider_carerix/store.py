@@ -17,6 +17,16 @@ Guarantees the rest of the provider builds on:
   transactions may commit in another order, so every inserting transaction first takes a transaction-level
   advisory lock (``pg_advisory_xact_lock``): inserts are serialised, sequence order equals commit order.
 * **One row per event id.** Carerix delivers at least once; a redelivery returns the existing sequence.
+* **Stalled writers do not stop the fleet.** A receiver paused while holding the insert lock (SIGSTOP, a long
+  GC pause, a VM freeze, a network partition) would otherwise stop every receiver. Every PostgreSQL session the
+  store opens carries ``PG_SESSION_SETTINGS``: a writer waits at most ``lock_timeout`` for the lock and then
+  raises ``StoreUnavailable`` (the receiver answers 503 at once, Carerix retries); the server ends a session
+  left idle inside a transaction after ``idle_in_transaction_session_timeout`` (the paused holder's
+  transaction rolls back and the lock is free) and cancels any statement after ``statement_timeout``. A
+  holder that is not a store session (``psql``, another tool) is not bounded by these: the receivers answer
+  503 quickly until it lets go.
+* **received_at follows commit order.** It is stamped after the write lock is taken (on PostgreSQL by the
+  database clock), so it never decreases along the sequence unless the clock itself is set back.
 """
 
 from __future__ import annotations
@@ -57,6 +67,20 @@ ENV_STORE_URL = "CARERIX_EVENT_STORE_URL"
 # Any constant works as long as every writer uses the same one; derived from the table name for readability.
 _PG_INSERT_LOCK = zlib.crc32(b"carerix_events.insert")
 _PG_MIGRATE_LOCK = zlib.crc32(b"carerix_events.migrate")
+# Applied to every PostgreSQL session the store opens (libpq ``options``, so no extra round trip). They bound how
+# long one stalled writer (SIGSTOP, GC pause, VM freeze, network partition) can hold the insert lock and how
+# long the others wait for it; see "Stalled writers" in the module docstring. ``options`` in the store URL are
+# appended after these, so ``?options=-c%20lock_timeout%3D3s`` overrides one of them.
+PG_SESSION_SETTINGS: dict[str, str] = {
+    # A writer waits this long for the insert lock, then gets StoreUnavailable (the receiver answers 503 and
+    # Carerix retries, possibly on another receiver). Normal waits are a few commits long (milliseconds).
+    "lock_timeout": "1s",
+    # The server ends a session that sits in an open transaction this long: a paused lock holder loses the
+    # lock (its transaction rolls back, so nothing it had not yet acknowledged is half-stored).
+    "idle_in_transaction_session_timeout": "5s",
+    # A statement that runs this long is cancelled (a holder stuck inside a statement). Migrations lift it.
+    "statement_timeout": "10s",
+}
 _ID_MAX = 255
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -243,6 +267,21 @@ def _enable_wal(cur: Any) -> None:
             time.sleep(0.05)
 
 
+# The lock first, then the clock: the subquery runs before the outer target list is computed.
+_PG_LOCK_AND_STAMP = sa.text(
+    f"SELECT clock_timestamp() FROM (SELECT pg_advisory_xact_lock({_PG_INSERT_LOCK})) AS locked"
+).columns(sa.column("clock_timestamp", _UTCDateTime()))
+
+
+def _pg_connect_args(url: URL) -> dict[str, Any]:
+    """``PG_SESSION_SETTINGS`` as libpq startup options, followed by any ``options`` given in the URL."""
+    given = url.query.get("options")
+    if isinstance(given, tuple):
+        given = " ".join(given)
+    ours = " ".join(f"-c {name}={value}" for name, value in PG_SESSION_SETTINGS.items())
+    return {"options": f"{ours} {given}" if given else ours}
+
+
 def _retry_on_disconnect(method: _F) -> _F:
     """Run once more when the failure was a dropped connection (e.g. PostgreSQL restarted since last use).
 
@@ -315,7 +354,9 @@ class EventStore:
         # No pool_pre_ping: it costs a round trip per checkout on the hot path. A connection that died (server
         # restart) fails its statement instead; the pool is invalidated and ``_retry_on_disconnect`` tries once
         # more on a fresh connection.
-        return sa.create_engine(url, pool_size=5, max_overflow=10, pool_recycle=1800)
+        return sa.create_engine(
+            url, pool_size=5, max_overflow=10, pool_recycle=1800, connect_args=_pg_connect_args(url)
+        )
 
     def _prepare_sqlite_dir(self) -> None:
         database = make_url(self.url).database
@@ -343,6 +384,8 @@ class EventStore:
             self._prepare_sqlite_dir()
             with self._guard(), self._write() as conn:
                 if self.dialect == "postgresql":
+                    # A migration may rewrite a large table: not bounded like the hot path.
+                    conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
                     # Several receivers may start at once against one fresh database.
                     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATE_LOCK)))
                 schema_version.create(conn, checkfirst=True)
@@ -394,12 +437,15 @@ class EventStore:
         if not items:
             return []
         self._ensure_schema()
-        received_at = _utcnow()
         results: list[tuple[int, bool]] = []
         with self._guard(), self._write() as conn:
+            # Stamped once the write lock is held, so received_at follows commit (and sequence) order.
             if self.dialect == "postgresql":
                 # Serialise inserters until commit so that sequence order == commit order (module docstring).
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_INSERT_LOCK)))
+                # The database clock, not this machine's: receivers on several machines share one order.
+                received_at = conn.execute(_PG_LOCK_AND_STAMP).scalar_one()
+            else:
+                received_at = _utcnow()  # inside BEGIN IMMEDIATE: writers on this file are serialised
             ids = list(dict.fromkeys(event.id for _, event in items))
             known: dict[str, int] = {}
             for start in range(0, len(ids), 500):
