@@ -25,7 +25,7 @@ APP = "airflow-carerix"
 
 @pytest.fixture(scope="module")
 def provision_dag(airflow_db: None) -> Any:
-    from airflow.dag_processing.dagbag import DagBag
+    from tests.fixtures.airflow import DagBag
 
     bag = DagBag(dag_folder=str(ROOT / "example_dags" / "carerix_provision_webhooks.py"))
     assert not bag.import_errors
@@ -322,10 +322,9 @@ def test_create_application_create_webhook_delete_webhook(emulator: Any) -> None
 
 
 def test_create_webhook_is_validated_before_any_call(emulator: Any) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
-
     from airflow_provider_carerix.operators.webhooks import CarerixCreateWebhookOperator
     from airflow_provider_carerix.validation import SpecValidationError
+    from airflow_provider_carerix.version_compat import AirflowFailException
 
     operator = CarerixCreateWebhookOperator(
         task_id="hook",

@@ -589,10 +589,10 @@ def test_plugin_not_mounted_without_secret(
 
 
 def test_plugin_loads_as_airflow_plugin() -> None:
-    from airflow._shared.module_loading import import_string
     from airflow.plugins_manager import is_valid_plugin
 
     from airflow_provider_carerix.get_provider_info import get_provider_info
+    from tests.fixtures.airflow import import_string
 
     [entry] = get_provider_info()["plugins"]
     assert entry["name"] == "carerix"

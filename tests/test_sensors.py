@@ -12,12 +12,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowSensorTimeout, TaskDeferred
 
 from airflow_provider_carerix.models import WebhookEvent
 from airflow_provider_carerix.sensors.events import CarerixEventError, CarerixEventSensor
 from airflow_provider_carerix.store import EventStore, resolve_store_url
 from airflow_provider_carerix.triggers.events import CarerixEventSensorTrigger
+from airflow_provider_carerix.version_compat import AirflowSensorTimeout, TaskDeferred
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,7 +115,7 @@ def test_timeout_surfaces_as_sensor_timeout_or_skip(store_url: str) -> None:
     timeout_event = {"status": "timeout", "message": "no event"}
     with pytest.raises(AirflowSensorTimeout):
         sensor(store_url).resume_execution("execute_complete", {"event": timeout_event}, {})
-    from airflow.sdk.exceptions import AirflowSkipException
+    from airflow_provider_carerix.version_compat import AirflowSkipException
 
     with pytest.raises(AirflowSkipException):
         sensor(store_url, soft_fail=True).resume_execution("execute_complete", {"event": timeout_event}, {})
@@ -146,7 +146,7 @@ def test_rejects_password_in_store_url() -> None:
 
 
 def load_dag(dag_id: str) -> Any:
-    from airflow.dag_processing.dagbag import DagBag
+    from tests.fixtures.airflow import DagBag
 
     bag = DagBag(dag_folder=str(ROOT / "example_dags" / f"{dag_id}.py"))
     assert not bag.import_errors, bag.import_errors

@@ -39,11 +39,12 @@ from airflow_provider_carerix.exceptions import (
     scrub,
 )
 from airflow_provider_carerix.models import Application, Webhook
-
-try:
-    from airflow.sdk import BaseHook
-except ImportError:  # pragma: no cover - Airflow builds without the task SDK
-    from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
+from airflow_provider_carerix.version_compat import (
+    AIRFLOW_V_3_2_PLUS,
+    BaseHook,
+    connection_form_widgets,
+    ui_field_behaviour,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -320,6 +321,11 @@ class CarerixHook(BaseHook):
     default_conn_name = "carerix_default"
     conn_type = "carerix"
     hook_name = "Carerix"
+
+    if not AIRFLOW_V_3_2_PLUS:
+        # Airflow 3.1 builds the connection form from the hook; 3.2+ reads the same fields from provider info.
+        get_connection_form_widgets = classmethod(connection_form_widgets)
+        get_ui_field_behaviour = classmethod(ui_field_behaviour)
 
     def __init__(
         self,

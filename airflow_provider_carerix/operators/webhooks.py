@@ -12,9 +12,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from airflow.sdk import BaseOperator
-
 from airflow_provider_carerix.sync import sync
+from airflow_provider_carerix.version_compat import BaseOperator
 
 if TYPE_CHECKING:
     import jinja2
@@ -290,7 +289,7 @@ class CarerixSyncWebhooksOperator(_CarerixOperator):
 
 def _fail_without_retry(error: Exception) -> NoReturn:
     """A wrong spec stays wrong on retry: fail the task at once, with every problem in the message."""
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_provider_carerix.version_compat import AirflowFailException
 
     raise AirflowFailException(str(error)) from error
 

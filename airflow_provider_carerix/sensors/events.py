@@ -15,9 +15,6 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue
-from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout
-
 from airflow_provider_carerix.store import EventStore, StoreUnavailable
 from airflow_provider_carerix.triggers.events import (
     DEFAULT_POLL_INTERVAL,
@@ -27,6 +24,12 @@ from airflow_provider_carerix.triggers.events import (
     find_first,
     normalise_event_types,
     parse_time,
+)
+from airflow_provider_carerix.version_compat import (
+    AirflowException,
+    AirflowSensorTimeout,
+    BaseSensorOperator,
+    PokeReturnValue,
 )
 
 if TYPE_CHECKING:

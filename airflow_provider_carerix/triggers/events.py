@@ -52,18 +52,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
-
 from airflow_provider_carerix.store import EventStore, StoredEvent, StoreUnavailable, resolve_store_url
-
-try:  # Airflow >= 3.3
-    from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
-
-    HAS_SHARED_STREAMS = True
-except ImportError:  # pragma: no cover - Airflow 3.0-3.2
-    HAS_SHARED_STREAMS = False
-    SharedStreamProducer = object  # type: ignore[misc,assignment]
-    AdvanceItem = Any  # type: ignore[misc,assignment]
+from airflow_provider_carerix.version_compat import (
+    HAS_SHARED_STREAMS,
+    AdvanceItem,
+    BaseEventTrigger,
+    BaseTrigger,
+    SharedStreamProducer,
+    TriggerEvent,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_carerix.conditions import Condition
