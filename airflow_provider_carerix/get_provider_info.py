@@ -48,9 +48,10 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_carerix.triggers.events"],
             }
         ],
-        "plugins": [
-            {"name": "carerix", "plugin-class": "airflow_provider_carerix.plugins.CarerixPlugin"},
-        ],
+        # No "plugins" entry: Airflow skips provider-declared plugins under its default
+        # ``[core] lazy_discover_providers = True``; the receiver plugin is registered through the
+        # ``airflow.plugins`` entry point instead, which every setting loads (listing it here as well would
+        # register it twice when lazy discovery is off).
         "connection-types": [
             {
                 "connection-type": "carerix",

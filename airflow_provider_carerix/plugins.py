@@ -10,8 +10,10 @@ by default. Configuration (env wins over Airflow config):
 * Cx-Signature key: env ``CARERIX_RECEIVER_PUBLIC_KEY_FILE`` or ``[carerix] receiver_public_key_file``,
 * store: resolved like everywhere (``resolve_store_url``).
 
-Plugins are imported by every Airflow component, but only the API server reads ``fastapi_apps``; the app is
-therefore built on first access, not at import.
+Registered through the ``airflow.plugins`` entry point, not the provider metadata: Airflow loads
+provider-declared plugins only when ``[core] lazy_discover_providers`` is off, while entry-point plugins load
+under every setting (Airflow 3.1 to 3.3 alike). Plugins are imported by every Airflow component, but only the
+API server reads ``fastapi_apps``; the app is therefore built on first access, not at import.
 """
 
 from __future__ import annotations

@@ -16,10 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
+# Imported up front: importing Airflow configures logging, which would detach caplog inside a test.
+from airflow_provider_carerix import plugins
 from airflow_provider_carerix.models import WebhookEvent
 from airflow_provider_carerix.receiver import GroupCommitter, create_app, load_secrets, main
 from airflow_provider_carerix.store import EventStore, StoreUnavailable
-from tests.fixtures.receiver import start_receiver, start_receiver_app, start_receiver_process
+from tests.fixtures.receiver import start_receiver, start_receiver_process
 from tests.test_store import GUIDE_PAYLOAD
 
 SECRET = "s3cret-" + uuid.uuid4().hex
@@ -537,50 +539,9 @@ def test_store_unavailable_is_an_exception() -> None:
 # -- inside the Airflow API server ------------------------------------------------------------------------------
 
 
-def test_plugin_mounts_receiver(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from fastapi import FastAPI
-
-    from airflow_provider_carerix import plugins
-
-    store_url = f"sqlite:///{tmp_path / 'plugin.db'}"
-    monkeypatch.setenv("CARERIX_EVENT_STORE_URL", store_url)
-    monkeypatch.setenv("CARERIX_RECEIVER_SECRET", SECRET)
-    apps = plugins.build_fastapi_apps()
-    assert [a["url_prefix"] for a in apps] == ["/carerix"]
-
-    # Airflow's own mounting code, fed with this plugin as the plugins manager would.
-    from airflow import plugins_manager
-    from airflow.api_fastapi.app import init_plugins
-
-    class Plugin(plugins.CarerixPlugin):
-        fastapi_apps = apps
-
-    monkeypatch.setattr(plugins_manager, "_get_plugins", lambda: ([Plugin], {}))
-    plugins_manager.get_fastapi_plugins.cache_clear()
-    host = FastAPI()
-    try:
-        init_plugins(host)
-    finally:
-        plugins_manager.get_fastapi_plugins.cache_clear()
-    assert any(getattr(route, "path", None) == "/carerix" for route in host.routes)
-    running = start_receiver_app(host)
-    try:
-        response = httpx.post(
-            f"{running.url}/carerix/events", content=event_body("via-plugin"), headers=HEADERS
-        )
-        assert response.status_code == 201
-        assert httpx.get(f"{running.url}/carerix/health").status_code == 200
-    finally:
-        running.stop()
-    with EventStore(store_url) as store:
-        assert [e.event_id for e in store.events_after(0)] == ["via-plugin"]
-
-
 def test_plugin_not_mounted_without_secret(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from airflow_provider_carerix import plugins
-
     monkeypatch.delenv("CARERIX_RECEIVER_SECRET", raising=False)
     monkeypatch.delenv("AIRFLOW__CARERIX__RECEIVER_SECRET", raising=False)
     with caplog.at_level(logging.INFO):
@@ -589,14 +550,17 @@ def test_plugin_not_mounted_without_secret(
 
 
 def test_plugin_loads_as_airflow_plugin() -> None:
+    from importlib.metadata import entry_points
+
     from airflow.plugins_manager import is_valid_plugin
 
     from airflow_provider_carerix.get_provider_info import get_provider_info
-    from tests.fixtures.airflow import import_string
 
-    [entry] = get_provider_info()["plugins"]
-    assert entry["name"] == "carerix"
-    plugin = import_string(entry["plugin-class"])
+    # An entry-point plugin (loaded under every lazy_discover_providers setting), not a provider-declared one
+    # (which would be registered a second time when lazy discovery is off).
+    assert "plugins" not in get_provider_info()
+    [entry] = [ep for ep in entry_points(group="airflow.plugins") if ep.name == "carerix"][:1]
+    plugin = entry.load()
     assert is_valid_plugin(plugin)
     plugin.validate()
     assert isinstance(plugin.fastapi_apps, list)
