@@ -3,8 +3,9 @@ the receiver -> stored -> DAG runs started by them.
 
 Run through ``make demo`` (which creates the venv first). ``--headless`` runs the same steps, checks the
 outcome and exits (0 when every expected DAG run succeeded with the delivered payloads): that is what the
-demo test runs. Everything listens on 127.0.0.1 only; every process is started in its own process group and
-stopped by its own pid, also when a previous demo was killed without cleaning up.
+demo test runs. Everything listens on 127.0.0.1 only. Every process is started in a session of its own; Ctrl-C
+or SIGTERM sends SIGTERM to every process group of those sessions at once and SIGKILL after a short grace,
+also to what a previous demo left running when it was killed without cleaning up.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from rich.console import Console
 from rich.table import Table
 
@@ -86,9 +88,16 @@ def free_port(preferred: int) -> int:
     raise RuntimeError("no free port on 127.0.0.1")
 
 
+# Airflow's components shut down gracefully on SIGTERM: the scheduler ends its executor and waits for its
+# worker processes, the API server drains its workers, the triggerer cancels its triggers. One after another
+# that took about a minute. The demo keeps nothing worth a graceful stop (every start begins with a fresh
+# state), so every process group gets SIGTERM at once and whatever still runs after the grace gets SIGKILL.
+STOP_GRACE = 5.0
+
+
 @dataclass
 class Stack:
-    """The processes the demo started, so that exactly those are stopped."""
+    """The processes the demo started, so that exactly those (and what they started) are stopped."""
 
     state_dir: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -97,8 +106,11 @@ class Stack:
     def pidfile(self) -> Path:
         return self.state_dir / "pids.json"
 
+    def log_path(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.log"
+
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        log = (self.state_dir / "logs" / f"{name}.log").open("ab")
+        log = self.log_path(name).open("ab")
         proc = subprocess.Popen(
             argv,
             env=env,
@@ -106,40 +118,84 @@ class Stack:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            start_new_session=True,  # own process group: stopping it stops its children too
+            start_new_session=True,  # own session: everything it starts can be found and stopped
             # A non-interactive parent may leave SIGINT ignored; Airflow would then ignore Ctrl-C.
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.procs[name] = proc
         self.pidfile.write_text(json.dumps({n: p.pid for n, p in self.procs.items()}))
+        console.print(f"   [dim]started {name} (pid {proc.pid}), log {self.log_path(name)}[/dim]")
 
     def alive(self, name: str) -> bool:
         return self.procs[name].poll() is None
 
-    def stop(self) -> None:
-        for name, proc in reversed(list(self.procs.items())):
-            _stop_group(proc.pid)
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        if not self.procs:
+            return
+        # A second Ctrl-C must not cut the stopping short: that would leave processes behind.
+        previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+        console.print(f"stopping every process the demo started (SIGTERM, SIGKILL after {grace:.0f} s)")
+        started = time.monotonic()
+        try:
+            stopped = stop_sessions({p.pid: n for n, p in self.procs.items()}, grace)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        for proc in self.procs.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=15)
-            console.print(f"[dim]stopped {name} (pid {proc.pid})[/dim]")
+                proc.wait(timeout=1)
+        for name, how in stopped.items():
+            console.print(f"[dim]stopped {name}: {how}[/dim]")
+        console.print(f"[dim]every process stopped in {time.monotonic() - started:.1f} s[/dim]")
         self.procs.clear()
         self.pidfile.unlink(missing_ok=True)
 
 
-def _stop_group(pid: int, grace: float = 10.0) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
+def session_members(session_ids: set[int]) -> dict[int, tuple[int, int]]:
+    """pid -> (session, process group) of every live process in these sessions: the started processes and all
+    they forked, including task runners in process groups of their own and orphans whose parent exited."""
+    members: dict[int, tuple[int, int]] = {}
+    for pid in psutil.pids():
         try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+            sid = os.getsid(pid)
+            if sid in session_ids and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                members[pid] = (sid, os.getpgid(pid))
+        except (OSError, psutil.Error):  # gone meanwhile, or not ours
+            continue
+    return members
+
+
+def stop_sessions(leaders: dict[int, str], grace: float) -> dict[str, str]:
+    """SIGTERM every process group of these sessions at once, SIGKILL what is left after ``grace`` seconds.
+
+    ``leaders`` maps each started process (a session leader) to its name; returns how each session ended.
+    """
+    sessions = set(leaders)
+    started = time.monotonic()
+    ended: dict[str, str] = {}
+
+    def signal_all(sig: int) -> None:
+        for pgid in {pgid for _, pgid in session_members(sessions).values()} | sessions:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
+
+    def note_ended(how: str) -> bool:
+        alive = {sid for sid, _ in session_members(sessions).values()}
+        for sid, name in leaders.items():
+            if name not in ended and sid not in alive:
+                ended[name] = f"{how} after {time.monotonic() - started:.1f} s"
+        return not alive
+
+    signal_all(signal.SIGTERM)
+    while time.monotonic() - started < grace:
+        if note_ended("exited on SIGTERM"):
+            return ended
+        time.sleep(0.1)
+    signal_all(signal.SIGKILL)
+    deadline = time.monotonic() + 3
+    while not note_ended("killed (SIGKILL)") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return ended
 
 
 def stop_leftovers(state_dir: Path) -> None:
@@ -147,6 +203,7 @@ def stop_leftovers(state_dir: Path) -> None:
     pidfile = state_dir / "pids.json"
     if not pidfile.exists():
         return
+    leaders: dict[int, str] = {}
     with contextlib.suppress(ValueError, OSError):
         for name, pid in json.loads(pidfile.read_text()).items():
             cmdline = Path(f"/proc/{pid}/cmdline")
@@ -154,7 +211,9 @@ def stop_leftovers(state_dir: Path) -> None:
                 f"/proc/{pid}/cwd"
             ):
                 console.print(f"[yellow]stopping {name} left by a previous demo (pid {pid})[/yellow]")
-                _stop_group(pid)
+                leaders[int(pid)] = name
+    if leaders:
+        stop_sessions(leaders, STOP_GRACE)
     pidfile.unlink(missing_ok=True)
 
 
@@ -326,19 +385,24 @@ def running_stack(state_dir: Path, ui_port: int) -> Iterator[tuple[Stack, dict[s
         console.print(f"   emulator  {emulator_url}   receiver  {receiver_url}/events")
 
         console.print("[bold]2. Starting Airflow (scheduler, triggerer, dag-processor, API server)[/bold]")
-        migrate = subprocess.run(
-            [str(BIN / "airflow"), "db", "migrate"],
-            env=airflow_env,
-            cwd=ROOT,
-            capture_output=True,
-            check=False,
-        )
-        if migrate.returncode != 0:
-            raise RuntimeError(
-                f"airflow db migrate failed:\n{migrate.stdout.decode()}{migrate.stderr.decode()}"
+        migrate_log = stack.log_path("db-migrate")
+        console.print(f"   [dim]creating Airflow's database, log {migrate_log}[/dim]")
+        with migrate_log.open("wb") as log:
+            migrate = subprocess.run(
+                [str(BIN / "airflow"), "db", "migrate"],
+                env=airflow_env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=False,
             )
-        for component in ("scheduler", "triggerer", "dag-processor"):
-            stack.start(component, [str(BIN / "airflow"), component], airflow_env)
+        if migrate.returncode != 0:
+            raise RuntimeError(f"airflow db migrate failed, see {migrate_log}")
+        # --skip-serve-logs: Airflow's log servers listen on every interface (no host option). The API
+        # server reads the task and trigger logs from the local files, so the demo needs no log server.
+        for component in ("scheduler", "triggerer"):
+            stack.start(component, [str(BIN / "airflow"), component, "--skip-serve-logs"], airflow_env)
+        stack.start("dag-processor", [str(BIN / "airflow"), "dag-processor"], airflow_env)
         stack.start(
             "api-server",
             [str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(ports["api"])],
@@ -349,8 +413,29 @@ def running_stack(state_dir: Path, ui_port: int) -> Iterator[tuple[Stack, dict[s
         stack.stop()
 
 
+def intro(state_dir: Path, headless: bool) -> None:
+    console.print(
+        "[bold]Carerix -> receiver -> event store -> trigger -> DAG run, on this machine[/bold]\n"
+        "This demo starts, on 127.0.0.1 only, a Carerix emulator, the event receiver and Airflow (scheduler,\n"
+        "triggerer, dag-processor, API server), then:\n"
+        f"  - provisions the example spec's webhooks in the emulator through the DAG {PROVISION_DAG},\n"
+        f"  - starts {WAIT_DAG} (a deferrable sensor waiting for a match to reach Intake),\n"
+        "  - has Carerix deliver the guide's six events, which the receiver stores,\n"
+        "  - shows the stored events and the DAG runs they started.\n"
+        "That takes about 1-2 minutes (Airflow's start is most of it). "
+        + (
+            "It then checks the outcome and stops.\n"
+            if headless
+            else "Airflow then keeps running for you to explore\n"
+            "its UI; Ctrl-C stops every process the demo started (within 10 s).\n"
+        )
+        + f"Logs and databases go to {state_dir} (a fresh copy each time).\n"
+    )
+
+
 def run_demo(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).resolve()
+    intro(state_dir, args.headless)
     ok = True
     with running_stack(state_dir, args.ui_port) as (stack, info):
         api = Airflow(info["api_url"])
@@ -454,9 +539,11 @@ def run_demo(args: argparse.Namespace) -> int:
             f"   {EVENT_DRIVEN_DAG}: {len(event_runs)} run(s), handled {len(handled)}/{len(employee_ids)} "
             f"candidate events; {WAIT_DAG}: {wait_state}"
         )
-        console.print(
-            f"[bold]{'Demo succeeded' if ok else 'Demo FAILED'}[/bold]  logs in {state_dir / 'logs'}"
-        )
+        console.print(f"[bold]{'Demo succeeded' if ok else 'Demo FAILED'}[/bold]")
+        console.print("Logs:")
+        for name in ("db-migrate", *stack.procs):
+            console.print(f"   {name:<14} {stack.log_path(name)}")
+        console.print(f"   {'task runs':<14} {state_dir / 'airflow' / 'logs'}/dag_id=*/run_id=*/task_id=*/")
 
         if not args.headless:
             console.print(
@@ -490,8 +577,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return run_demo(args)
-    except KeyboardInterrupt:
-        console.print("interrupted: stopping")
+    except KeyboardInterrupt:  # the stack was stopped on the way out
+        console.print("interrupted")
         return 130
     except (TimeoutError, RuntimeError) as exc:
         console.print(f"[red]demo failed: {exc}[/red]  (logs in {Path(args.state_dir) / 'logs'})")
