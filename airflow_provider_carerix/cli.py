@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from airflow_provider_carerix.cli_sync import register as register_sync_commands
+from airflow_provider_carerix.spec import check_spec
 
 app = typer.Typer(
     name="carerix-webhooks",
@@ -50,8 +51,6 @@ def validate(
 
     Exits 1 when anything is wrong, else prints a one-line summary and exits 0.
     """
-    from airflow_provider_carerix.spec import check_spec
-
     problem_count = webhook_count = bad_files = 0
     for path in files:
         result = check_spec(path, allow_unknown_event_types=allow_unknown_event_types, filename=str(path))

@@ -7,18 +7,29 @@ through Airflow's secrets backends: ``AIRFLOW_VAR_<KEY>`` / ``AIRFLOW_CONN_<ID>`
 any backend configured in ``[secrets] backend`` (not the metadata database: a terminal is not a task). Anything
 else a task context has (``ds``, ``params``, macros) is undefined here and is reported as an error rather than
 rendered empty, so a spec cannot silently lose a header value.
+
+Reachability. When the connection points at Carerix itself (not the emulator or another local address),
+webhook URLs Carerix cannot deliver to (loopback, private or link-local addresses, ``localhost``, plain
+``http://``) are refused before anything is read or written; ``--allow-unreachable-urls`` permits them for
+setups where Carerix does reach such an address.
+
+Airflow and the hook (which imports Airflow) are imported inside the functions that need them, so
+``carerix-webhooks validate`` starts without loading Airflow.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
-if TYPE_CHECKING:
-    from airflow_provider_carerix.spec import Spec
+from airflow_provider_carerix.exceptions import CarerixError
+from airflow_provider_carerix.spec import Spec, load_spec
+from airflow_provider_carerix.sync import SyncResult, _planned_result, apply, plan
+from airflow_provider_carerix.validation import SpecValidationError, targets_public_carerix
 
 SpecArg = Annotated[Path, typer.Argument(help="YAML or JSON spec file.", exists=True, dir_okay=False)]
 ConnIdOpt = Annotated[
@@ -33,6 +44,15 @@ UnknownOpt = Annotated[
         "--allow-unknown-event-types", help="Accept entities missing from the provider's catalogue."
     ),
 ]
+UnreachableOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unreachable-urls",
+        help="Accept webhook URLs Carerix cannot reach from the internet (loopback, private, http://) "
+        "although the connection points at Carerix itself.",
+    ),
+]
+_MISSING_VARIABLE = re.compile(r"Variable (\S+) not found")
 
 
 def _own_logging() -> None:
@@ -68,22 +88,44 @@ def render_spec_text(text: str) -> str:
     return env.from_string(text).render(**context)
 
 
-def load_spec_file(path: Path, *, allow_unknown_event_types: bool = False) -> Spec:
-    """Read, render, validate; exits 1 printing every problem (file:line:column) when the spec is invalid."""
-    from airflow_provider_carerix.spec import load_spec
-    from airflow_provider_carerix.validation import SpecValidationError
+def _missing_variable(path: Path, template: str, exc: Exception) -> str | None:
+    """A clear message when the template needs an Airflow Variable that is not set, else ``None``."""
+    match = _MISSING_VARIABLE.search(str(exc))
+    if match is None:
+        return None
+    name = match.group(1).strip("'\"")
+    line = next((i for i, text in enumerate(template.splitlines(), 1) if name in text and "{{" in text), None)
+    where = f"{path}:{line}" if line else str(path)
+    return (
+        f"{where}: the spec needs the Airflow Variable {name!r}, which is not set: set it "
+        f"(e.g. export AIRFLOW_VAR_{name.upper()}=...) or in your secrets backend; nothing was changed"
+    )
 
+
+def load_spec_file(
+    path: Path, *, allow_unknown_event_types: bool = False, require_public_urls: bool = False
+) -> Spec:
+    """Read, render, validate; exits 1 printing every problem (file:line:column) when the spec is invalid."""
     _own_logging()
     try:
-        text = render_spec_text(path.read_text(encoding="utf-8"))
+        template = path.read_text(encoding="utf-8")
     except OSError as exc:
         typer.echo(f"error: cannot read {path}: {exc.strerror or exc}", err=True)
         raise typer.Exit(1) from None
+    try:
+        text = render_spec_text(template)
     except Exception as exc:  # jinja2 errors, Variable/Connection not found
-        typer.echo(f"error: cannot render the templates in {path}: {exc}", err=True)
+        message = _missing_variable(path, template, exc)
+        typer.echo(f"error: {message or f'cannot render the templates in {path}: {exc}'}", err=True)
         raise typer.Exit(1) from None
     try:
-        return load_spec(text, allow_unknown_event_types=allow_unknown_event_types, filename=str(path))
+        return load_spec(
+            text,
+            allow_unknown_event_types=allow_unknown_event_types,
+            filename=str(path),
+            require_public_urls=require_public_urls,
+            template=template if text != template else None,
+        )
     except SpecValidationError as exc:
         for problem in exc.problems:
             typer.echo(str(problem), err=True)
@@ -97,9 +139,32 @@ def _stdin_is_tty() -> bool:
 
 
 def _hook(conn_id: str) -> Any:
-    from airflow_provider_carerix.hooks.carerix import CarerixHook
+    from airflow_provider_carerix.hooks.carerix import CarerixHook  # imports Airflow: see module docstring
 
     return CarerixHook(carerix_conn_id=conn_id)
+
+
+def _connect_and_load(
+    spec: Path, conn_id: str, *, allow_unknown_event_types: bool, allow_unreachable_urls: bool
+) -> tuple[Spec, Any]:
+    """The hook and the validated spec; whether URLs must be public depends on where the connection points.
+
+    Resolving the connection reads Airflow's connection (environment or secrets backend), never Carerix.
+    """
+    _own_logging()
+    hook = _hook(conn_id)
+    try:
+        public = targets_public_carerix(hook.settings.api_url)
+    except (
+        Exception
+    ) as exc:  # connection not defined (Airflow's not-found error) or incomplete (CarerixError)
+        raise _fail(exc) from None
+    loaded = load_spec_file(
+        spec,
+        allow_unknown_event_types=allow_unknown_event_types,
+        require_public_urls=public and not allow_unreachable_urls,
+    )
+    return loaded, hook
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -114,17 +179,20 @@ def plan_command(
     ] = True,
     conn_id: ConnIdOpt = "carerix_default",
     allow_unknown_event_types: UnknownOpt = False,
+    allow_unreachable_urls: UnreachableOpt = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the JSON summary after the plan.")
     ] = False,
 ) -> None:
-    """Show what `apply` would change in Carerix. Reads only."""
-    from airflow_provider_carerix.exceptions import CarerixError
-    from airflow_provider_carerix.sync import SyncResult, _planned_result, plan
-
-    loaded = load_spec_file(spec, allow_unknown_event_types=allow_unknown_event_types)
+    """Show what `apply` would change in Carerix. Reads only; a spec with problems reads nothing."""
+    loaded, hook = _connect_and_load(
+        spec,
+        conn_id,
+        allow_unknown_event_types=allow_unknown_event_types,
+        allow_unreachable_urls=allow_unreachable_urls,
+    )
     try:
-        the_plan = plan(loaded, _hook(conn_id), prune=prune)
+        the_plan = plan(loaded, hook, prune=prune)
     except CarerixError as exc:
         raise _fail(exc) from None
     typer.echo(the_plan.render())
@@ -141,13 +209,15 @@ def apply_command(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
     conn_id: ConnIdOpt = "carerix_default",
     allow_unknown_event_types: UnknownOpt = False,
+    allow_unreachable_urls: UnreachableOpt = False,
 ) -> None:
     """Converge Carerix onto the spec (the sync operator's code path); asks first unless --yes."""
-    from airflow_provider_carerix.exceptions import CarerixError
-    from airflow_provider_carerix.sync import apply, plan
-
-    loaded = load_spec_file(spec, allow_unknown_event_types=allow_unknown_event_types)
-    hook = _hook(conn_id)
+    loaded, hook = _connect_and_load(
+        spec,
+        conn_id,
+        allow_unknown_event_types=allow_unknown_event_types,
+        allow_unreachable_urls=allow_unreachable_urls,
+    )
     try:
         the_plan = plan(loaded, hook, prune=prune)
     except CarerixError as exc:

@@ -6,7 +6,8 @@ marks (JSON is YAML, so JSON files get them too, once ``json`` itself accepted t
 come from ``json.JSONDecodeError`` with a hint for the usual typos).
 
 Jinja text (``{{ ... }}``) is left untouched: the operator renders templates before loading, and the CLI's
-``validate`` checks files as written.
+``validate`` checks files as written. A caller that rendered the document passes the unrendered one as
+``template``, so a problem in a rendered value names the template and the Airflow Variable it came from.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from airflow_provider_carerix.validation import (
     _join,
     _suggestion,
     _type_name,
+    explain_templates,
     normalize_event_type,
     validate_webhook,
 )
@@ -356,7 +358,12 @@ def _identity(webhook: Webhook) -> str:
 
 
 def _check_application(
-    name: Any, webhooks: Any, name_path: str, webhooks_path: str, allow_unknown: bool
+    name: Any,
+    webhooks: Any,
+    name_path: str,
+    webhooks_path: str,
+    allow_unknown: bool,
+    require_public: bool,
 ) -> tuple[list[Problem], ApplicationSpec | None, int]:
     problems = _check_name(name, name_path, "application")
     if webhooks is None:
@@ -373,7 +380,9 @@ def _check_application(
     seen_bodies: dict[str, int] = {}
     for index, raw in enumerate(webhooks):
         path = _join(webhooks_path, index)
-        found = validate_webhook(raw, path=path, allow_unknown_event_types=allow_unknown)
+        found = validate_webhook(
+            raw, path=path, allow_unknown_event_types=allow_unknown, require_public_url=require_public
+        )
         problems += found
         if found:
             continue
@@ -403,7 +412,9 @@ def _check_application(
     return [], ApplicationSpec(name=name, webhooks=models, labels=labels), len(webhooks)
 
 
-def _check_document(data: Any, allow_unknown: bool) -> tuple[str, list[Problem], Spec | None, int]:
+def _check_document(
+    data: Any, allow_unknown: bool, require_public: bool
+) -> tuple[str, list[Problem], Spec | None, int]:
     if data is None:
         return (
             "spec",
@@ -429,7 +440,9 @@ def _check_document(data: Any, allow_unknown: bool) -> tuple[str, list[Problem],
         )
     if "applications" not in data and "application" not in data and ({"_kind", "url", "filters"} & set(data)):
         # A bare Carerix webhook body (like the guide's examples): validate it as such.
-        problems = validate_webhook(dict(data), allow_unknown_event_types=allow_unknown)
+        problems = validate_webhook(
+            dict(data), allow_unknown_event_types=allow_unknown, require_public_url=require_public
+        )
         return "webhook", problems, None, 1
     problems: list[Problem] = []
     opt_in = data.get("allow_unknown_event_types", False)
@@ -462,7 +475,12 @@ def _check_document(data: Any, allow_unknown: bool) -> tuple[str, list[Problem],
                 continue
             problems += _unknown(item, _APPLICATION_KEYS, path)
             found, app, n = _check_application(
-                item.get("name"), item.get("webhooks"), _join(path, "name"), _join(path, "webhooks"), allow
+                item.get("name"),
+                item.get("webhooks"),
+                _join(path, "name"),
+                _join(path, "webhooks"),
+                allow,
+                require_public,
             )
             problems += found
             count += n
@@ -481,7 +499,7 @@ def _check_document(data: Any, allow_unknown: bool) -> tuple[str, list[Problem],
     elif "application" in data:
         problems += _unknown(data, _TOP_KEYS[1:], "")
         found, app, count = _check_application(
-            data["application"], data.get("webhooks"), "application", "webhooks", allow
+            data["application"], data.get("webhooks"), "application", "webhooks", allow, require_public
         )
         problems += found
         if app is not None:
@@ -496,16 +514,29 @@ def _check_document(data: Any, allow_unknown: bool) -> tuple[str, list[Problem],
     return "spec", [], Spec(applications=applications, allow_unknown_event_types=opt_in), count
 
 
+def _parsed_template(template: str | Mapping[str, Any] | None) -> Any:
+    if not isinstance(template, str):
+        return template
+    try:
+        return yaml.safe_load(template)
+    except yaml.YAMLError:  # Jinja outside quoted values (e.g. {% for %}): no per-value sources then
+        return None
+
+
 def check_spec(
     source: str | Path | Mapping[str, Any],
     *,
     allow_unknown_event_types: bool = False,
     filename: str | None = None,
+    require_public_urls: bool = False,
+    template: str | Mapping[str, Any] | None = None,
 ) -> CheckResult:
     """Validate a spec (or a bare webhook body) and return every problem, located, instead of raising.
 
     ``source`` is a path, YAML/JSON text (anything with a line break, starting with ``{``/``[``, or
     containing ``": "``), or an already-parsed mapping. ``filename`` names text sources in problems.
+    ``require_public_urls``: the spec is bound for Carerix itself, so every webhook URL must be one Carerix
+    can reach from the internet. ``template``: the document before Jinja rendering (text or mapping).
     """
     text: str | None = None
     if isinstance(source, Path) or (isinstance(source, str) and not _looks_like_text(source)):
@@ -525,7 +556,9 @@ def check_spec(
             return CheckResult(filename, "spec", problems, None, 0)
     else:
         data, positions = source, None
-    kind, problems, spec, count = _check_document(data, allow_unknown_event_types)
+    kind, problems, spec, count = _check_document(data, allow_unknown_event_types, require_public_urls)
+    if template is not None:
+        problems = explain_templates(problems, _parsed_template(template))
     if positions is not None:
         problems = positions.duplicates + problems
         located = []
@@ -550,9 +583,20 @@ def load_spec(
     *,
     allow_unknown_event_types: bool = False,
     filename: str | None = None,
+    require_public_urls: bool = False,
+    template: str | Mapping[str, Any] | None = None,
 ) -> Spec:
-    """Load and validate a spec; raises :class:`SpecValidationError` carrying every problem, located."""
-    result = check_spec(source, allow_unknown_event_types=allow_unknown_event_types, filename=filename)
+    """Load and validate a spec; raises :class:`SpecValidationError` carrying every problem, located.
+
+    Keywords as for :func:`check_spec`.
+    """
+    result = check_spec(
+        source,
+        allow_unknown_event_types=allow_unknown_event_types,
+        filename=filename,
+        require_public_urls=require_public_urls,
+        template=template,
+    )
     if result.problems:
         raise SpecValidationError(result.problems)
     if result.spec is None:  # a bare webhook body: valid, but it names no application to put it in

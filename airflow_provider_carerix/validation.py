@@ -10,8 +10,10 @@ must load whatever Carerix returns.
 from __future__ import annotations
 
 import difflib
+import ipaddress
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,7 +27,11 @@ __all__ = [
     "RESERVED_HEADERS",
     "Problem",
     "SpecValidationError",
+    "explain_templates",
+    "is_local_host",
     "normalize_event_type",
+    "targets_public_carerix",
+    "unreachable_reason",
     "validate_webhook",
 ]
 
@@ -95,6 +101,23 @@ _WEBHOOK_KEYS = {
 _FILTER_KEYS = {"eventType": "eventType", "event_type": "eventType", "condition": "condition"}
 _HEADER_KEYS = {"name": "name", "value": "value"}
 _STATUSES = ("enabled", "disabled", "error")
+# Names that never resolve on the public internet (RFC 6761 special-use names, mDNS, common private zones):
+# Carerix, which delivers from its own servers, cannot reach a host under them.
+_LOCAL_SUFFIXES = (
+    ".localhost",
+    ".local",
+    ".localdomain",
+    ".internal",
+    ".lan",
+    ".home.arpa",
+    ".test",
+    ".invalid",
+    ".example",
+)
+ALLOW_UNREACHABLE_HINT = (
+    "use a public https URL of your receiver, or allow such URLs explicitly "
+    "(--allow-unreachable-urls, or allow_unreachable_urls=True on the operator) if Carerix really reaches it"
+)
 
 
 @dataclass(frozen=True)
@@ -225,7 +248,70 @@ def _get(item: Mapping[str, Any], known: dict[str, str], canonical: str) -> tupl
     return None, None
 
 
-def _check_url(url: Any, path: str) -> list[Problem]:
+def is_local_host(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine or on a private network.
+
+    Decided from the text alone, without a DNS lookup (validation makes no network calls): addresses that are
+    not globally routable (loopback, private, link-local, shared, documentation ranges), ``localhost``,
+    special-use domains, and single-label names such as ``receiver`` in a container network.
+    """
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if not name:
+        return True
+    try:
+        return not ipaddress.ip_address(name).is_global
+    except ValueError:
+        pass
+    return name == "localhost" or "." not in name or name.endswith(_LOCAL_SUFFIXES)
+
+
+def targets_public_carerix(api_url: str) -> bool:
+    """Whether a connection's API URL is Carerix itself, which delivers from the internet.
+
+    The emulator and test setups run on local addresses: there, receiver URLs on loopback or private
+    addresses work and are allowed.
+    """
+    try:
+        host = urlsplit(api_url if "://" in api_url else f"https://{api_url}").hostname
+    except ValueError:
+        return True
+    return not is_local_host(host or "")
+
+
+def unreachable_reason(url: str) -> str | None:
+    """Why Carerix, delivering from the public internet, cannot use ``url``; ``None`` if it can.
+
+    Only for URLs that passed the syntax checks of :func:`validate_webhook`.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if is_local_host(host):
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            kind = "a local host name" if "." not in host or host == "localhost" else "a non-public domain"
+            return f"{host!r} is {kind}"
+        kind = next(
+            (
+                label
+                for label, flag in (
+                    ("a loopback", address.is_loopback),
+                    ("a link-local", address.is_link_local),
+                    ("a private", address.is_private),
+                )
+                if flag
+            ),
+            "a non-public",
+        )
+        return f"{host} is {kind} address"
+    if parts.scheme.lower() != "https":
+        return (
+            "it uses plain http: deliveries (with their secret header) would cross the internet unencrypted"
+        )
+    return None
+
+
+def _check_url(url: Any, path: str, require_public: bool = False) -> list[Problem]:
     if url is None:
         return [Problem(path, "url is required: the address Carerix POSTs events to")]
     if not isinstance(url, str):
@@ -247,6 +333,13 @@ def _check_url(url: Any, path: str) -> list[Problem]:
         return [Problem(path, f"url must use http or https, not {parts.scheme!r}")]
     if not parts.hostname:
         return [Problem(path, f"url {url!r} has no host")]
+    if require_public and (reason := unreachable_reason(url)) is not None:
+        return [
+            Problem(
+                path,
+                f"url {url!r} cannot be reached by Carerix: {reason}; {ALLOW_UNREACHABLE_HINT}",
+            )
+        ]
     return []
 
 
@@ -377,16 +470,31 @@ def _check_headers(headers: Any, path: str) -> list[Problem]:
             )
         elif any(ch in value for ch in "\r\n\0"):
             problems.append(Problem(value_path, "header value contains a line break or NUL character"))
+        elif not value.strip():
+            label = repr(name) if isinstance(name, str) and name else "the header"
+            what = "is empty" if not value else "is only whitespace"
+            problems.append(
+                Problem(
+                    value_path,
+                    f"value of header {label} {what}: a receiver checking it refuses every delivery",
+                )
+            )
     return problems
 
 
 def validate_webhook(
-    webhook: dict[str, Any] | Webhook, *, path: str = "", allow_unknown_event_types: bool = False
+    webhook: dict[str, Any] | Webhook,
+    *,
+    path: str = "",
+    allow_unknown_event_types: bool = False,
+    require_public_url: bool = False,
 ) -> list[Problem]:
     """Every problem with one webhook definition (Carerix's or Python field names), or ``[]`` if it is fine.
 
     ``path`` prefixes every problem's path, so a caller validating a document gets
-    ``webhooks[0].filters[0].condition`` rather than ``filters[0].condition``.
+    ``webhooks[0].filters[0].condition`` rather than ``filters[0].condition``. ``require_public_url`` is for
+    definitions bound for Carerix itself (see :func:`targets_public_carerix`): the URL must then be one
+    Carerix can deliver to from the internet (https, a public host).
     """
     if isinstance(webhook, Webhook):
         webhook = webhook.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -396,7 +504,7 @@ def validate_webhook(
     kind = webhook.get("_kind", webhook.get("kind"))
     if kind is not None and kind != "Webhook":
         problems.append(Problem(_join(path, "_kind"), f"_kind must be 'Webhook', got {kind!r}"))
-    problems += _check_url(webhook.get("url"), _join(path, "url"))
+    problems += _check_url(webhook.get("url"), _join(path, "url"), require_public_url)
     name = webhook.get("name")
     if name is not None and (not isinstance(name, str) or not name.strip() or name != name.strip()):
         problems.append(
@@ -412,3 +520,45 @@ def validate_webhook(
     key, headers = _get(webhook, _WEBHOOK_KEYS, "customHeaders")
     problems += _check_headers(headers, _join(path, key or "customHeaders"))
     return problems
+
+
+# Airflow's Variable accessors in a template: var.value.NAME, var.value.get('NAME', ...), var.json.NAME, ...
+_VARIABLE = re.compile(
+    r"""\bvar\.(?:value|json)\s*(?:\.\s*get\s*\(\s*['"]([^'"]+)['"]|\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*['"]([^'"]+)['"]\s*\])"""
+)
+
+
+def _template_strings(node: Any, path: str, found: dict[str, str]) -> dict[str, str]:
+    if isinstance(node, str):
+        if "{{" in node or "{%" in node:
+            found[path] = node
+    elif isinstance(node, Mapping):
+        for key, value in node.items():
+            _template_strings(value, _join(path, str(key)), found)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            _template_strings(value, _join(path, index), found)
+    return found
+
+
+def explain_templates(problems: list[Problem], template: Any) -> list[Problem]:
+    """Say which template (and Airflow Variable) each problem's value was rendered from.
+
+    ``template`` is the document before rendering (parsed). A header value that rendered empty is fixed by
+    setting a Variable, not by editing the file, so the problem names the Variable to set.
+    """
+    sources = _template_strings(template, "", {})
+    if not sources:
+        return problems
+    explained = []
+    for problem in problems:
+        source = sources.get(problem.path)
+        if source is not None:
+            names = list(dict.fromkeys(next(n for n in m.groups() if n) for m in _VARIABLE.finditer(source)))
+            note = f" (rendered from {source.strip()!r}"
+            if names:
+                listed = ", ".join(repr(n) for n in names)
+                note += f": set the Airflow Variable{'s' if len(names) > 1 else ''} {listed}"
+            problem = replace(problem, message=problem.message + note + ")")
+        explained.append(problem)
+    return explained

@@ -11,9 +11,14 @@ Set up before the first run:
   variable: ``AIRFLOW_CONN_CARERIX_DEFAULT='{"conn_type": "carerix", "host": "https://api.carerix.io",
   "extra": {"client_id": "...", "client_secret": "...", "realm": "..."}}'``.
 * Variable ``carerix_receiver_url``: where Carerix should POST events (your receiver, e.g.
-  ``https://airflow.example.com/carerix/events``).
+  ``https://airflow.example.com/carerix/events``). Against Carerix itself it must be a public https URL:
+  loopback, private and link-local addresses, ``localhost`` and plain ``http://`` fail the run (they are fine
+  when the connection points at the local emulator; ``allow_unreachable_urls=True`` on the operator permits
+  them for setups where Carerix does reach such an address).
 * Variable ``carerix_receiver_secret``: the value of the header Carerix sends with every delivery, which the
   receiver checks. It is masked in task logs and rendered templates, and never returned to XCom.
+
+Both Variables are required: a run without one fails and names it; an empty value fails validation.
 
 Each run validates the whole spec (nothing is changed if any part is wrong), creates what is missing,
 replaces what changed, re-enables webhooks Carerix disabled and deletes webhooks that are not in the spec.

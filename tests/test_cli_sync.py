@@ -151,8 +151,11 @@ def test_templates_use_airflow_variables_with_defaults_and_fail_loudly_when_miss
 
     spec.write_text(spec.read_text().replace("hook_secret", "no_such_variable"))
     missing = invoke("plan", str(spec))
-    assert missing.exit_code == 1 and "cannot render the templates" in missing.output
-    assert "no_such_variable" in missing.output
+    assert missing.exit_code == 1
+    assert f"error: {spec}:5: the spec needs the Airflow Variable 'no_such_variable', which is not set" in (
+        missing.output
+    )
+    assert "export AIRFLOW_VAR_NO_SUCH_VARIABLE=" in missing.output
 
 
 def test_two_applications_with_the_name_fail_clearly(emulator: Any, variables: None) -> None:
@@ -168,7 +171,7 @@ def test_two_applications_with_the_name_fail_clearly(emulator: Any, variables: N
     assert emulator.write_count() == 0
 
 
-def test_real_process_with_only_the_connection_env_var(emulator: Any, tmp_path: Path) -> None:
+def test_real_process_with_only_environment_variables(emulator: Any, tmp_path: Path) -> None:
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(tmp_path),
@@ -177,6 +180,22 @@ def test_real_process_with_only_the_connection_env_var(emulator: Any, tmp_path: 
         "AIRFLOW_VAR_CARERIX_RECEIVER_SECRET": SECRET,
     }
     command = [sys.executable, "-m", "airflow_provider_carerix.cli"]
+    # The example spec has no fallback for the receiver URL: without the Variable nothing is created.
+    unset = subprocess.run(
+        [*command, "apply", "--yes", str(EXAMPLE_SPEC)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert unset.returncode == 1
+    assert "the spec needs the Airflow Variable 'carerix_receiver_url', which is not set" in unset.stderr
+    assert emulator.requests == []
+    env["AIRFLOW_VAR_CARERIX_RECEIVER_URL"] = (
+        "http://127.0.0.1:8090/events"  # a local receiver: local Carerix
+    )
     applied = subprocess.run(
         [*command, "apply", "--yes", str(EXAMPLE_SPEC)],
         env=env,
@@ -189,11 +208,82 @@ def test_real_process_with_only_the_connection_env_var(emulator: Any, tmp_path: 
     assert applied.returncode == 0, applied.stderr[-3000:]
     assert applied.stdout.startswith("+ create application 'airflow-carerix': 6 to create\n")  # logs: stderr
     assert len(summary_of(applied.stdout)["created"]) == 6
-    assert {h["url"] for h in the_webhooks(emulator)} == {
-        "http://127.0.0.1:8090/events"
-    }  # the template default
+    assert {h["url"] for h in the_webhooks(emulator)} == {"http://127.0.0.1:8090/events"}
     planned = subprocess.run(
         [*command, "plan", str(EXAMPLE_SPEC)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert planned.returncode == 0 and "No changes" in planned.stdout
     assert SECRET not in applied.stdout + applied.stderr + planned.stdout + planned.stderr
+
+
+# ------------------------------------------------------------------- empty secrets and unreachable receivers
+
+
+def test_an_empty_secret_variable_is_refused_naming_header_and_variable(
+    emulator: Any, variables: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_VAR_CARERIX_RECEIVER_SECRET", "  ")
+    for command in ("plan", "apply"):
+        result = (
+            invoke(command, "--yes", str(EXAMPLE_SPEC))
+            if command == "apply"
+            else invoke(command, str(EXAMPLE_SPEC))
+        )
+        assert result.exit_code == 1
+        problems = [line for line in result.output.splitlines() if "X-Carerix-Secret" in line]
+        assert len(problems) == 6, result.output  # one per webhook, each located in the file
+        assert problems[0] == (
+            f"{EXAMPLE_SPEC}:26:16: webhooks[0].customHeaders[0].value: value of header 'X-Carerix-Secret' "
+            "is only whitespace: a receiver checking it refuses every delivery (rendered from "
+            "'{{ var.value.carerix_receiver_secret }}': set the Airflow Variable 'carerix_receiver_secret')"
+        )
+    assert emulator.requests == []  # not even a token
+
+
+def carerix_itself(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
+    """carerix_default pointing at Carerix's public API (the emulator keeps running; it must not be called)."""
+    conn = json.loads(emulator.connection_json())
+    conn["host"] = "https://api.carerix.invalid-tld-for-tests.io"
+    monkeypatch.setenv("AIRFLOW_CONN_CARERIX_DEFAULT", json.dumps(conn))
+
+
+def test_against_carerix_itself_unreachable_urls_are_refused_before_any_call(
+    emulator: Any, variables: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    carerix_itself(monkeypatch, emulator)
+    monkeypatch.setenv("AIRFLOW_VAR_CARERIX_RECEIVER_URL", "http://127.0.0.1:8090/events")
+    result = invoke("plan", str(EXAMPLE_SPEC))
+    assert result.exit_code == 1
+    problems = [line for line in result.output.splitlines() if "cannot be reached by Carerix" in line]
+    assert len(problems) == 6, result.output
+    assert problems[0].startswith(
+        f"{EXAMPLE_SPEC}:20:10: webhooks[0].url: url 'http://127.0.0.1:8090/events' cannot be reached by "
+        "Carerix: 127.0.0.1 is a loopback address; use a public https URL of your receiver, or allow such "
+        "URLs explicitly (--allow-unreachable-urls"
+    )
+    assert problems[0].endswith(
+        "(rendered from '{{ var.value.carerix_receiver_url }}': set the Airflow Variable 'carerix_receiver_url')"
+    )
+    assert "nothing was changed" in result.output
+    assert emulator.requests == []
+
+    monkeypatch.setenv("AIRFLOW_VAR_CARERIX_RECEIVER_URL", "http://receiver.example.com/events")
+    plain_http = invoke("apply", "--yes", str(EXAMPLE_SPEC))
+    assert plain_http.exit_code == 1 and "it uses plain http" in plain_http.output
+    assert emulator.requests == []
+
+
+def test_the_same_urls_are_fine_against_the_emulator_and_with_the_explicit_option(
+    emulator: Any, variables: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_VAR_CARERIX_RECEIVER_URL", "http://127.0.0.1:8090/events")
+    local = invoke("apply", "--yes", str(EXAMPLE_SPEC))  # the emulator is local: its receivers may be too
+    assert local.exit_code == 0, local.output
+    assert {h["url"] for h in the_webhooks(emulator)} == {"http://127.0.0.1:8090/events"}
+
+    carerix_itself(monkeypatch, emulator)
+    allowed = invoke("plan", "--allow-unreachable-urls", str(EXAMPLE_SPEC))
+    # Past validation: the plan now reads Carerix, which this test's made-up host cannot answer.
+    assert allowed.exit_code == 1, allowed.output
+    assert "cannot be reached by Carerix" not in allowed.output
+    assert "error: Carerix API GET https://api.carerix.invalid-tld-for-tests.io/" in allowed.output

@@ -392,3 +392,127 @@ def test_sync_operator_with_a_dict_spec_renders_nested_templates_and_masks(emula
     [stored] = emulator.webhooks(application["_id"])
     assert stored["url"] == "https://receiver.example.com/hook.json"
     assert stored["customHeaders"] == [{"name": "X-Carerix-Secret", "value": secret}]
+
+
+# ------------------------------------------------------------- missing Variables, empty secrets, reachability
+
+
+def test_a_missing_variable_fails_the_run_naming_it(
+    provision_dag: Any, emulator: Any, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_VAR_CARERIX_RECEIVER_URL", RECEIVER)
+    monkeypatch.delenv("AIRFLOW_VAR_CARERIX_RECEIVER_SECRET", raising=False)
+    result = run(provision_dag, capfd)
+    assert result.state == "failed"
+    assert "Variable carerix_receiver_secret not found" in result.output
+    assert emulator.write_count() == 0 and emulator.applications() == []
+
+
+def strict_dag(dag_id: str, **operator_kwargs: Any) -> Any:
+    """The example spec in a DAG whose task would retry: problems in the definition must fail it at once."""
+    from datetime import timedelta
+
+    import pendulum
+    from airflow.sdk import DAG
+
+    from airflow_provider_carerix.operators.webhooks import CarerixSyncWebhooksOperator
+
+    with DAG(dag_id=dag_id, schedule=None, start_date=pendulum.datetime(2024, 1, 1, tz="UTC")) as dag:
+        CarerixSyncWebhooksOperator(
+            task_id=TASK_ID,
+            spec=str(ROOT / "example_dags" / "specs" / "carerix_webhooks.yaml"),
+            retries=3,
+            retry_delay=timedelta(seconds=1),
+            **operator_kwargs,
+        )
+    return dag
+
+
+def run_strict(dag: Any, capfd: pytest.CaptureFixture[str]) -> tuple[str, int, str]:
+    """(task state, try number, output) of one dag.test() run of a DAG defined in the test."""
+    import importlib
+
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    from tests.fixtures.airflow import DagBag
+
+    sync_bag_to_db = importlib.import_module(DagBag.__module__).sync_bag_to_db  # moved with DagBag in 3.2
+
+    # dag.test() runs the serialized DAG; it serializes only DAGs found in a bundle's files, so write it here.
+    DagBundlesManager().sync_bundles_to_db()
+    bag = DagBag(dag_folder=str(ROOT / "tests" / "data" / "no-such-folder"))
+    bag.bag_dag(dag)
+    sync_bag_to_db(bag, "dags-folder", None)
+    capfd.readouterr()
+    dag_run = dag.test()
+    out, err = capfd.readouterr()
+    with create_session() as session:
+        ti = session.query(TaskInstance).filter_by(dag_id=dag.dag_id, run_id=dag_run.run_id).one()
+        return str(ti.state), ti.try_number, out + err
+
+
+def test_an_empty_secret_fails_without_retry_naming_header_and_variable(
+    airflow_db: None, emulator: Any, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_VAR_CARERIX_RECEIVER_URL", RECEIVER)
+    monkeypatch.setenv("AIRFLOW_VAR_CARERIX_RECEIVER_SECRET", "")
+    state, tries, output = run_strict(strict_dag("carerix_strict_empty_secret"), capfd)
+    assert (state, tries) == ("failed", 1), output[-3000:]
+    assert (
+        "webhooks[0].customHeaders[0].value: value of header 'X-Carerix-Secret' is empty: a receiver "
+        "checking it refuses every delivery (rendered from '{{ var.value.carerix_receiver_secret }}': "
+        "set the Airflow Variable 'carerix_receiver_secret')"
+    ) in output
+    assert emulator.requests == []
+
+
+def test_against_carerix_itself_a_loopback_receiver_fails_without_retry(
+    airflow_db: None, emulator: Any, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = json.loads(emulator.connection_json())
+    conn["host"] = "https://api.carerix.invalid-tld-for-tests.io"
+    monkeypatch.setenv("AIRFLOW_CONN_CARERIX_DEFAULT", json.dumps(conn))
+    monkeypatch.setenv("AIRFLOW_VAR_CARERIX_RECEIVER_URL", "http://127.0.0.1:8090/events")
+    monkeypatch.setenv("AIRFLOW_VAR_CARERIX_RECEIVER_SECRET", SECRET)
+    state, tries, output = run_strict(strict_dag("carerix_strict_loopback"), capfd)
+    assert (state, tries) == ("failed", 1), output[-3000:]
+    assert (
+        "carerix_webhooks.yaml:20:10: webhooks[0].url: url 'http://127.0.0.1:8090/events' cannot be reached "
+        "by Carerix: 127.0.0.1 is a loopback address"
+    ) in output
+    assert "set the Airflow Variable 'carerix_receiver_url'" in output
+    assert SECRET not in output
+    assert emulator.requests == []
+
+
+def test_a_loopback_receiver_is_fine_against_the_emulator(
+    airflow_db: None, emulator: Any, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_VAR_CARERIX_RECEIVER_URL", "http://127.0.0.1:8090/events")
+    monkeypatch.setenv("AIRFLOW_VAR_CARERIX_RECEIVER_SECRET", SECRET)
+    state, tries, output = run_strict(strict_dag("carerix_strict_emulator"), capfd)
+    assert (state, tries) == ("success", 1), output[-3000:]
+    assert {h["url"] for h in webhooks(emulator)} == {"http://127.0.0.1:8090/events"}
+
+
+def test_create_webhook_refuses_unreachable_urls_for_carerix_itself_unless_allowed(
+    emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_carerix.operators.webhooks import CarerixCreateWebhookOperator
+    from airflow_provider_carerix.version_compat import AirflowFailException
+
+    conn = json.loads(emulator.connection_json())
+    conn["host"] = "https://api.carerix.invalid-tld-for-tests.io"
+    monkeypatch.setenv("AIRFLOW_CONN_CARERIX_DEFAULT", json.dumps(conn))
+    kwargs: dict[str, Any] = {
+        "task_id": "hook",
+        "application_id": "app",
+        "url": "https://10.0.0.5/events",
+        "filters": [{"eventType": "crmatch:created"}],
+    }
+    with pytest.raises(AirflowFailException, match=r"10\.0\.0\.5 is a private address"):
+        CarerixCreateWebhookOperator(**kwargs).body()
+    assert CarerixCreateWebhookOperator(**kwargs, allow_unreachable_urls=True).body()["url"] == kwargs["url"]
+    assert emulator.requests == []

@@ -105,9 +105,10 @@ def test_example_spec_is_valid_and_holds_the_guides_six_examples() -> None:
         ("crpublication:created", None),
     ]
     for hook in app.webhooks:
-        assert hook.url == "{{ var.value.get('carerix_receiver_url', 'http://127.0.0.1:8090/events') }}"
+        # No silent fallbacks: without the Variables a sync fails instead of creating dead webhooks.
+        assert hook.url == "{{ var.value.carerix_receiver_url }}"
         assert [(h.name, h.value) for h in hook.custom_headers] == [
-            ("X-Carerix-Secret", "{{ var.value.get('carerix_receiver_secret', '') }}")
+            ("X-Carerix-Secret", "{{ var.value.carerix_receiver_secret }}")
         ]
 
 

@@ -11,7 +11,9 @@ from airflow_provider_carerix.validation import (
     MAX_FILTERS,
     Problem,
     SpecValidationError,
+    explain_templates,
     normalize_event_type,
+    targets_public_carerix,
     validate_webhook,
 )
 
@@ -283,12 +285,105 @@ def test_custom_header_rules(headers: Any, message: str) -> None:
     assert messages(webhook(customHeaders=headers)) == [message]
 
 
-def test_header_values_may_hold_jinja_and_be_empty() -> None:
-    headers = [
-        {"name": "X-Carerix-Secret", "value": "{{ var.value.get('carerix_receiver_secret', '') }}"},
-        {"name": "X-Empty", "value": ""},
-    ]
+def test_header_values_may_hold_jinja() -> None:
+    headers = [{"name": "X-Carerix-Secret", "value": "{{ var.value.carerix_receiver_secret }}"}]
     assert validate_webhook(webhook(customHeaders=headers)) == []
+
+
+@pytest.mark.parametrize(("value", "what"), [("", "is empty"), ("  \t ", "is only whitespace")])
+def test_an_empty_header_value_is_an_error_naming_the_header(value: str, what: str) -> None:
+    headers = [{"name": "X-Ok", "value": "v"}, {"name": "X-Carerix-Secret", "value": value}]
+    assert messages(webhook(customHeaders=headers)) == [
+        f"customHeaders[1].value: value of header 'X-Carerix-Secret' {what}: "
+        "a receiver checking it refuses every delivery"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("template", "variables"),
+    [
+        ("{{ var.value.carerix_receiver_secret }}", "Variable 'carerix_receiver_secret'"),
+        ("{{ var.value.get('hook_secret', '') }}", "Variable 'hook_secret'"),
+        ('{{ var.json.cfg["secret"] }}', "Variable 'cfg'"),
+        ("{{ var.value['a.b'] }}{{ var.value.c }}", "Variables 'a.b', 'c'"),
+    ],
+)
+def test_a_problem_in_a_rendered_value_names_its_template_and_variable(template: str, variables: str) -> None:
+    rendered = webhook(customHeaders=[{"name": "X-Secret", "value": ""}])
+    source = webhook(customHeaders=[{"name": "X-Secret", "value": template}])
+    [problem] = explain_templates(validate_webhook(rendered), source)
+    assert problem.message == (
+        "value of header 'X-Secret' is empty: a receiver checking it refuses every delivery "
+        f"(rendered from {template!r}: set the Airflow {variables})"
+    )
+
+
+def test_template_notes_only_for_values_that_were_templates() -> None:
+    rendered = webhook(url="ftp://x", customHeaders=[{"name": "X-Secret", "value": ""}])
+    source = webhook(url="ftp://x", customHeaders=[{"name": "X-Secret", "value": "{{ ds }}"}])
+    url_problem, header_problem = explain_templates(validate_webhook(rendered), source)
+    assert "rendered from" not in url_problem.message
+    assert header_problem.message.endswith("(rendered from '{{ ds }}')")  # no Variable in it: none named
+
+
+# ------------------------------------------------------------------------------ reachability from Carerix
+
+
+@pytest.mark.parametrize(
+    ("api_url", "public"),
+    [
+        ("https://api.carerix.io", True),
+        ("api.carerix.io", True),
+        ("https://carerix-proxy.corp.example.com/api", True),
+        ("http://127.0.0.1:8123", False),  # the emulator
+        ("http://localhost:8123", False),
+        ("http://[::1]:8123", False),
+        ("http://10.1.2.3", False),
+        ("http://carerix-emulator:8080", False),  # a container network name
+        ("http://emulator.test", False),
+    ],
+)
+def test_which_connections_are_carerix_itself(api_url: str, public: bool) -> None:
+    assert targets_public_carerix(api_url) is public
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://127.0.0.1:8090/events", "127.0.0.1 is a loopback address"),
+        ("https://127.0.0.1:8090/events", "127.0.0.1 is a loopback address"),
+        ("https://[::1]/events", "::1 is a loopback address"),
+        ("https://10.0.0.5/events", "10.0.0.5 is a private address"),
+        ("https://192.168.1.20/events", "192.168.1.20 is a private address"),
+        ("https://172.16.0.1/events", "172.16.0.1 is a private address"),
+        ("https://[fd00::5]/events", "fd00::5 is a private address"),
+        ("https://169.254.169.254/latest", "169.254.169.254 is a link-local address"),
+        ("https://100.64.0.1/events", "100.64.0.1 is a non-public address"),
+        ("https://localhost:8090/events", "'localhost' is a local host name"),
+        ("https://receiver/events", "'receiver' is a local host name"),
+        ("https://airflow.internal/events", "'airflow.internal' is a non-public domain"),
+        ("https://receiver.local/events", "'receiver.local' is a non-public domain"),
+        (
+            "http://receiver.example.com/events",
+            "it uses plain http: deliveries (with their secret header) would cross the internet unencrypted",
+        ),
+    ],
+)
+def test_urls_carerix_cannot_reach_are_refused_for_carerix_itself(url: str, reason: str) -> None:
+    assert messages(webhook(url=url), require_public_url=True) == [
+        f"url: url {url!r} cannot be reached by Carerix: {reason}; use a public https URL of your receiver, "
+        "or allow such URLs explicitly (--allow-unreachable-urls, or allow_unreachable_urls=True on the "
+        "operator) if Carerix really reaches it"
+    ]
+    assert validate_webhook(webhook(url=url)) == []  # the emulator and local test hosts: allowed
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://receiver.example.com/events", "https://8.8.8.8/x", "https://AIRFLOW.Example.COM:8443/carerix"],
+)
+def test_public_https_urls_are_fine_for_carerix_itself(url: str) -> None:
+    assert validate_webhook(webhook(url=url), require_public_url=True) == []
 
 
 @pytest.mark.parametrize(

@@ -3,24 +3,41 @@
 Header values are how a receiver authenticates Carerix, so they are secrets: every operator registers them with
 Airflow's secrets masker as soon as templates are rendered (before Airflow stores the rendered fields and
 before anything is logged), and the operators return ids only, never URLs or headers, to XCom.
+
+When the connection points at Carerix itself (not the emulator or another local address), webhook URLs
+Carerix cannot deliver to (loopback, private or link-local addresses, ``localhost``, plain ``http://``) fail
+the task without retries, like any other problem in a definition; ``allow_unreachable_urls=True`` permits them
+for setups where Carerix does reach such an address.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from airflow_provider_carerix.sync import sync
-from airflow_provider_carerix.version_compat import BaseOperator
+import yaml
+from airflow.sdk.log import mask_secret
+
+from airflow_provider_carerix.conditions import parse
+from airflow_provider_carerix.exceptions import CarerixNotFoundError
+from airflow_provider_carerix.spec import Spec, load_spec
+from airflow_provider_carerix.sync import SyncError, sync
+from airflow_provider_carerix.validation import (
+    SpecValidationError,
+    explain_templates,
+    targets_public_carerix,
+    validate_webhook,
+)
+from airflow_provider_carerix.version_compat import AirflowFailException, BaseOperator
 
 if TYPE_CHECKING:
     import jinja2
     from airflow.sdk import Context
 
     from airflow_provider_carerix.hooks.carerix import CarerixHook
-    from airflow_provider_carerix.spec import Spec
 
 SPEC_EXTENSIONS = (".yaml", ".yml", ".json")
 
@@ -28,8 +45,6 @@ SPEC_EXTENSIONS = (".yaml", ".yml", ".json")
 def _mask(value: object) -> None:
     """Register a secret with the task's and the supervisor's masker (the latter redacts rendered fields)."""
     if isinstance(value, str) and value:
-        from airflow.sdk.log import mask_secret
-
         mask_secret(value)
 
 
@@ -63,8 +78,6 @@ def mask_spec_headers(spec: object) -> None:
     its header values must be hidden there too.
     """
     if isinstance(spec, str):
-        import yaml
-
         try:
             spec = yaml.safe_load(spec)
         except yaml.YAMLError:
@@ -92,9 +105,14 @@ class _CarerixOperator(BaseOperator):
 
     @cached_property
     def hook(self) -> CarerixHook:
+        # Imported when a task runs, not when a DAG file is parsed: requests and tenacity are run-time needs.
         from airflow_provider_carerix.hooks.carerix import CarerixHook
 
         return CarerixHook(carerix_conn_id=self.carerix_conn_id)
+
+    def _require_public_urls(self, allow_unreachable_urls: bool) -> bool:
+        """Whether webhook URLs must be reachable from the internet: the connection is Carerix itself."""
+        return not allow_unreachable_urls and targets_public_carerix(self.hook.settings.api_url)
 
 
 class CarerixCreateApplicationOperator(_CarerixOperator):
@@ -129,6 +147,7 @@ class CarerixCreateWebhookOperator(_CarerixOperator):
         filters: Sequence[Mapping[str, Any]],
         custom_headers: Mapping[str, str] | Sequence[Mapping[str, str]] | None = None,
         allow_unknown_event_types: bool = False,
+        allow_unreachable_urls: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -137,17 +156,18 @@ class CarerixCreateWebhookOperator(_CarerixOperator):
         self.filters = filters
         self.custom_headers = custom_headers
         self.allow_unknown_event_types = allow_unknown_event_types
+        self.allow_unreachable_urls = allow_unreachable_urls
+        self._templates: dict[str, Any] | None = None
 
     def render_template_fields(self, context: Context, jinja_env: jinja2.Environment | None = None) -> None:
+        # Kept to name the template (and Variable) a value came from when it renders invalid or empty.
+        self._templates = {"url": self.url, "customHeaders": normalize_headers(self.custom_headers)}
         super().render_template_fields(context, jinja_env)
         for header in normalize_headers(self.custom_headers):
             _mask(header.get("value"))
 
     def body(self) -> dict[str, Any]:
         """The create body, validated: every problem at once, before any call."""
-        from airflow_provider_carerix.conditions import parse
-        from airflow_provider_carerix.validation import SpecValidationError, validate_webhook
-
         for header in normalize_headers(self.custom_headers):
             _mask(header.get("value"))
         body: dict[str, Any] = {
@@ -157,9 +177,13 @@ class CarerixCreateWebhookOperator(_CarerixOperator):
         }
         if headers := normalize_headers(self.custom_headers):
             body["customHeaders"] = headers
-        problems = validate_webhook(body, allow_unknown_event_types=self.allow_unknown_event_types)
+        problems = validate_webhook(
+            body,
+            allow_unknown_event_types=self.allow_unknown_event_types,
+            require_public_url=self._require_public_urls(self.allow_unreachable_urls),
+        )
         if problems:
-            _fail_without_retry(SpecValidationError(problems))
+            _fail_without_retry(SpecValidationError(explain_templates(problems, self._templates)))
         for f in body["filters"]:
             f["eventType"] = f["eventType"].strip().lower()
             if f.get("condition") is not None:
@@ -184,8 +208,6 @@ class CarerixDeleteWebhookOperator(_CarerixOperator):
         self.webhook_id = webhook_id
 
     def execute(self, context: Context) -> None:
-        from airflow_provider_carerix.exceptions import CarerixNotFoundError
-
         try:
             self.hook.delete_webhook(str(self.application_id), str(self.webhook_id))
         except CarerixNotFoundError:
@@ -200,8 +222,10 @@ class CarerixSyncWebhooksOperator(_CarerixOperator):
     ``spec`` is a dict, or a path to a YAML/JSON spec file (relative to the DAG folder or a
     ``template_searchpath``, or absolute). The file is a Jinja template, like any ``template_ext`` file, so
     ``{{ var.value.carerix_receiver_secret }}`` in it resolves at run time; the path itself may be a template
-    too (``"{{ params.spec }}"``). The whole spec is validated before the first call to Carerix. Returns the
-    summary (ids per action), never URLs or header values.
+    too (``"{{ params.spec }}"``). The whole spec is validated before the first call to Carerix, including
+    header values that rendered empty (the problem names the Variable to set) and, against Carerix itself,
+    receiver URLs it cannot reach (``allow_unreachable_urls`` permits them). Returns the summary (ids per
+    action), never URLs or header values.
     """
 
     template_fields: Sequence[str] = ("spec", "prune", "dry_run")
@@ -216,6 +240,7 @@ class CarerixSyncWebhooksOperator(_CarerixOperator):
         prune: bool | str = True,
         dry_run: bool | str = False,
         allow_unknown_event_types: bool = False,
+        allow_unreachable_urls: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -223,7 +248,9 @@ class CarerixSyncWebhooksOperator(_CarerixOperator):
         self.prune = prune
         self.dry_run = dry_run
         self.allow_unknown_event_types = allow_unknown_event_types
+        self.allow_unreachable_urls = allow_unreachable_urls
         self._spec_source: str | None = self.spec if _is_spec_path(self.spec) else None
+        self._spec_template: str | Mapping[str, Any] | None = None  # the spec before rendering
 
     def resolve_template_files(self) -> None:
         # Airflow's loader only finds files under the DAG folder / template_searchpath; read absolute paths here.
@@ -249,31 +276,34 @@ class CarerixSyncWebhooksOperator(_CarerixOperator):
         return super().render_template(content, context, jinja_env, seen_oids)
 
     def render_template_fields(self, context: Context, jinja_env: jinja2.Environment | None = None) -> None:
+        if not _is_spec_path(self.spec):
+            self._spec_template = copy.deepcopy(self.spec)
         super().render_template_fields(context, jinja_env)
         if _is_spec_path(self.spec):
             # The path was itself a template ("{{ params.spec }}"): now load and render the file it names.
+            jinja_env = jinja_env or self.get_template_env()
             self._spec_source = str(self.spec)
+            self._spec_template = _template_text(str(self.spec), jinja_env)
             self.spec = self.render_template(self.spec, context, jinja_env)
         mask_spec_headers(self.spec)
 
     def load(self) -> Spec:
-        from airflow_provider_carerix.spec import load_spec
-
         spec = self.spec
         if _is_spec_path(spec):  # executed without rendering (e.g. operator.execute() called directly)
             self._spec_source = str(spec)
             spec = Path(str(spec)).read_text(encoding="utf-8")
         mask_spec_headers(spec)
         return load_spec(
-            spec, allow_unknown_event_types=self.allow_unknown_event_types, filename=self._spec_source
+            spec,
+            allow_unknown_event_types=self.allow_unknown_event_types,
+            filename=self._spec_source,
+            require_public_urls=self._require_public_urls(self.allow_unreachable_urls),
+            template=self._spec_template,
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
         prune = _as_bool(self.prune, "prune")
         dry_run = _as_bool(self.dry_run, "dry_run")
-        from airflow_provider_carerix.sync import SyncError
-        from airflow_provider_carerix.validation import SpecValidationError
-
         try:
             spec = self.load()  # every problem, before any call to Carerix
         except SpecValidationError as error:
@@ -289,10 +319,20 @@ class CarerixSyncWebhooksOperator(_CarerixOperator):
 
 def _fail_without_retry(error: Exception) -> NoReturn:
     """A wrong spec stays wrong on retry: fail the task at once, with every problem in the message."""
-    from airflow_provider_carerix.version_compat import AirflowFailException
-
     raise AirflowFailException(str(error)) from error
 
 
 def _is_spec_path(value: object) -> bool:
     return isinstance(value, str) and "\n" not in value and value.strip().endswith(SPEC_EXTENSIONS)
+
+
+def _template_text(path: str, jinja_env: jinja2.Environment) -> str | None:
+    """A spec file's text before rendering, found as Airflow's template loader finds it."""
+    if Path(path).is_absolute():
+        return Path(path).read_text(encoding="utf-8")
+    if jinja_env.loader is None:
+        return None
+    try:
+        return jinja_env.loader.get_source(jinja_env, path)[0]
+    except Exception:  # jinja2.TemplateNotFound: rendering reports it next, with Airflow's own message
+        return None
