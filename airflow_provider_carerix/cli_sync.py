@@ -210,6 +210,16 @@ def apply_command(
     conn_id: ConnIdOpt = "carerix_default",
     allow_unknown_event_types: UnknownOpt = False,
     allow_unreachable_urls: UnreachableOpt = False,
+    record_keys: Annotated[
+        bool,
+        typer.Option(
+            "--record-keys/--no-record-keys",
+            help="Record each application's signing key in the event store, for receivers to verify with.",
+        ),
+    ] = True,
+    store: Annotated[
+        str | None, typer.Option("--store", help="Event store URL (default: resolved as everywhere).")
+    ] = None,
 ) -> None:
     """Converge Carerix onto the spec (the sync operator's code path); asks first unless --yes."""
     loaded, hook = _connect_and_load(
@@ -224,6 +234,8 @@ def apply_command(
         raise _fail(exc) from None
     typer.echo(the_plan.render())
     if not the_plan.has_changes:
+        if record_keys:
+            _record_keys(hook, [a.application_id for a in the_plan.applications], store)
         return
     if not yes:
         if not _stdin_is_tty():
@@ -241,7 +253,23 @@ def apply_command(
             "The run stopped halfway; running apply again finishes it (see the lines above).", err=True
         )
         raise _fail(exc) from None
+    if record_keys:
+        _record_keys(hook, [a.application_id for a in result.applications], store)
     typer.echo(result.to_json())
+
+
+def _record_keys(hook: Any, application_ids: list[str | None], store_url: str | None) -> None:
+    """Signing keys to the event store (messages on stderr: stdout holds the plan and the JSON summary)."""
+    from airflow_provider_carerix.exceptions import CarerixError
+    from airflow_provider_carerix.signing import record_signing_keys
+    from airflow_provider_carerix.store import EventStore, StoreUnavailable
+
+    try:
+        with EventStore(store_url) as event_store:
+            record_signing_keys(hook, application_ids, event_store, say=lambda m: typer.echo(m, err=True))
+    except (CarerixError, StoreUnavailable) as exc:
+        typer.echo("The webhooks are in place, but their signing keys could not be recorded.", err=True)
+        raise _fail(exc) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -27,12 +27,32 @@ class _CarerixModel(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+#: An application's ``_kind``: ``Application`` in the REST guide, ``WebhookApplication`` in the GraphQL schema.
+APPLICATION_KINDS = ("Application", "WebhookApplication")
+
+
+class SignatureVerification(_CarerixModel):
+    """How to check an application's deliveries: Carerix's ``AsymmetricSignatureVerification``.
+
+    ``public_key`` is the PEM of the key pair Carerix signs the application's deliveries with (``Cx-Signature``).
+    """
+
+    algorithm: str | None = None
+    public_key: str | None = Field(default=None, alias="publicKey")
+
+
 class Application(_CarerixModel):
     """A webhook application: the container Carerix groups webhooks under."""
 
     kind: str = Field(default="Application", alias="_kind")
     id: str | None = _ID
     name: str | None = None
+    signature_verification: SignatureVerification | None = Field(default=None, alias="signatureVerification")
+
+    @property
+    def is_application(self) -> bool:
+        """Whether ``_kind`` names an application in either of Carerix's spellings."""
+        return self.kind in APPLICATION_KINDS
 
 
 class CustomHeader(_CarerixModel):

@@ -32,6 +32,7 @@ Guarantees the rest of the provider builds on:
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -55,6 +56,7 @@ __all__ = [
     "NOTIFY_CHANNEL",
     "SCHEMA_VERSION",
     "EventStore",
+    "Provenance",
     "StoreUnavailable",
     "StoredEvent",
     "resolve_store_url",
@@ -141,6 +143,22 @@ class StoredEvent:
     received_at: datetime
     payload: dict[str, Any] = field(repr=False)
     raw: str = field(default="", repr=False, compare=False)
+    #: True: ``Cx-Signature`` checked against a key of its application; False: accepted without (no key
+    #: known yet, or recovered from the delivery log); None: stored before signatures were recorded.
+    signature_verified: bool | None = None
+    #: Stored by recovery from Carerix's delivery log rather than delivered to the receiver.
+    recovered: bool = False
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """How an event reached the store, recorded beside it (``insert_many`` items may carry one)."""
+
+    signature_verified: bool | None = None
+    recovered: bool = False
+
+
+_DELIVERED = Provenance()
 
 
 class _UTCDateTime(sa.types.TypeDecorator):
@@ -190,6 +208,9 @@ events = sa.Table(
     sa.Column("entity_id", sa.String(_ID_MAX)),
     sa.Column("received_at", _UTCDateTime, nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
+    # Added by migration step 2 (see ``_migration_2``).
+    sa.Column("signature_verified", sa.Boolean),
+    sa.Column("recovered", sa.Boolean, nullable=False, server_default=sa.false()),
     sqlite_autoincrement=True,
 )
 # What triggers ask: "after sequence N" (primary key), optionally for some types or one webhook.
@@ -208,6 +229,22 @@ cursors = sa.Table(
 )
 
 
+# The public keys Carerix signs each application's deliveries with, as provisioning last saw them. The key seen
+# last is current (``superseded_at`` NULL); a key replaced by another stays valid for a rotation window after
+# ``superseded_at``, so deliveries signed just before a rotation are still accepted.
+signing_keys = sa.Table(
+    "carerix_signing_keys",
+    metadata,
+    sa.Column("application_id", sa.String(_ID_MAX), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), primary_key=True),
+    sa.Column("algorithm", sa.String(_ID_MAX)),
+    sa.Column("public_key", sa.Text, nullable=False),
+    sa.Column("first_seen", _UTCDateTime, nullable=False),
+    sa.Column("last_seen", _UTCDateTime, nullable=False),
+    sa.Column("superseded_at", _UTCDateTime),
+)
+
+
 def _migration_1(conn: Connection) -> None:
     events.create(conn, checkfirst=True)
     for index in _events_indexes:
@@ -215,8 +252,21 @@ def _migration_1(conn: Connection) -> None:
     cursors.create(conn, checkfirst=True)
 
 
+def _migration_2(conn: Connection) -> None:
+    """Signing keys per application; per event whether its signature was verified and whether it was recovered."""
+    signing_keys.create(conn, checkfirst=True)
+    # A store created by this version already has the columns (step 1 creates the table from ``events``).
+    present = {column["name"] for column in sa.inspect(conn).get_columns(events.name)}
+    if "signature_verified" not in present:
+        conn.execute(sa.text(f"ALTER TABLE {events.name} ADD COLUMN signature_verified BOOLEAN"))
+    if "recovered" not in present:
+        conn.execute(
+            sa.text(f"ALTER TABLE {events.name} ADD COLUMN recovered BOOLEAN NOT NULL DEFAULT FALSE")
+        )
+
+
 # Append steps, never edit shipped ones: version N means steps 1..N ran.
-_MIGRATIONS = [_migration_1]
+_MIGRATIONS = [_migration_1, _migration_2]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -428,11 +478,14 @@ class EventStore:
         return self.insert_many([(raw, event)])[0]
 
     @_retry_on_disconnect
-    def insert_many(self, items: Sequence[tuple[bytes | str, WebhookEvent]]) -> list[tuple[int, bool]]:
+    def insert_many(
+        self,
+        items: Sequence[tuple[bytes | str, WebhookEvent] | tuple[bytes | str, WebhookEvent, Provenance]],
+    ) -> list[tuple[int, bool]]:
         """Store a group of deliveries in one transaction (one fsync); results in the order given.
 
         A duplicate event id, already stored or earlier in the same group, returns the sequence of the row
-        that holds it and ``False``.
+        that holds it and ``False``. An item may carry a :class:`Provenance` as third element.
         """
         if not items:
             return []
@@ -446,7 +499,7 @@ class EventStore:
                 received_at = conn.execute(_PG_LOCK_AND_STAMP).scalar_one()
             else:
                 received_at = _utcnow()  # inside BEGIN IMMEDIATE: writers on this file are serialised
-            ids = list(dict.fromkeys(event.id for _, event in items))
+            ids = list(dict.fromkeys(item[1].id for item in items))
             known: dict[str, int] = {}
             for start in range(0, len(ids), 500):
                 found = conn.execute(
@@ -459,7 +512,9 @@ class EventStore:
             slots: list[int] = []  # index into results of each new row, in insertion order
             pending: dict[str, int] = {}  # event id -> result index of its first occurrence in this group
             repeats: list[tuple[int, int]] = []  # (result index, result index of the first occurrence)
-            for raw, event in items:
+            for item in items:
+                raw, event = item[0], item[1]
+                provenance = item[2] if len(item) > 2 else _DELIVERED  # type: ignore[misc]
                 if event.id in known:
                     results.append((known[event.id], False))
                     continue
@@ -481,6 +536,8 @@ class EventStore:
                         "entity_id": _entity_id(event),
                         "received_at": received_at,
                         "payload": raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw,
+                        "signature_verified": provenance.signature_verified,
+                        "recovered": provenance.recovered,
                     }
                 )
             if rows:
@@ -590,6 +647,8 @@ class EventStore:
                 received_at=row.received_at,
                 payload=json.loads(row.payload),
                 raw=row.payload,
+                signature_verified=row.signature_verified,
+                recovered=bool(row.recovered),
             )
             for row in rows
         ]
@@ -608,6 +667,73 @@ class EventStore:
         with self._guard(), self._engine.connect() as conn:
             value = conn.execute(sa.select(cursors.c.sequence).where(cursors.c.name == name)).scalar()
         return int(value or 0)
+
+    # -- signing keys ---------------------------------------------------------------------------------------
+
+    @_retry_on_disconnect
+    def record_signing_key(self, application_id: str, public_key: str, algorithm: str | None = None) -> bool:
+        """Remember the key an application's deliveries are signed with now; True when it was not known yet.
+
+        The key recorded last is the application's current one; any other key of the application becomes
+        superseded now (and stays valid for the rotation window the reader asks for).
+        """
+        self._ensure_schema()
+        fingerprint = key_fingerprint(public_key)
+        now = _utcnow()
+        with self._guard(), self._write() as conn:
+            existing = conn.execute(
+                sa.select(signing_keys.c.fingerprint).where(
+                    signing_keys.c.application_id == application_id, signing_keys.c.fingerprint == fingerprint
+                )
+            ).scalar()
+            conn.execute(
+                signing_keys.update()
+                .where(
+                    signing_keys.c.application_id == application_id,
+                    signing_keys.c.fingerprint != fingerprint,
+                    signing_keys.c.superseded_at.is_(None),
+                )
+                .values(superseded_at=now)
+            )
+            if existing is None:
+                conn.execute(
+                    signing_keys.insert().values(
+                        application_id=application_id,
+                        fingerprint=fingerprint,
+                        algorithm=algorithm,
+                        public_key=public_key.strip() + "\n",
+                        first_seen=now,
+                        last_seen=now,
+                        superseded_at=None,
+                    )
+                )
+            else:
+                conn.execute(
+                    signing_keys.update()
+                    .where(
+                        signing_keys.c.application_id == application_id,
+                        signing_keys.c.fingerprint == fingerprint,
+                    )
+                    .values(last_seen=now, superseded_at=None, algorithm=algorithm)
+                )
+        return existing is None
+
+    @_retry_on_disconnect
+    def signing_keys(self, application_id: str, *, rotation_window: timedelta) -> list[str]:
+        """PEM public keys valid for the application now: the current one, then those superseded less than
+        ``rotation_window`` ago (newest first). Empty when provisioning never recorded a key for it."""
+        self._ensure_schema()
+        cutoff = _utcnow() - rotation_window
+        stmt = (
+            sa.select(signing_keys.c.public_key)
+            .where(
+                signing_keys.c.application_id == application_id,
+                sa.or_(signing_keys.c.superseded_at.is_(None), signing_keys.c.superseded_at > cutoff),
+            )
+            .order_by(signing_keys.c.superseded_at.is_not(None), signing_keys.c.last_seen.desc())
+        )
+        with self._guard(), self._engine.connect() as conn:
+            return [row.public_key for row in conn.execute(stmt)]
 
     @_retry_on_disconnect
     def ping(self) -> None:
@@ -629,6 +755,16 @@ class EventStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def key_fingerprint(public_key: str) -> str:
+    """SHA-256 (hex) of a PEM's base64 body: the same key written with other line breaks has one fingerprint."""
+    body = "".join(
+        line.strip()
+        for line in public_key.strip().splitlines()
+        if line.strip() and not line.startswith("-----")
+    )
+    return hashlib.sha256(body.encode("ascii", "replace")).hexdigest()
 
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)

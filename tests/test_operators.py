@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from airflow_provider_carerix.store import EventStore
 
 ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "carerix_provision_webhooks"
@@ -143,6 +146,10 @@ def test_create_from_nothing_then_second_run_writes_nothing(
     assert shape(webhooks(emulator)) == EXPECTED
     assert first.summary["application_id"] == app_id(emulator)
     assert first.summary["application_created"] is True
+    with EventStore() as store:  # the sync operator recorded the application's signing key for receivers
+        assert store.signing_keys(app_id(emulator), rotation_window=timedelta(0)) == [
+            emulator.public_key(app_id(emulator))
+        ]
     assert sorted(first.summary["created"]) == sorted(wid(h) for h in webhooks(emulator))
     assert "+ create application 'airflow-carerix'" in first.output
 
@@ -150,7 +157,8 @@ def test_create_from_nothing_then_second_run_writes_nothing(
     second = run(provision_dag, capfd)
     assert second.state == "success"
     assert emulator.write_count() == 0
-    assert reads(emulator) <= 2  # list applications + list this application's webhooks
+    # list applications + list this application's webhooks + read its signing key
+    assert reads(emulator) <= 3
     assert sorted(second.summary["unchanged"]) == sorted(first.summary["created"])
     assert second.summary["created"] == second.summary["deleted"] == second.summary["replaced"] == []
     assert "No changes: Carerix matches the spec." in second.output

@@ -38,7 +38,7 @@ from airflow_provider_carerix.exceptions import (
     api_error,
     scrub,
 )
-from airflow_provider_carerix.models import Application, Webhook
+from airflow_provider_carerix.models import Application, SignatureVerification, Webhook
 from airflow_provider_carerix.version_compat import (
     AIRFLOW_V_3_2_PLUS,
     BaseHook,
@@ -652,6 +652,19 @@ class CarerixHook(BaseHook):
         response = self._call("GET", f"applications/{quote(application_id, safe='')}")
         body = self._json(response) or {}
         return Application.model_validate(_with_id(body, _entry_id(body) or application_id))
+
+    def get_signing_keys(self, application_id: str) -> list[SignatureVerification]:
+        """The public key(s) Carerix signs the application's deliveries with (``signatureVerification``).
+
+        Carerix serves one key per application; a list anyway, so an answer carrying several (a rotation in
+        progress) loses none. Empty when the application has no key (Carerix's schema says it always has one).
+        """
+        response = self._call("GET", f"applications/{quote(application_id, safe='')}")
+        body = self._json(response) or {}
+        found = body.get("signatureVerification") if isinstance(body, dict) else None
+        entries = found if isinstance(found, list) else [found]
+        keys = [SignatureVerification.model_validate(e) for e in entries if isinstance(e, dict)]
+        return [k for k in keys if k.public_key]
 
     def delete_application(self, application_id: str) -> None:
         self._call("DELETE", f"applications/{quote(application_id, safe='')}")

@@ -226,6 +226,10 @@ class CarerixSyncWebhooksOperator(_CarerixOperator):
     header values that rendered empty (the problem names the Variable to set) and, against Carerix itself,
     receiver URLs it cannot reach (``allow_unreachable_urls`` permits them). Returns the summary (ids per
     action), never URLs or header values.
+
+    After a real run it records each application's signing key in the event store (``event_store_url``,
+    resolved as everywhere when ``None``), where receivers read it to verify ``Cx-Signature``; pass
+    ``record_signing_keys=False`` when no receiver of this deployment reads that store.
     """
 
     template_fields: Sequence[str] = ("spec", "prune", "dry_run")
@@ -241,10 +245,14 @@ class CarerixSyncWebhooksOperator(_CarerixOperator):
         dry_run: bool | str = False,
         allow_unknown_event_types: bool = False,
         allow_unreachable_urls: bool = False,
+        record_signing_keys: bool = True,
+        event_store_url: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.spec = str(spec) if isinstance(spec, Path) else spec
+        self.record_signing_keys = record_signing_keys
+        self.event_store_url = event_store_url
         self.prune = prune
         self.dry_run = dry_run
         self.allow_unknown_event_types = allow_unknown_event_types
@@ -312,6 +320,14 @@ class CarerixSyncWebhooksOperator(_CarerixOperator):
             result = sync(spec, self.hook, prune=prune, dry_run=dry_run, say=self.log.info)
         except SyncError as error:  # ambiguous (e.g. two applications with the name): a person must decide
             _fail_without_retry(error)
+        if self.record_signing_keys and not dry_run:
+            from airflow_provider_carerix.signing import record_signing_keys
+            from airflow_provider_carerix.store import EventStore
+
+            with EventStore(self.event_store_url) as store:
+                record_signing_keys(
+                    self.hook, [a.application_id for a in result.applications], store, say=self.log.info
+                )
         summary = result.summary()
         self.log.info("Summary: %s", result.to_json())
         return summary

@@ -1,0 +1,174 @@
+"""Carerix's delivery signatures: learning each application's public key, and keeping it where receivers read it.
+
+Carerix signs every delivery with the key pair of its webhook application and serves the public key on the
+application (``signatureVerification.publicKey``, PEM). Provisioning (the sync operator, ``carerix-webhooks
+apply``) already talks to Carerix with credentials; the receiver, facing the internet, must not hold them. So
+provisioning reads the keys and records them in the event store, and the receiver reads them from there
+through :class:`SigningKeyCache`: no key file to copy, and a rotated key reaches every receiver with the next
+sync.
+
+Rotation: the key recorded last is current; the one it replaced stays valid for ``rotation_window`` (default a
+day), so deliveries signed (or retried by Carerix) with the old key shortly before or after the switch are
+still accepted. A delivery signed with a key provisioning has not recorded yet is refused (401) until the next
+sync; Carerix retries it, and recovery from the delivery log fetches whatever its retries did not deliver.
+
+What exactly Carerix signs is not published; like every public client, the receiver verifies the raw body
+(RSASSA-PKCS1-v1_5 with SHA-256, base64 in ``Cx-Signature``). No Airflow import: the receiver runs without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+    from airflow_provider_carerix.models import SignatureVerification
+    from airflow_provider_carerix.store import EventStore
+
+__all__ = [
+    "DEFAULT_ROTATION_WINDOW",
+    "SigningKeyCache",
+    "record_signing_keys",
+]
+
+log = logging.getLogger(__name__)
+
+#: How long a replaced key stays valid after provisioning saw its successor.
+DEFAULT_ROTATION_WINDOW = timedelta(hours=24)
+#: How long the receiver trusts what it read from the store before reading again.
+DEFAULT_CACHE_TTL = 30.0
+#: A failed verification re-reads the store at most this often per application (a just-recorded rotation).
+_REFRESH_INTERVAL = 1.0
+
+
+class _KeySource(Protocol):
+    def get_signing_keys(self, application_id: str) -> list[SignatureVerification]: ...
+
+
+def record_signing_keys(
+    hook: _KeySource,
+    application_ids: Iterable[str | None],
+    store: EventStore,
+    *,
+    say: Callable[[str], None] | None = None,
+) -> dict[str, int]:
+    """Read each application's public key(s) from Carerix and record them in the store.
+
+    Returns how many keys were new per application id (0: already known). Raises what the hook or the store
+    raises: provisioning that cannot record keys must not look successful, or receivers would refuse (or,
+    before any key is known, accept unverified) deliveries without anyone knowing why.
+    """
+    say = say or log.info
+    new: dict[str, int] = {}
+    for application_id in dict.fromkeys(a for a in application_ids if a):
+        keys = hook.get_signing_keys(application_id)
+        if not keys:
+            say(f"application {application_id}: Carerix serves no signing key; deliveries stay unverified")
+            new[application_id] = 0
+            continue
+        count = 0
+        for key in keys:
+            assert key.public_key is not None
+            count += store.record_signing_key(application_id, key.public_key, key.algorithm)
+        new[application_id] = count
+        say(
+            f"application {application_id}: recorded {'a new' if count else 'the known'} signing key"
+            + (f" ({key.algorithm})" if key.algorithm else "")
+        )
+    return new
+
+
+def load_public_key(pem: bytes | str) -> RSAPublicKey:
+    """An RSA public key from PEM; ``ValueError`` saying what is wrong otherwise."""
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    key = load_pem_public_key(pem.encode() if isinstance(pem, str) else pem)
+    if not isinstance(key, RSAPublicKey):
+        raise ValueError("the Cx-Signature public key must be an RSA key (PEM)")
+    return key
+
+
+@dataclass
+class _Entry:
+    keys: tuple[RSAPublicKey, ...]
+    loaded_at: float
+    refreshed_at: float = field(default=0.0)
+
+
+class SigningKeyCache:
+    """The keys each application's deliveries may be signed with, read from the store and kept ``ttl`` seconds.
+
+    The store is read at most once per application per ``ttl`` (and once more, at most every second, when a
+    signature does not verify: a rotation provisioning just recorded is picked up at once). A key that does
+    not load is skipped with a warning: one bad row must not open or close the door for the others.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        ttl: float = DEFAULT_CACHE_TTL,
+        rotation_window: timedelta = DEFAULT_ROTATION_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.rotation_window = rotation_window
+        self.clock = clock
+        self.loads = 0
+        self._entries: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+
+    def cached(self, application_id: str) -> tuple[RSAPublicKey, ...] | None:
+        """The keys if cached and fresh, else ``None`` (then call :meth:`load`, off the event loop)."""
+        with self._lock:
+            entry = self._entries.get(application_id)
+        if entry is None or self.clock() - entry.loaded_at >= self.ttl:
+            return None
+        return entry.keys
+
+    def load(self, application_id: str) -> tuple[RSAPublicKey, ...]:
+        """Read the application's valid keys from the store (blocking; raises ``StoreUnavailable``)."""
+        pems = self.store.signing_keys(application_id, rotation_window=self.rotation_window)
+        keys: list[RSAPublicKey] = []
+        for pem in pems:
+            try:
+                keys.append(load_public_key(pem))
+            except ValueError as exc:
+                log.warning("Skipping an unreadable signing key of application %s: %s", application_id, exc)
+        now = self.clock()
+        with self._lock:
+            self.loads += 1
+            self._entries[application_id] = _Entry(tuple(keys), now, now)
+        return tuple(keys)
+
+    def should_refresh(self, application_id: str) -> bool:
+        """After a failed verification: whether re-reading the store now could help (rate-limited)."""
+        with self._lock:
+            entry = self._entries.get(application_id)
+            if entry is None:
+                return True
+            if self.clock() - entry.refreshed_at < _REFRESH_INTERVAL:
+                return False
+            entry.refreshed_at = self.clock()
+            return True
+
+    def invalidate(self, application_id: str | None = None) -> None:
+        with self._lock:
+            if application_id is None:
+                self._entries.clear()
+            else:
+                self._entries.pop(application_id, None)
+
+
+def summary(new: dict[str, int]) -> dict[str, Any]:
+    """JSON-ready ids and counts only (public keys are not secret, but they are long and say nothing)."""
+    return {"applications": len(new), "new_keys": sum(new.values())}
