@@ -15,11 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from airflow_provider_carerix.models import WebhookEvent
-from airflow_provider_carerix.store import EventStore, StoreUnavailable
+from airflow_provider_carerix.store import EventStore, Provenance, StoreUnavailable
 
 __all__ = ["GroupCommitter"]
 
 log = logging.getLogger(__name__)
+
+_Item = tuple[bytes, WebhookEvent, Provenance]
 
 
 class GroupCommitter:
@@ -36,7 +38,7 @@ class GroupCommitter:
         self.committed = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carerix-commit")
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[tuple[bytes, WebhookEvent, asyncio.Future[tuple[int, bool]]]] | None = None
+        self._queue: asyncio.Queue[tuple[_Item, asyncio.Future[tuple[int, bool]]]] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def _ensure_started(self) -> asyncio.Queue[Any]:
@@ -47,15 +49,19 @@ class GroupCommitter:
             self._task = loop.create_task(self._run(self._queue), name="carerix-group-commit")
         return self._queue
 
-    def enqueue(self, raw: bytes, event: WebhookEvent) -> asyncio.Future[tuple[int, bool]]:
+    def enqueue(
+        self, raw: bytes, event: WebhookEvent, provenance: Provenance | None = None
+    ) -> asyncio.Future[tuple[int, bool]]:
         """A future resolved once the event is committed (``StoreUnavailable`` when it could not be)."""
         queue = self._ensure_started()
         future: asyncio.Future[tuple[int, bool]] = asyncio.get_running_loop().create_future()
-        queue.put_nowait((raw, event, future))
+        queue.put_nowait(((raw, event, provenance or Provenance()), future))
         return future
 
-    async def submit(self, raw: bytes, event: WebhookEvent) -> tuple[int, bool]:
-        return await self.enqueue(raw, event)
+    async def submit(
+        self, raw: bytes, event: WebhookEvent, provenance: Provenance | None = None
+    ) -> tuple[int, bool]:
+        return await self.enqueue(raw, event, provenance)
 
     async def _run(self, queue: asyncio.Queue[Any]) -> None:
         loop = asyncio.get_running_loop()
@@ -66,7 +72,7 @@ class GroupCommitter:
             try:
                 results: list[tuple[int, bool] | BaseException] = list(
                     await loop.run_in_executor(
-                        self._executor, self.store.insert_many, [(r, e) for r, e, _ in batch]
+                        self._executor, self.store.insert_many, [item for item, _ in batch]
                     )
                 )
             except StoreUnavailable as exc:
@@ -78,7 +84,7 @@ class GroupCommitter:
             else:
                 self.batches += 1
                 self.committed += len(batch)
-            for (_, _, future), result in zip(batch, results, strict=True):
+            for (_, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue
                 if isinstance(result, BaseException):
@@ -88,12 +94,12 @@ class GroupCommitter:
                 else:
                     future.set_result(result)
 
-    async def _one_by_one(self, batch: Sequence[tuple[bytes, WebhookEvent, Any]]) -> list[Any]:
+    async def _one_by_one(self, batch: Sequence[tuple[_Item, Any]]) -> list[Any]:
         loop = asyncio.get_running_loop()
         out: list[Any] = []
-        for raw, event, _ in batch:
+        for item, _ in batch:
             try:
-                out.append(await loop.run_in_executor(self._executor, self.store.insert, raw, event))
+                out.append(await loop.run_in_executor(self._executor, self.store.insert, *item))
             except Exception as exc:
                 out.append(exc)
         return out

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_ROTATION_WINDOW",
     "SigningKeyCache",
+    "StoreKeyVerifier",
     "record_signing_keys",
 ]
 
@@ -85,17 +86,6 @@ def record_signing_keys(
     return new
 
 
-def load_public_key(pem: bytes | str) -> RSAPublicKey:
-    """An RSA public key from PEM; ``ValueError`` saying what is wrong otherwise."""
-    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    key = load_pem_public_key(pem.encode() if isinstance(pem, str) else pem)
-    if not isinstance(key, RSAPublicKey):
-        raise ValueError("the Cx-Signature public key must be an RSA key (PEM)")
-    return key
-
-
 @dataclass
 class _Entry:
     keys: tuple[RSAPublicKey, ...]
@@ -139,6 +129,8 @@ class SigningKeyCache:
         """Read the application's valid keys from the store (blocking; raises ``StoreUnavailable``)."""
         pems = self.store.signing_keys(application_id, rotation_window=self.rotation_window)
         keys: list[RSAPublicKey] = []
+        from airflow_provider_carerix.receiver.auth import load_public_key
+
         for pem in pems:
             try:
                 keys.append(load_public_key(pem))
@@ -167,6 +159,59 @@ class SigningKeyCache:
                 self._entries.clear()
             else:
                 self._entries.pop(application_id, None)
+
+
+class StoreKeyVerifier:
+    """Checks ``Cx-Signature`` against the keys recorded for the delivery's ``applicationId``.
+
+    ``require_known_key``: refuse deliveries of applications without a recorded key (when nothing else, such as
+    a secret header, authenticated them). Returns whether the signature was verified; raises
+    ``AuthenticationError`` (401) for a missing or wrong signature once a key is known, and ``StoreUnavailable``
+    when the keys cannot be read (the receiver answers 503 and Carerix retries).
+    """
+
+    def __init__(self, cache: SigningKeyCache, *, require_known_key: bool) -> None:
+        self.cache = cache
+        self.require_known_key = require_known_key
+
+    async def _keys(self, application_id: str, *, refresh: bool = False) -> tuple[RSAPublicKey, ...]:
+        from starlette.concurrency import run_in_threadpool
+
+        keys = None if refresh else self.cache.cached(application_id)
+        if keys is None:
+            keys = await run_in_threadpool(self.cache.load, application_id)
+        return keys
+
+    async def verify(self, application_id: str | None, body: bytes, headers: Any) -> bool:
+        from airflow_provider_carerix.receiver.auth import (
+            SIGNATURE_HEADER,
+            AuthenticationError,
+            header_values,
+            verify_signature,
+        )
+
+        keys = await self._keys(application_id) if application_id else ()
+        if not keys:
+            if self.require_known_key:
+                raise AuthenticationError(
+                    "no signing key is recorded for this application: provision it first (sync operator or "
+                    "carerix-webhooks apply) so the receiver can verify Cx-Signature"
+                )
+            return False
+        signatures = header_values(headers, SIGNATURE_HEADER)
+        if len(signatures) > 1:
+            raise AuthenticationError(f"more than one {SIGNATURE_HEADER} header")
+        if not signatures:
+            raise AuthenticationError(f"missing {SIGNATURE_HEADER}")
+        if verify_signature(keys, signatures[0], body):
+            return True
+        assert application_id is not None
+        # Provisioning may have recorded a rotation since the cache was filled: read the store once more.
+        if self.cache.should_refresh(application_id):
+            keys = await self._keys(application_id, refresh=True)
+            if verify_signature(keys, signatures[0], body):
+                return True
+        raise AuthenticationError(f"invalid {SIGNATURE_HEADER}")
 
 
 def summary(new: dict[str, int]) -> dict[str, Any]:

@@ -473,9 +473,11 @@ class EventStore:
 
     # -- writes ---------------------------------------------------------------------------------------------
 
-    def insert(self, raw: bytes | str, event: WebhookEvent) -> tuple[int, bool]:
+    def insert(
+        self, raw: bytes | str, event: WebhookEvent, provenance: Provenance | None = None
+    ) -> tuple[int, bool]:
         """Store one delivery; returns (sequence, newly inserted). Committed and durable on return."""
-        return self.insert_many([(raw, event)])[0]
+        return self.insert_many([(raw, event, provenance or _DELIVERED)])[0]
 
     @_retry_on_disconnect
     def insert_many(

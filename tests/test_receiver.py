@@ -409,7 +409,7 @@ def test_group_commit_one_bad_item_does_not_fail_the_group() -> None:
                 raise RuntimeError("boom")
             return self.insert(*items[0]) and [self.insert(*items[0])]
 
-        def insert(self, raw: bytes, event: WebhookEvent) -> tuple[int, bool]:
+        def insert(self, raw: bytes, event: WebhookEvent, *_provenance: Any) -> tuple[int, bool]:
             if raw == b"bad":
                 raise RuntimeError("bad item")
             return (1, True)

@@ -155,3 +155,126 @@ def test_recording_fails_loudly_when_carerix_refuses(emulator: Any, store: Event
 
     with pytest.raises(CarerixNotFoundError):
         record_signing_keys(CarerixHook(), ["no-such-application"], store)
+
+
+# -- the receiver verifies with the recorded keys ---------------------------------------------------------------
+
+SECRET = "signing-test-secret"
+
+
+def _receiver(store: EventStore, **kwargs: Any) -> Any:
+    from airflow_provider_carerix.receiver import create_app
+    from tests.fixtures.receiver import start_receiver_app
+
+    kwargs.setdefault("secrets", [SECRET])
+    return start_receiver_app(create_app(store, **kwargs))
+
+
+def _hooked_app(emulator: Any, url: str, *, secret: str | None = SECRET) -> str:
+    app_id = emulator.add_application("signed")
+    headers = [{"name": "X-Carerix-Secret", "value": secret}] if secret else []
+    emulator.add_webhook(
+        app_id, {"url": f"{url}/events", "filters": [{"eventType": "crjob:*"}], "customHeaders": headers}
+    )
+    return app_id
+
+
+def _post(url: str, body: bytes, signature: str | None, secret: str | None = SECRET) -> int:
+    import requests
+
+    headers = {"Content-Type": "application/json"}
+    if secret:
+        headers["X-Carerix-Secret"] = secret
+    if signature is not None:
+        headers["Cx-Signature"] = signature
+    return requests.post(f"{url}/events", data=body, headers=headers, timeout=10).status_code
+
+
+def _body(app_id: str, event_id: str) -> bytes:
+    return json.dumps(
+        {"id": event_id, "time": "2026-11-29T10:00:00Z", "type": "crjob:updated", "applicationId": app_id}
+    ).encode()
+
+
+def test_signature_checked_once_a_key_is_recorded(emulator_factory: Any, tmp_path: Path) -> None:
+    emulator = emulator_factory(retry_schedule=())
+    store = EventStore(f"sqlite:///{tmp_path / 'e.db'}")
+    running = _receiver(store)
+    try:
+        app_id = _hooked_app(emulator, running.url)
+        # No key recorded yet: the secret alone admits it, stored as not verified.
+        [before] = emulator.deliver("crjob:created", {"entityId": "1"}, event_id="before")
+        assert before.status == 201
+        store.record_signing_key(app_id, emulator.public_key(app_id), "SHA256withRSA")
+        running.app.state.signing_keys.invalidate()
+        [signed] = emulator.deliver("crjob:created", {"entityId": "2"}, event_id="signed")
+        assert signed.status == 201
+        [unsigned] = emulator.deliver("crjob:created", {"entityId": "3"}, event_id="unsigned", signing="none")
+        assert unsigned.status == 401
+        # Tampered: a signature Carerix made, over other bytes.
+        body = _body(app_id, "tampered")
+        signature = emulator.sign(app_id, body)
+        assert _post(running.url, body.replace(b"crjob:updated", b"crjob:deleted"), signature) == 401
+        assert _post(running.url, body, signature + "x") == 401
+        assert _post(running.url, body, signature, secret="wrong") == 401  # the secret still counts
+        assert _post(running.url, body, signature) == 201
+        flags = {e.event_id: e.signature_verified for e in store.events_after(0)}
+        assert flags == {"before": False, "signed": True, "tampered": True}
+    finally:
+        running.stop()
+        store.close()
+
+
+def test_rotation_accepts_the_previous_key_within_the_window_only(
+    emulator_factory: Any, tmp_path: Path
+) -> None:
+    emulator = emulator_factory(retry_schedule=())
+    store = EventStore(f"sqlite:///{tmp_path / 'e.db'}")
+    now = [0.0]
+    running = _receiver(store, signing_keys=SigningKeyCache(store, clock=lambda: now[0]))
+    strict = _receiver(store, signing_keys=SigningKeyCache(store, rotation_window=timedelta(0)))
+    try:
+        app_id = _hooked_app(emulator, running.url)
+        store.record_signing_key(app_id, emulator.public_key(app_id))
+        # The receiver caches "key A" now; then Carerix rotates and provisioning records key B.
+        assert _post(running.url, _body(app_id, "a"), emulator.sign(app_id, _body(app_id, "a"))) == 201
+        store.record_signing_key(app_id, emulator.rotate_key(app_id))
+        now[0] += 2  # within the cache TTL, past the refresh interval
+        # Signed with B: not in the cache yet, found by the refresh a failed check makes.
+        assert _post(running.url, _body(app_id, "b"), emulator.sign(app_id, _body(app_id, "b"))) == 201
+        old = emulator.sign(app_id, _body(app_id, "old"), which="previous")
+        assert _post(running.url, _body(app_id, "old"), old) == 201
+        assert (
+            _post(
+                strict.url,
+                _body(app_id, "old-strict"),
+                emulator.sign(app_id, _body(app_id, "old-strict"), which="previous"),
+            )
+            == 401
+        )
+        assert (
+            _post(strict.url, _body(app_id, "new-strict"), emulator.sign(app_id, _body(app_id, "new-strict")))
+            == 201
+        )
+    finally:
+        running.stop()
+        strict.stop()
+        store.close()
+
+
+def test_require_signatures_needs_no_secret_but_a_recorded_key(emulator_factory: Any, tmp_path: Path) -> None:
+    emulator = emulator_factory(retry_schedule=())
+    store = EventStore(f"sqlite:///{tmp_path / 'e.db'}")
+    running = _receiver(store, secrets=[], require_signatures=True)
+    try:
+        app_id = _hooked_app(emulator, running.url, secret=None)
+        [unknown] = emulator.deliver("crjob:created", {}, event_id="unknown")
+        assert unknown.status == 401
+        store.record_signing_key(app_id, emulator.public_key(app_id))
+        running.app.state.signing_keys.invalidate()
+        [known] = emulator.deliver("crjob:created", {}, event_id="known")
+        assert known.status == 201
+        assert [e.event_id for e in store.events_after(0)] == ["known"]
+    finally:
+        running.stop()
+        store.close()

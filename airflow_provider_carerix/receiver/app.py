@@ -32,7 +32,8 @@ from airflow_provider_carerix.receiver.validation import (
     parse_event,
     read_body,
 )
-from airflow_provider_carerix.store import EventStore, StoreUnavailable
+from airflow_provider_carerix.signing import SigningKeyCache, StoreKeyVerifier
+from airflow_provider_carerix.store import EventStore, Provenance, StoreUnavailable
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -56,10 +57,18 @@ def create_app(
     max_batch: int = 256,
     ack_timeout: float = DEFAULT_ACK_TIMEOUT,
     auth: ReceiverAuth | None = None,
+    verify_signatures: bool = True,
+    require_signatures: bool = False,
+    signing_keys: SigningKeyCache | None = None,
 ) -> FastAPI:
     """The receiver app; refuses to exist without a way to authenticate Carerix unless ``insecure``.
 
     ``auth`` replaces ``secrets``/``secret_header``/``public_key``/``insecure`` with a ready verifier.
+    ``verify_signatures`` (default): every delivery's ``Cx-Signature`` is checked against the keys provisioning
+    recorded in the store for its ``applicationId`` (``signing_keys`` caches them; pass one to tune the TTL or
+    the rotation window); once a key is known for an application, a missing or wrong signature gets a 401.
+    ``require_signatures``: the recorded keys alone authenticate (no secret needed; deliveries of applications
+    without a recorded key are refused), the secret header becomes an optional second factor.
     """
     if auth is None:
         auth = ReceiverAuth(
@@ -67,9 +76,17 @@ def create_app(
             secret_header=secret_header,
             public_keys=[public_key] if public_key is not None else [],
             insecure=insecure,
+            keys_per_application=require_signatures,
         )
     event_store = store if isinstance(store, EventStore) else EventStore(store)
     committer = GroupCommitter(event_store, max_batch=max_batch)
+    verifier: StoreKeyVerifier | None = None
+    if verify_signatures or require_signatures:
+        # Without a secret (or a configured key) nothing else vouches for a delivery: a key must be known.
+        verifier = StoreKeyVerifier(
+            signing_keys or SigningKeyCache(event_store),
+            require_known_key=not (auth.has_secrets or auth.has_static_keys or auth.insecure),
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -86,6 +103,7 @@ def create_app(
     app.state.store = event_store
     app.state.committer = committer
     app.state.auth = auth
+    app.state.signing_keys = verifier.cache if verifier is not None else None
 
     def reject(request: Request, status: int, detail: str, field: str | None = None) -> JSONResponse:
         client = request.client.host if request.client else "?"
@@ -108,8 +126,19 @@ def create_app(
             if not is_json_media_type(request.headers.get("content-type")):
                 raise DeliveryRejected(415, "Content-Type must be application/json (UTF-8)")
             event = parse_event(body)
+            verified = auth.has_static_keys  # auth.verify checked the configured key(s)
+            if verifier is not None:
+                try:
+                    verified = await verifier.verify(event.application_id, body, request.headers) or verified
+                except StoreUnavailable as exc:
+                    raise DeliveryRejected(
+                        503, f"signing keys unavailable ({type(exc).__name__}); retry later"
+                    ) from None
+            provenance = Provenance(signature_verified=verified)
             try:
-                sequence, inserted = await asyncio.wait_for(committer.enqueue(body, event), ack_timeout)
+                sequence, inserted = await asyncio.wait_for(
+                    committer.enqueue(body, event, provenance), ack_timeout
+                )
             except (StoreUnavailable, asyncio.TimeoutError) as exc:
                 raise DeliveryRejected(
                     503, f"event store unavailable ({type(exc).__name__}); retry later"

@@ -41,6 +41,7 @@ __all__ = [
     "ReceiverAuth",
     "load_public_key",
     "load_secrets",
+    "verify_signature",
 ]
 
 DEFAULT_SECRET_HEADER = "X-Carerix-Secret"
@@ -133,6 +134,10 @@ def _verify_signature(keys: Sequence[RSAPublicKey], header: str, body: bytes) ->
     return False
 
 
+#: Public name of the check, for verifiers that pick keys per delivery (keys recorded per application).
+verify_signature = _verify_signature
+
+
 class ReceiverAuth:
     """Verifies deliveries: the secret header and, when keys are configured, the Cx-Signature of the body.
 
@@ -147,11 +152,15 @@ class ReceiverAuth:
         secret_header: str = DEFAULT_SECRET_HEADER,
         public_keys: Sequence[bytes | str | RSAPublicKey] = (),
         insecure: bool = False,
+        keys_per_application: bool = False,
     ) -> None:
         self.secret_header = secret_header
         self._secrets = [s.strip(_WHITESPACE).encode() for s in secrets if s.strip(_WHITESPACE)]
         self._keys = [load_public_key(k) for k in public_keys]
-        if not self._secrets and not self._keys and not insecure:
+        self.insecure = insecure
+        # Signatures checked against keys recorded per application (after parsing, by the app): a mechanism.
+        self.keys_per_application = keys_per_application
+        if not self._secrets and not self._keys and not keys_per_application and not insecure:
             raise ValueError(
                 f"no receiver secret configured (env {ENV_SECRET} or --secret-file); refusing to accept "
                 "unauthenticated events (pass insecure=True / --insecure for local experiments only)"
@@ -160,7 +169,17 @@ class ReceiverAuth:
     @property
     def enabled(self) -> bool:
         """False when nothing is checked (``insecure`` without secrets or keys)."""
-        return bool(self._secrets or self._keys)
+        return bool(self._secrets or self._keys or self.keys_per_application)
+
+    @property
+    def has_secrets(self) -> bool:
+        """Whether a secret header authenticates deliveries (then a recorded key is a second factor)."""
+        return bool(self._secrets)
+
+    @property
+    def has_static_keys(self) -> bool:
+        """Whether configured public keys check every delivery's signature in :meth:`verify`."""
+        return bool(self._keys)
 
     @property
     def challenge(self) -> str:

@@ -17,6 +17,7 @@ from airflow_provider_carerix.receiver.auth import (
     load_secrets,
 )
 from airflow_provider_carerix.receiver.validation import DEFAULT_MAX_BODY
+from airflow_provider_carerix.signing import SigningKeyCache
 from airflow_provider_carerix.store import EventStore, StoreUnavailable, parse_duration, resolve_store_url
 
 __all__ = ["cli", "main"]
@@ -43,6 +44,22 @@ def serve(
     public_key_file: Annotated[
         Path | None, typer.Option(help="RSA public key (PEM) for Cx-Signature.")
     ] = None,
+    verify_signatures: Annotated[
+        bool,
+        typer.Option(
+            "--verify-signatures/--no-verify-signatures",
+            help="Check Cx-Signature against the keys provisioning recorded in the store per application.",
+        ),
+    ] = True,
+    require_signatures: Annotated[
+        bool,
+        typer.Option(
+            help="Authenticate by recorded signing keys alone: no secret needed, unknown applications refused."
+        ),
+    ] = False,
+    key_rotation_window: Annotated[
+        str, typer.Option(help="How long a replaced signing key stays valid (24h, 7d).")
+    ] = "24h",
     max_body: Annotated[int, typer.Option(help="Largest accepted body in bytes.")] = DEFAULT_MAX_BODY,
     log_level: Annotated[str, typer.Option()] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn access log).")] = False,
@@ -54,25 +71,34 @@ def serve(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     secrets = load_secrets(secret_file)
-    if not secrets and not insecure:
+    try:
+        rotation_window = parse_duration(key_rotation_window)
+    except ValueError as exc:
+        typer.echo(f"error: --key-rotation-window: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not secrets and not insecure and not require_signatures:
         typer.echo(
             f"error: no receiver secret: set {ENV_SECRET} or pass --secret-file "
-            "(or --insecure for local experiments only)",
+            "(or --require-signatures, or --insecure for local experiments only)",
             err=True,
         )
         raise typer.Exit(2)
-    if not secrets:
+    if not secrets and not require_signatures:
         log.warning(
             "Running with --insecure and no secret: anyone who can reach %s:%d can post events", host, port
         )
     public_key = public_key_file.read_bytes() if public_key_file else None
+    event_store = EventStore(resolve_store_url(store))
     app = create_app(
-        resolve_store_url(store),
+        event_store,
         secrets=secrets,
         secret_header=secret_header,
         max_body=max_body,
         public_key=public_key,
         insecure=insecure,
+        verify_signatures=verify_signatures,
+        require_signatures=require_signatures,
+        signing_keys=SigningKeyCache(event_store, rotation_window=rotation_window),
     )
     log.info("Carerix receiver on http://%s:%d/events, store %r", host, port, app.state.store)
     # Startup objects never die: keep them out of the collector so full collections stay short (p99).
