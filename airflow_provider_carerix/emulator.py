@@ -247,6 +247,7 @@ class CarerixEmulator:
         self.key_size = key_size
         self._keys: dict[str, list[_SigningKey]] = {}
         self._jobs: dict[str, _Job] = {}
+        self._in_flight: set[str] = set()
         self._retry_wakeup = threading.Event()
         self._retry_thread: threading.Thread | None = None
         self._lock = threading.RLock()
@@ -713,12 +714,21 @@ class CarerixEmulator:
             ]
             for job in due:
                 job.next_attempt_at = None  # taken: a concurrent caller must not attempt it too
-        return [self._attempt(job) for job in due]
+                self._in_flight.add(job.id)
+        try:
+            return [self._attempt(job) for job in due]
+        finally:
+            with self._lock:
+                self._in_flight.difference_update(job.id for job in due)
 
     def pending_retries(self) -> int:
-        """How many jobs still have an attempt scheduled."""
+        """How many jobs still have an attempt scheduled or in flight."""
         with self._lock:
-            return sum(1 for job in self._jobs.values() if job.next_attempt_at is not None)
+            return sum(
+                1
+                for job in self._jobs.values()
+                if job.next_attempt_at is not None or job.id in self._in_flight
+            )
 
     def jobs(self) -> list[dict[str, Any]]:
         """The delivery log as the GraphQL API answers it, oldest first."""
