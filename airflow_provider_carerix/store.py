@@ -749,6 +749,11 @@ class EventStore:
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"event store unavailable: {type(exc).__name__}") from exc
 
+    @property
+    def engine(self) -> Engine:
+        """For read-only views that need their own queries (the UI page); writers use the methods above."""
+        return self._engine
+
     def close(self) -> None:
         self._engine.dispose()
 
