@@ -28,6 +28,17 @@ from airflow.plugins_manager import AirflowPlugin
 log = logging.getLogger(__name__)
 
 URL_PREFIX = "/carerix"
+UI_PREFIX = "/ui"
+# Airflow shows external views in its navigation and embeds ``href`` (same origin: the session cookie goes along).
+EXTERNAL_VIEWS = [
+    {
+        "name": "Carerix",
+        "href": f"{URL_PREFIX}{UI_PREFIX}/",
+        "url_route": "carerix",
+        "destination": "nav",
+        "category": "browse",
+    }
+]
 
 
 def _setting(env: str, option: str) -> str | None:
@@ -43,8 +54,8 @@ def _setting(env: str, option: str) -> str | None:
     return value or None
 
 
-def build_fastapi_apps() -> list[dict[str, Any]]:
-    """The ``fastapi_apps`` entries: the receiver when a secret is configured, otherwise nothing (and why)."""
+def _receiver_app() -> Any | None:
+    """The receiver when a secret is configured, otherwise None (and why, in the log)."""
     from airflow_provider_carerix.receiver import DEFAULT_SECRET_HEADER, create_app
 
     raw = _setting("CARERIX_RECEIVER_SECRET", "receiver_secret") or ""
@@ -55,13 +66,37 @@ def build_fastapi_apps() -> list[dict[str, Any]]:
             "[carerix] receiver_secret)",
             URL_PREFIX,
         )
-        return []
+        return None
     header = _setting("CARERIX_RECEIVER_SECRET_HEADER", "receiver_secret_header") or DEFAULT_SECRET_HEADER
     key_file = _setting("CARERIX_RECEIVER_PUBLIC_KEY_FILE", "receiver_public_key_file")
     public_key = Path(key_file).read_bytes() if key_file else None
     app = create_app(None, secrets=secrets, secret_header=header, public_key=public_key)
     log.info("Carerix receiver mounted at %s/events (store %r)", URL_PREFIX, app.state.store)
-    return [{"app": app, "url_prefix": URL_PREFIX, "name": "Carerix webhook receiver"}]
+    return app
+
+
+def build_fastapi_apps() -> list[dict[str, Any]]:
+    """One app at ``/carerix``: the read-only page at ``/carerix/ui/`` always, the receiver when configured.
+
+    The page needs no secret: every route of it is behind Airflow's own authentication and authorization.
+    """
+    from fastapi import FastAPI
+
+    from airflow_provider_carerix.store import EventStore
+    from airflow_provider_carerix.ui.app import airflow_authorization, create_ui_router
+    from airflow_provider_carerix.ui.plugin import page_sections
+
+    app = _receiver_app()
+    if app is None:
+        app = FastAPI(title="Carerix", docs_url=None, redoc_url=None, openapi_url=None)
+        store = EventStore()
+    else:
+        store = app.state.store
+    app.include_router(
+        create_ui_router(store, authorize=airflow_authorization(), extra=page_sections(store)),
+        prefix=UI_PREFIX,
+    )
+    return [{"app": app, "url_prefix": URL_PREFIX, "name": "Carerix"}]
 
 
 class _LazyFastAPIApps:
@@ -82,7 +117,8 @@ class _LazyFastAPIApps:
 
 
 class CarerixPlugin(AirflowPlugin):
-    """Carerix webhook receiver inside the Airflow API server."""
+    """Carerix webhook receiver and the Carerix page inside the Airflow API server."""
 
     name = "carerix"
     fastapi_apps = _LazyFastAPIApps()  # type: ignore[assignment]
+    external_views = EXTERNAL_VIEWS

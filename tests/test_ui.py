@@ -1,0 +1,327 @@
+"""The Carerix page: its queries on SQLite and PostgreSQL, and the page in a real Airflow API server and browser.
+
+The browser test logs in to a real ``airflow api-server`` (simple auth manager, a known password), opens the
+Carerix entry of Airflow's navigation (``/plugin/carerix``, which embeds ``/carerix/ui/``) in headless
+Chromium, and checks what a person would see. The screenshot is kept in ``.artifacts/`` (or
+``$CARERIX_TEST_ARTIFACTS``). Chromium and its driver come from Debian's packages: installed by the test when
+missing and possible (root with apt-get), skipped otherwise outside CI, a failure under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from airflow_provider_carerix import store as store_module
+from airflow_provider_carerix.models import WebhookEvent
+from airflow_provider_carerix.store import EventStore
+from airflow_provider_carerix.ui import plugin as sections
+from airflow_provider_carerix.ui.queries import EventBrowser, EventQuery
+from tests.fixtures.airflow_stack import ROOT, AirflowStack, wait_for
+from tests.guide import guide_event
+
+PASSWORD = "carerix-ui-test-pw"
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def fill(store: EventStore, count: int = 30) -> list[dict[str, Any]]:
+    """``count`` events: two thirds ``cremployee:updated`` (entities 1000..), one third ``crmatch:created``."""
+    sent = []
+    for i in range(count):
+        event = guide_event(entity_id=1000 + i)
+        if i % 3 == 2:
+            event["type"] = "crmatch:created"
+        raw = json.dumps(event)
+        store.insert(raw, WebhookEvent.model_validate_json(raw))
+        sent.append(event)
+    return sent
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'events.db'}"
+    else:
+        url = request.getfixturevalue("postgres_database")
+    store = EventStore(url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+# -- queries, on both backends ---------------------------------------------------------------------------------
+
+
+def test_events_are_paginated_newest_first_with_a_keyset(any_store: EventStore) -> None:
+    sent = fill(any_store, 30)
+    browser = EventBrowser(any_store)
+    first = browser.events(EventQuery(limit=12))
+    second = browser.events(EventQuery(limit=12, before=first["next_before"]))
+    third = browser.events(EventQuery(limit=12, before=second["next_before"]))
+    seen = [e["event_id"] for page in (first, second, third) for e in page["items"]]
+    assert seen == [e["id"] for e in reversed(sent)]  # every event once, newest first
+    assert third["next_before"] is None  # the last page says so
+    assert "payload" not in first["items"][0]  # payloads only on demand
+
+
+def test_filters_by_type_entity_and_time(any_store: EventStore) -> None:
+    sent = fill(any_store, 30)
+    browser = EventBrowser(any_store)
+    matches = browser.events(EventQuery(event_type="CRMATCH:created", limit=200))["items"]
+    assert [e["event_id"] for e in matches] == [
+        e["id"] for e in reversed(sent) if e["type"] == "crmatch:created"
+    ]
+    one = browser.events(EventQuery(entity_id="1007"))["items"]
+    assert [e["entity_id"] for e in one] == ["1007"]
+    now = datetime.now(timezone.utc)
+    assert len(browser.events(EventQuery(since=now - timedelta(minutes=5), limit=200))["items"]) == 30
+    assert browser.events(EventQuery(since=now + timedelta(minutes=5)))["items"] == []
+    assert browser.events(EventQuery(until=now - timedelta(minutes=5)))["items"] == []
+    assert browser.event_types() == ["cremployee:updated", "crmatch:created"]
+
+
+def test_payload_on_demand_is_what_carerix_sent(any_store: EventStore) -> None:
+    sent = fill(any_store, 3)
+    browser = EventBrowser(any_store)
+    newest = browser.events(EventQuery(limit=1))["items"][0]
+    assert browser.event(newest["sequence"])["payload"] == sent[-1]
+    assert browser.event(newest["sequence"] + 100) is None
+
+
+def test_chart_counts_every_event_in_its_minute_by_type(any_store: EventStore) -> None:
+    fill(any_store, 30)
+    spread = datetime.now(timezone.utc).replace(second=30, microsecond=0)
+    with any_store.engine.begin() as conn:  # move ten events into other minutes, two into the far past
+        for minutes_ago, sequence in [(1, 1), (1, 2), (7, 3), (60, 4), (600, 5), (23 * 60, 6), (25 * 60, 7)]:
+            conn.execute(
+                sa.update(store_module.events)
+                .where(store_module.events.c.sequence == sequence)
+                .values(received_at=spread - timedelta(minutes=minutes_ago))
+            )
+    chart = EventBrowser(any_store).per_minute()
+    assert chart["total"] == 29  # 25 hours ago is outside the last 24
+    minute = (spread - timedelta(minutes=7)).strftime("%Y-%m-%dT%H:%M")
+    assert chart["series"]["crmatch:created"][minute] == 1  # sequence 3 is the guide's third: crmatch
+    by_type = {t: sum(v.values()) for t, v in chart["series"].items()}
+    assert by_type == {"cremployee:updated": 19, "crmatch:created": 10}
+
+
+def test_consumers_show_lag_and_owner(any_store: EventStore) -> None:
+    fill(any_store, 30)
+    any_store.advance_cursor("employees:processed", 12)
+    any_store.advance_cursor("everything:processed", 30)
+    any_store.advance_cursor("employees", 30)  # delivered cursor: not a consumer row of its own
+    rows = {c["name"]: c for c in sections.consumers(any_store)}
+    assert set(rows) == {"employees", "everything"}
+    assert rows["everything"]["lag"] == 0
+    assert rows["employees"]["processed"] == 12
+    assert rows["employees"]["lag"] == 18  # no filter recorded: every later event counts
+
+
+def test_health_reports_the_last_event(any_store: EventStore) -> None:
+    assert EventBrowser(any_store).health()["last_sequence"] == 0
+    fill(any_store, 4)
+    health = EventBrowser(any_store).health()
+    assert health["store"] == "ok" and health["last_sequence"] == 4 and health["events_last_hour"] == 4
+
+
+# -- the page in a real API server -------------------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    stack: AirflowStack
+    store_url: str
+    sent: list[dict[str, Any]]
+
+    def get(self, path: str, token: str | None = None) -> tuple[int, Any]:
+        request = urllib.request.Request(self.stack.api_url + path)
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                body = response.read()
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            body, status = exc.read(), exc.code
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body.decode(errors="replace")
+
+    def token(self) -> str:
+        request = urllib.request.Request(
+            self.stack.api_url + "/auth/token",
+            data=json.dumps({"username": "admin", "password": PASSWORD}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return str(json.loads(response.read())["access_token"])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """``airflow api-server`` with default settings but a real login (no all-admins mode)."""
+    home = tmp_path_factory.mktemp("ui")
+    store_url = f"sqlite:///{home / 'events.db'}"
+    with EventStore(store_url) as store:
+        sent = fill(store, 30)
+        store.advance_cursor("carerix_candidates:processed", 20)
+    passwords = home / "passwords.json"
+    passwords.write_text(json.dumps({"admin": PASSWORD}))
+    stack = AirflowStack.create(
+        home / "airflow",
+        env={
+            "CARERIX_EVENT_STORE_URL": store_url,
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        },
+    )
+    try:
+        stack.migrate()
+        stack.start_component("api-server")
+
+        def up() -> bool:
+            stack.check_alive()
+            try:
+                with urllib.request.urlopen(stack.api_url + "/api/v2/monitor/health", timeout=5):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(up, "the API server", timeout=240, interval=1.0)
+        yield Served(stack, store_url, sent)
+    finally:
+        stack.stop()
+
+
+@pytest.mark.airflow_e2e
+@pytest.mark.timeout(600)
+def test_page_and_its_data_need_an_airflow_login(served: Served) -> None:
+    for path in (
+        "/carerix/ui/",
+        "/carerix/ui/api/events",
+        "/carerix/ui/api/events/1",
+        "/carerix/ui/api/chart",
+        "/carerix/ui/api/consumers",
+        "/carerix/ui/api/webhooks",
+        "/carerix/ui/api/health",
+    ):
+        status, body = served.get(path)
+        assert status == 401, (path, status)
+        assert "cremployee" not in json.dumps(body)
+    status, _ = served.get("/carerix/ui/api/events", token="not-a-jwt")
+    assert status in (401, 403)
+
+
+@pytest.mark.airflow_e2e
+@pytest.mark.timeout(600)
+def test_page_api_in_the_api_server(served: Served) -> None:
+    token = served.token()
+    status, page = served.get("/carerix/ui/api/events?limit=10", token)
+    assert status == 200
+    assert [e["event_id"] for e in page["items"]] == [e["id"] for e in reversed(served.sent)][:10]
+    status, payload = served.get(f"/carerix/ui/api/events/{page['items'][0]['sequence']}", token)
+    assert payload["payload"] == served.sent[-1]
+    status, consumers = served.get("/carerix/ui/api/consumers", token)
+    assert [(c["name"], c["lag"]) for c in consumers] == [("carerix_candidates", 10)]
+    status, body = served.get("/carerix/ui/api/events?since=yesterday", token)
+    assert status == 422 and "since" in json.dumps(body)
+    status, plugins = served.get("/api/v2/plugins", token)
+    views = [v for p in plugins["plugins"] for v in p["external_views"]]
+    assert {"name": "Carerix", "href": "/carerix/ui/", "url_route": "carerix"}.items() <= views[0].items()
+
+
+def _chromium() -> tuple[str, str]:
+    """Debian's chromium and chromedriver; installed when missing and this process may install packages."""
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if browser and driver:
+        return browser, driver
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"],
+            env=env,
+            capture_output=True,
+            timeout=1200,
+        )
+        browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+        if browser and driver:
+            return browser, driver
+    if CI:
+        pytest.fail("CI needs Debian's chromium and chromium-driver for the UI test (apt-get install failed)")
+    pytest.skip("chromium/chromedriver not installed (apt-get install chromium chromium-driver)")
+
+
+@pytest.mark.airflow_e2e
+@pytest.mark.timeout(900)
+def test_a_person_sees_events_consumers_and_the_chart(served: Served) -> None:
+    browser, driver_path = _chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1800",
+    ):
+        options.add_argument(arg)
+    chrome = webdriver.Chrome(service=Service(driver_path), options=options)
+    artifacts = Path(os.environ.get("CARERIX_TEST_ARTIFACTS") or ROOT / ".artifacts")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    try:
+        wait = WebDriverWait(chrome, 120)
+        chrome.get(served.stack.api_url + "/plugin/carerix")
+        wait.until(lambda d: d.find_elements(By.NAME, "username"))  # not logged in: Airflow's login page
+        chrome.find_element(By.NAME, "username").send_keys("admin")
+        chrome.find_element(By.NAME, "password").send_keys(PASSWORD)
+        chrome.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait.until(lambda d: d.current_url.endswith("/plugin/carerix"))
+        frame = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "iframe[src*='/carerix/ui/']"))[0]
+        chrome.switch_to.frame(frame)
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "true")
+
+        rows = chrome.find_elements(By.CSS_SELECTOR, "#events tbody tr")
+        assert len(rows) == 25  # one page
+        newest = served.sent[-1]
+        assert newest["type"] in rows[0].text and newest["data"]["entityId"] in rows[0].text
+        consumers = chrome.find_element(By.ID, "consumers").text
+        assert "carerix_candidates" in consumers and "10" in consumers  # 30 stored, 20 processed
+        assert len(chrome.find_elements(By.CSS_SELECTOR, "#chart rect")) >= 2  # one bar per type and minute
+        assert "30 events" in chrome.find_element(By.CSS_SELECTOR, "#chart .legend").text
+
+        rows[0].find_element(By.TAG_NAME, "button").click()  # the payload, on demand
+        shown = wait.until(lambda d: d.find_elements(By.ID, "payload-json"))[0].text
+        assert json.loads(shown) == newest
+
+        chrome.find_element(By.ID, "older").click()
+        wait.until(lambda d: "sequences 5…1" in d.find_element(By.ID, "pageinfo").text)
+        chrome.switch_to.default_content()
+        chrome.save_screenshot(str(artifacts / "carerix-ui-page.png"))
+    finally:
+        chrome.quit()
