@@ -1,4 +1,4 @@
-.PHONY: demo test lint install
+.PHONY: demo test lint install mutation
 
 # Set up (venv + install) and run the complete local demo: emulator, receiver, Airflow, events.
 demo:
@@ -13,3 +13,7 @@ install:
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+# Set up (venv + install mutmut) and run mutation testing; not part of CI (slow). See scripts/mutation.sh.
+mutation:
+	bash scripts/mutation.sh

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -337,7 +338,8 @@ JSON = st.recursive(
     ),
     max_leaves=20,
 )
-FAST = settings(max_examples=200, deadline=None)
+# Fewer examples under mutation testing (mutmut sets MUTANT_UNDER_TEST), where these run once per mutant.
+FAST = settings(max_examples=30 if "MUTANT_UNDER_TEST" in os.environ else 200, deadline=None)
 
 
 def test_generated_names_are_not_keywords() -> None:
@@ -371,3 +373,115 @@ def test_parse_only_ever_raises_condition_syntax_errors(text: str) -> None:
         assert 0 <= error.position <= len(text)
     else:
         assert parse(str(condition)) == condition
+
+
+# ------------------------------------------------------------------------ boundaries and rarely seen paths
+
+
+@pytest.mark.parametrize(
+    ("op", "vs_4", "vs_5", "vs_6"),
+    [
+        # ``data.count`` is 5: each operator against 4, 5 and 6 pins down strict versus inclusive.
+        ("gt", True, False, False),
+        ("ge", True, True, False),
+        ("lt", False, False, True),
+        ("le", False, True, True),
+    ],
+)
+def test_ordering_operators_at_their_boundary(op: str, vs_4: bool, vs_5: bool, vs_6: bool) -> None:
+    for value, expected in ((4, vs_4), (5, vs_5), (6, vs_6)):
+        assert parse(f"data.count {op} {value}").matches(EVENT) is expected, (op, value)
+        # The same through the number-as-string rule (ids arrive as strings) and between two strings.
+        assert parse(f"data.entityId {op} {value - 4}").matches(EVENT) is expected, (op, value)
+        assert parse(f"data.date {op} '2024-02-1{value - 1}'").matches(EVENT) is expected, (op, value)
+
+
+@pytest.mark.parametrize("op", ["gt", "ge", "lt", "le"])
+def test_ordering_against_null_or_a_boolean_is_false(op: str) -> None:
+    assert parse(f"data.note {op} null").matches(EVENT) is False
+    assert parse(f"data.count {op} null").matches(EVENT) is False
+    assert parse(f"data.active {op} true").matches(EVENT) is False
+    assert parse(f"data.active {op} false").matches(EVENT) is False
+
+
+def test_a_string_that_is_not_a_number_never_equals_or_differs_from_a_number() -> None:
+    event = {"data": {"name": "abc", "count": 5}}
+    assert parse("data.name ne 5").matches(event) is False
+    assert parse("data.name eq 5").matches(event) is False
+    assert parse("data.count ne 'abc'").matches(event) is False
+    assert parse("data.count eq 'abc'").matches(event) is False
+    assert parse("data.count ne '6'").matches(event) is True
+
+
+def test_a_path_through_a_non_object_is_missing_even_for_eq_null() -> None:
+    assert parse("data.x eq null").matches({"data": "a string"}) is False
+    assert parse("data.x eq null").matches({"data": [None]}) is False
+    assert parse("x eq null").matches(None) is False
+    assert parse("data.x eq null").matches({"data": {"x": None}}) is True
+
+
+def test_not_negates_on_the_same_event() -> None:
+    assert parse("not data.count eq 5").matches(EVENT) is False
+    assert parse("not data.count eq 6").matches(EVENT) is True
+
+
+def test_nested_not_prints_without_parentheses() -> None:
+    a = cmp("a", "eq", 1)
+    assert str(Not(Not(a))) == "not not a eq 1"
+    assert canonical("not (not a eq 1)") == "not not a eq 1"
+    assert str(Not(And((a, a)))) == "not (a eq 1 and a eq 1)"
+
+
+def test_canonical_is_strict_by_default() -> None:
+    with pytest.raises(ConditionSyntaxError, match="leading space"):
+        canonical(" a eq 1")
+    assert canonical(" a eq 1", strict=False) == "a eq 1"
+
+
+def test_literal_hash_agrees_with_equality() -> None:
+    assert hash(Literal(1)) == hash(Literal(1))
+    assert {Literal(1), Literal(1), Literal(1.0), Literal(True), Literal("1")} == {
+        Literal(1),
+        Literal(1.0),
+        Literal(True),
+        Literal("1"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("a eq 1E-5", 1e-05), ("a eq 1e+2", 100.0), ("a eq -0.5", -0.5), ("a eq 2E3", 2000.0)],
+)
+def test_number_exponents_in_either_case(text: str, value: float) -> None:
+    assert parse(text) == cmp("a", "eq", value)
+
+
+@pytest.mark.parametrize(
+    ("text", "position", "reason"),
+    [
+        ("data.x eq 0X1F", 10, "invalid number '0X1F'"),
+        ("data.x eq 0X1F-1", 10, "invalid number '0X1F'"),
+        ("data.x eq 1-2", 11, "expected 'and', 'or' or the end of the condition, found '-2'"),
+        ("(data.x eq '1']", 14, "expected ')' to close the '(' at 0, found ']'"),
+        ("[data.x eq '1']", 0, "expected a field (like data.tostatusnode), 'not' or '(', found '['"),
+        ("data.x hasanyof ['a']", 7, "unknown operator 'hasanyof': did you mean 'has'?"),
+        ("data.x has any of ('a')", 18, "expected '[' to start the list after 'has any of', found '('"),
+        (
+            "data.x has any of [,'a']",
+            19,
+            "expected a value ('quoted string', number, true, false or null), found ','",
+        ),
+        ("data.x has any of ['a')", 22, "expected ',' or ']' in the list, found ')'"),
+    ],
+)
+def test_more_syntax_errors(text: str, position: int, reason: str) -> None:
+    with pytest.raises(ConditionSyntaxError) as info:
+        parse(text)
+    assert (info.value.position, info.value.reason) == (position, reason)
+
+
+def test_a_number_with_more_digits_than_python_converts_is_a_syntax_error() -> None:
+    with pytest.raises(ConditionSyntaxError) as info:
+        parse("data.x eq " + "9" * 5000)
+    assert info.value.position == 10
+    assert info.value.reason == f"number {'9' * 20}... has too many digits"

@@ -220,6 +220,65 @@ def test_token_is_renewed_before_it_expires(emulator_factory: Callable[..., Care
     assert statuses(emulator) == [("GET", 200), ("GET", 200)]
 
 
+class _Clock:
+    """The hook module's clock, moved by hand: token freshness without sleeping past anything."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    fake = _Clock()
+    monkeypatch.setattr(carerix_module, "time", fake)  # only the hook's view of time; the emulator's is real
+    return fake
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "renew_after"),
+    [
+        (300, 270.0),  # the 30 s margin
+        (120, 108.0),  # a tenth of the lifetime when that is shorter than 30 s
+        (20, 18.0),
+    ],
+)
+def test_token_is_renewed_a_margin_before_it_expires(
+    emulator_factory: Callable[..., CarerixEmulator], clock: _Clock, lifetime: int, renew_after: float
+) -> None:
+    emulator = emulator_factory(token_lifetime=lifetime)
+    hook = make_hook()
+    hook.list_applications()
+    assert emulator.token_requests == 1
+    clock.now += renew_after - 0.5  # still inside the margin's safe side: the cached token is used
+    hook.list_applications()
+    make_hook().list_applications()  # another hook in the same process shares it
+    assert emulator.token_requests == 1
+    clock.now += 1.0  # past the refresh point, still before Carerix's expiry: renewed up front
+    hook.list_applications()
+    assert emulator.token_requests == 2
+    hook.list_applications()  # and the new token is cached for its own lifetime
+    assert emulator.token_requests == 2
+    assert statuses(emulator) == [("GET", 200)] * 5
+
+
+def test_refresh_true_fetches_even_with_a_fresh_token(emulator: CarerixEmulator, clock: _Clock) -> None:
+    hook = make_hook()
+    first = hook.get_access_token()
+    assert hook.get_access_token() == first
+    second = hook.get_access_token(refresh=True)
+    assert second != first and emulator.token_requests == 2
+    assert hook.get_access_token() == second  # the refreshed token replaced the cached one
+
+
 def test_401_refreshes_the_token_once_and_repeats_the_call(emulator: CarerixEmulator) -> None:
     hook = make_hook()
     app = hook.create_application("a")

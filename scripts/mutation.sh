@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Mutation testing (mutmut) of the modules that carry guarantees, from a fresh clone: `make mutation`.
+#
+#   make mutation                          # every module in [tool.mutmut] only_mutate; resumes where it stopped
+#   make mutation MODULES="conditions spec" # just these (dotted under airflow_provider_carerix), re-run
+#   MUTATION_JOBS=1 make mutation           # workers (default 2; each runs pytest on one mutant)
+#
+# mutmut copies the project into mutants/, and for each mutant runs the tests that reached the mutated
+# function, from the fast test files in [tool.mutmut] pytest_add_cli_args_test_selection. It runs niced:
+# it is a background job on a shared machine, not part of CI. The last lines are the score per module.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+VENV="${VENV:-.venv}"
+if ! "$VENV/bin/python" -c 'import mutmut' 2>/dev/null; then
+  echo "==> installing the 'mutation' extra (mutmut) into $VENV"
+  "$VENV/bin/python" -m pip install --quiet -e ".[mutation]"
+fi
+
+names=()
+for module in ${MODULES:-}; do
+  names+=("airflow_provider_carerix.${module}.*")
+done
+set +e
+nice -n "${MUTATION_NICE:-10}" "$VENV/bin/mutmut" run --max-children "${MUTATION_JOBS:-2}" "${names[@]}"
+rc=$?
+set -e
+"$VENV/bin/python" scripts/mutation_report.py ${MODULES:-}
+exit "$rc"

@@ -1,0 +1,82 @@
+"""Mutation score per module from mutmut's results in ``mutants/`` (run by ``make mutation``).
+
+    python scripts/mutation_report.py                  # every mutated module
+    python scripts/mutation_report.py conditions spec  # these only
+    python scripts/mutation_report.py --survivors      # and the names of the mutants that survived
+
+A timeout counts as killed (the mutant made the tests hang, which they report); "no tests" counts as
+survived (no fast test reaches the mutated function). Inspect a survivor with ``.venv/bin/mutmut show NAME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+from mutmut.stats import status_by_exit_code
+
+PACKAGE = "airflow_provider_carerix"
+MUTANTS = Path("mutants")
+# Parts of a module reported on their own as well (function names as mutmut mangles them).
+GROUPS = {
+    "hooks.carerix": {
+        "token cache + retry policy": (
+            "get_access_token",
+            "_invalidate_token",
+            "_fetch_token",
+            "_token_key",
+            "_should_retry",
+            "_not_sent",
+            "_retry_after",
+            "_wait",
+            "_send_once",
+            "_send",
+            "_call",
+        )
+    }
+}
+
+
+def _function(mutant: str) -> str:
+    """``pkg.mod.xǁClassǁmethod__mutmut_3`` -> ``method``; ``pkg.mod.x_func__mutmut_3`` -> ``func``."""
+    mangled = mutant.rsplit(".", 1)[-1].rsplit("__mutmut_", 1)[0]
+    return mangled.rsplit("ǁ", 1)[-1] if "ǁ" in mangled else mangled.removeprefix("x_")
+
+
+def _line(name: str, statuses: Counter[str]) -> str:
+    killed = statuses["killed"] + statuses["timeout"]
+    total = sum(statuses.values()) - statuses["not checked"]
+    score = f"{100 * killed / total:5.1f}%" if total else "    -"
+    rest = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()) if s not in ("killed", "timeout") and n)
+    return f"{name:<48} {killed:>4}/{total:<4} {score}" + (f"  ({rest})" if rest else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "modules", nargs="*", help="dotted module names under the package, e.g. hooks.carerix"
+    )
+    parser.add_argument("--survivors", action="store_true", help="list the surviving mutants too")
+    args = parser.parse_args()
+
+    print(f"{'module':<48} killed/total  score")
+    for meta in sorted(MUTANTS.glob(f"{PACKAGE}/**/*.py.meta")):
+        module = meta.relative_to(MUTANTS / PACKAGE).as_posix().removesuffix(".py.meta").replace("/", ".")
+        if args.modules and module not in args.modules:
+            continue
+        results = json.loads(meta.read_text())["exit_code_by_key"]
+        status = {name: status_by_exit_code[code] for name, code in results.items()}
+        print(_line(module, Counter(status.values())))
+        for group, functions in GROUPS.get(module, {}).items():
+            part = Counter(s for name, s in status.items() if _function(name) in functions)
+            print(_line(f"  {group}", part))
+        if args.survivors:
+            for name, s in sorted(status.items()):
+                if s in ("survived", "no tests"):
+                    print(f"    {s:<9} {name}")
+
+
+if __name__ == "__main__":
+    main()
