@@ -28,7 +28,7 @@ import typer
 
 from airflow_provider_carerix.exceptions import CarerixError
 from airflow_provider_carerix.spec import Spec, load_spec
-from airflow_provider_carerix.sync import SyncResult, _planned_result, apply, plan
+from airflow_provider_carerix.sync import SyncPlan, SyncResult, _planned_result, apply, plan
 from airflow_provider_carerix.validation import SpecValidationError, targets_public_carerix
 
 SpecArg = Annotated[Path, typer.Argument(help="YAML or JSON spec file.", exists=True, dir_okay=False)]
@@ -235,7 +235,7 @@ def apply_command(
     typer.echo(the_plan.render())
     if not the_plan.has_changes:
         if record_keys:
-            _record_keys(hook, [a.application_id for a in the_plan.applications], store)
+            _record_keys(hook, [a.application_id for a in the_plan.applications], store, the_plan)
         return
     if not yes:
         if not _stdin_is_tty():
@@ -254,12 +254,15 @@ def apply_command(
         )
         raise _fail(exc) from None
     if record_keys:
-        _record_keys(hook, [a.application_id for a in result.applications], store)
+        _record_keys(hook, [a.application_id for a in result.applications], store, the_plan)
     typer.echo(result.to_json())
 
 
-def _record_keys(hook: Any, application_ids: list[str | None], store_url: str | None) -> None:
-    """Signing keys to the event store (messages on stderr: stdout holds the plan and the JSON summary)."""
+def _record_keys(
+    hook: Any, application_ids: list[str | None], store_url: str | None, seen: SyncPlan | None = None
+) -> None:
+    """Signing keys (and the webhooks the plan saw) to the event store (messages on stderr: stdout holds the
+    plan and the JSON summary)."""
     from airflow_provider_carerix.exceptions import CarerixError
     from airflow_provider_carerix.signing import record_signing_keys
     from airflow_provider_carerix.store import EventStore, StoreUnavailable
@@ -267,6 +270,8 @@ def _record_keys(hook: Any, application_ids: list[str | None], store_url: str | 
     try:
         with EventStore(store_url) as event_store:
             record_signing_keys(hook, application_ids, event_store, say=lambda m: typer.echo(m, err=True))
+            for application_id, rows in (seen.snapshot() if seen else {}).items():
+                event_store.record_webhooks(application_id, rows)
     except (CarerixError, StoreUnavailable) as exc:
         typer.echo("The webhooks are in place, but their signing keys could not be recorded.", err=True)
         raise _fail(exc) from None

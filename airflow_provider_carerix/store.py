@@ -245,6 +245,27 @@ signing_keys = sa.Table(
 )
 
 
+# The webhooks as the provisioning sync last listed them (before it acted), for the Carerix page: which webhook
+# delivers what, and whether Carerix disabled it. Replaced per application on every sync.
+webhooks = sa.Table(
+    "carerix_webhooks",
+    metadata,
+    sa.Column("application_id", sa.String(_ID_MAX), primary_key=True),
+    sa.Column("webhook_id", sa.String(_ID_MAX), primary_key=True),
+    sa.Column("application_name", sa.String(_ID_MAX)),
+    sa.Column("url", sa.Text),
+    sa.Column("filters", sa.Text, nullable=False),
+    sa.Column("status", sa.String(_ID_MAX)),
+    sa.Column("sync_action", sa.String(32)),
+    sa.Column("seen_at", _UTCDateTime, nullable=False),
+)
+# What the Carerix page asks: events of one entity, and per-minute counts by type (index-only).
+_page_indexes = [
+    sa.Index("ix_carerix_events_entity_sequence", events.c.entity_id, events.c.sequence),
+    sa.Index("ix_carerix_events_received_type", events.c.received_at, events.c.type),
+]
+
+
 def _migration_1(conn: Connection) -> None:
     events.create(conn, checkfirst=True)
     for index in _events_indexes:
@@ -265,8 +286,15 @@ def _migration_2(conn: Connection) -> None:
         )
 
 
+def _migration_3(conn: Connection) -> None:
+    """The webhooks snapshot and the indexes of the Carerix page."""
+    webhooks.create(conn, checkfirst=True)
+    for index in _page_indexes:
+        index.create(conn, checkfirst=True)
+
+
 # Append steps, never edit shipped ones: version N means steps 1..N ran.
-_MIGRATIONS = [_migration_1, _migration_2]
+_MIGRATIONS = [_migration_1, _migration_2, _migration_3]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -736,6 +764,33 @@ class EventStore:
         )
         with self._guard(), self._engine.connect() as conn:
             return [row.public_key for row in conn.execute(stmt)]
+
+    @_retry_on_disconnect
+    def record_webhooks(self, application_id: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Replace what is known of one application's webhooks with ``rows`` (one transaction).
+
+        Each row: ``webhook_id``, ``application_name``, ``url``, ``filters`` (list of dicts), ``status``,
+        ``sync_action``. Header values are never passed here: the snapshot is shown to people.
+        """
+        self._ensure_schema()
+        now = _utcnow()
+        values = [
+            {
+                "application_id": application_id,
+                "webhook_id": str(row["webhook_id"]),
+                "application_name": row.get("application_name"),
+                "url": row.get("url"),
+                "filters": json.dumps(row.get("filters") or [], separators=(",", ":")),
+                "status": row.get("status"),
+                "sync_action": row.get("sync_action"),
+                "seen_at": now,
+            }
+            for row in rows
+        ]
+        with self._guard(), self._write() as conn:
+            conn.execute(webhooks.delete().where(webhooks.c.application_id == application_id))
+            if values:
+                conn.execute(webhooks.insert(), values)
 
     @_retry_on_disconnect
     def ping(self) -> None:

@@ -324,6 +324,32 @@ class SyncPlan:
     def lines(self) -> list[str]:
         return [line for app in self.applications for line in app.lines()]
 
+    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        """What the plan saw of each existing application's webhooks (no header values), for the event store."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for app in self.applications:
+            if app.application_id is None:
+                continue
+            rows = out.setdefault(app.application_id, [])
+            for action in app.actions:
+                seen = action.actual
+                if seen is None or seen.id is None:
+                    continue
+                rows.append(
+                    {
+                        "webhook_id": seen.id,
+                        "application_name": app.name,
+                        "url": display_url(seen.url) if seen.url else None,
+                        "filters": [
+                            {"eventType": f.event_type, **({"condition": f.condition} if f.condition else {})}
+                            for f in seen.filters
+                        ],
+                        "status": seen.status or "enabled",
+                        "sync_action": action.action.value,
+                    }
+                )
+        return out
+
     def render(self) -> str:
         text = "\n".join(self.lines())
         return text + ("" if self.has_changes else "\nNo changes: Carerix matches the spec.")

@@ -138,6 +138,37 @@ def test_health_reports_the_last_event(any_store: EventStore) -> None:
     assert health["store"] == "ok" and health["last_sequence"] == 4 and health["events_last_hour"] == 4
 
 
+def test_webhooks_as_the_last_sync_saw_them(
+    emulator: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from airflow_provider_carerix.cli import app
+
+    monkeypatch.setenv("AIRFLOW_VAR_CARERIX_RECEIVER_URL", "https://receiver.example.com/events")
+    monkeypatch.setenv("AIRFLOW_VAR_CARERIX_RECEIVER_SECRET", "ui-test-secret")
+    store_url = f"sqlite:///{tmp_path / 'events.db'}"
+    spec = str(ROOT / "example_dags" / "specs" / "carerix_webhooks.yaml")
+    first = CliRunner().invoke(app, ["apply", "--yes", "--store", store_url, spec])
+    assert first.exit_code == 0, first.output
+    with EventStore(store_url) as store:
+        assert sections.webhooks(store) == []  # the first sync saw no webhooks: it created them
+    [application] = emulator.applications()
+    app_id = str(application.get("_id", application.get("id")))
+    created = emulator.webhooks(app_id)
+    emulator.set_webhook_status(app_id, created[0]["_id"], "disabled")
+    second = CliRunner().invoke(app, ["apply", "--yes", "--store", store_url, spec])
+    assert second.exit_code == 0, second.output
+    with EventStore(store_url) as store:
+        seen = {w["webhook_id"]: w for w in sections.webhooks(store)}
+    assert set(seen) == {w["_id"] for w in created}
+    disabled = seen[created[0]["_id"]]
+    assert (disabled["status"], disabled["sync_action"]) == ("disabled", "enable")
+    assert {w["status"] for w in seen.values()} == {"enabled", "disabled"}
+    assert "ui-test-secret" not in json.dumps(list(seen.values()))  # header values never reach the page
+    assert all(w["application_name"] == "airflow-carerix" and w["filters"] for w in seen.values())
+
+
 # -- the page in a real API server -------------------------------------------------------------------------
 
 

@@ -328,6 +328,8 @@ class CarerixSyncWebhooksOperator(_CarerixOperator):
                 record_signing_keys(
                     self.hook, [a.application_id for a in result.applications], store, say=self.log.info
                 )
+                for application_id, rows in result.plan.snapshot().items():
+                    store.record_webhooks(application_id, rows)
         summary = result.summary()
         self.log.info("Summary: %s", result.to_json())
         return summary

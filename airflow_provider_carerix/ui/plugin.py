@@ -116,6 +116,7 @@ def webhooks(store: EventStore) -> list[dict[str, Any]]:
                 "url": row.url,
                 "filters": filters,
                 "status": row.status,
+                "sync_action": row.sync_action,
                 "seen_at": _iso(row.seen_at),
             }
         )
