@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from airflow_provider_carerix.cli_recover import register as register_recover_commands
 from airflow_provider_carerix.cli_sync import register as register_sync_commands
 from airflow_provider_carerix.spec import check_spec
 
@@ -69,6 +70,7 @@ def validate(
 
 
 register_sync_commands(app)  # plan, apply
+register_recover_commands(app)  # recover
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 _ID = Field(default=None, validation_alias=AliasChoices("_id", "id"), serialization_alias="_id")
 
@@ -123,3 +123,53 @@ class WebhookEvent(_CarerixModel):
     @property
     def action(self) -> str:
         return self.type.split(":", 1)[1].lower() if ":" in self.type else ""
+
+
+class DeliveryAttempt(_CarerixModel):
+    """One HTTP request Carerix made to deliver a job (``WebhookDeliveryJobAttempt``)."""
+
+    id: str | None = _ID
+    created: datetime | None = Field(default=None, alias="_createdDateTime")
+    delivery_status: str | None = Field(default=None, alias="deliveryStatus")
+    response_status_code: int | None = Field(default=None, alias="responseStatusCode")
+
+    @property
+    def failed(self) -> bool:
+        return self.delivery_status != "successful"
+
+
+class DeliveryJob(_CarerixModel):
+    """One event on its way to one webhook, from Carerix's delivery log (``WebhookDeliveryJob``).
+
+    ``payload`` is the delivered body as Carerix sent it (a JSON string): the receiver's input, byte for byte.
+    """
+
+    id: str | None = _ID
+    created: datetime | None = Field(default=None, alias="_createdDateTime")
+    payload: str | None = None
+    url: str | None = Field(default=None, repr=False)
+    webhook: dict[str, Any] | None = Field(default=None, repr=False)
+    attempts: list[DeliveryAttempt] = Field(default_factory=list)
+
+    @field_validator("attempts", mode="before")
+    @classmethod
+    def _unwrap_page(cls, value: Any) -> Any:
+        """``attempts`` is a page (``{"items": [...]}``) in Carerix's schema; a bare list is accepted too."""
+        if isinstance(value, dict):
+            return value.get("items") or []
+        return value if value is not None else []
+
+    @property
+    def webhook_id(self) -> str | None:
+        value = (self.webhook or {}).get("_id", (self.webhook or {}).get("id"))
+        return None if value is None else str(value)
+
+    @property
+    def delivered(self) -> bool:
+        """Whether any attempt succeeded (Carerix got a 2xx from the receiver)."""
+        return any(not a.failed for a in self.attempts)
+
+    @property
+    def all_failed(self) -> bool:
+        """At least one attempt, and every one failed (a job never attempted yet is not failed)."""
+        return bool(self.attempts) and not self.delivered

@@ -144,7 +144,8 @@ class StoredEvent:
     payload: dict[str, Any] = field(repr=False)
     raw: str = field(default="", repr=False, compare=False)
     #: True: ``Cx-Signature`` checked against a key of its application; False: accepted without (no key
-    #: known yet, or recovered from the delivery log); None: stored before signatures were recorded.
+    #: known yet); None: not applicable (recovered from Carerix's delivery log over its API, or stored
+    #: before signatures were recorded).
     signature_verified: bool | None = None
     #: Stored by recovery from Carerix's delivery log rather than delivered to the receiver.
     recovered: bool = False

@@ -16,7 +16,9 @@ import random
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -38,7 +40,7 @@ from airflow_provider_carerix.exceptions import (
     api_error,
     scrub,
 )
-from airflow_provider_carerix.models import Application, SignatureVerification, Webhook
+from airflow_provider_carerix.models import Application, DeliveryJob, SignatureVerification, Webhook
 from airflow_provider_carerix.version_compat import (
     AIRFLOW_V_3_2_PLUS,
     BaseHook,
@@ -55,6 +57,30 @@ DEFAULT_HOST = "https://api.carerix.io"
 DEFAULT_IDENTITY_HOST = "https://id.carerix.io"
 DEFAULT_SCOPE = "urn:cx/webhooks:data:manage"
 API_PATH = "/webhooks/v1"
+GRAPHQL_PATH = "/graphql/v1/graphql"
+#: The delivery-log query. Carerix documents the ``WebhookDeliveryJobPage`` type and the ``Pageable`` input
+#: (``page`` from 0, ``size`` default 20, ``sort: [Order]``) but, as read in 2026-11, not the arguments of
+#: ``webhookDeliveryJobPage`` itself. Assumed: ``pageable: Pageable`` like Carerix's other ``xxxPage`` queries;
+#: no ``qualifier`` is sent (its syntax for delivery jobs is unknown), so filtering by time happens here.
+DELIVERY_JOBS_QUERY = """
+query CarerixDeliveryJobs($pageable: Pageable) {
+  webhookDeliveryJobPage(pageable: $pageable) {
+    page
+    size
+    totalElements
+    totalPages
+    numberOfElements
+    last
+    items {
+      _id
+      _createdDateTime
+      payload
+      webhook { _id }
+      attempts { items { _id _createdDateTime deliveryStatus responseStatusCode } }
+    }
+  }
+}
+"""
 #: What list calls ask for, so one GET returns full objects where the API supports ``?fields=``.
 WEBHOOK_FIELDS = "url,filters,customHeaders,status"
 APPLICATION_FIELDS = "name"
@@ -537,12 +563,14 @@ class CarerixHook(BaseHook):
         idempotent: bool = True,
         params: dict[str, str] | None = None,
         json: Any = None,
+        absolute: bool = False,
     ) -> requests.Response:
         """An authenticated call; a 401 refreshes the token once and repeats the call.
 
         Repeating after a 401 is safe even for creates: Carerix authenticates before it processes anything.
+        ``absolute``: ``path`` is a full URL (the GraphQL endpoint lives beside the Management API).
         """
-        url = f"{self.settings.api_url}/{path.lstrip('/')}"
+        url = path if absolute else f"{self.settings.api_url}/{path.lstrip('/')}"
         kwargs: dict[str, Any] = {"auth": CarerixBearerAuth(self)}
         if params:
             kwargs["params"] = params
@@ -668,6 +696,83 @@ class CarerixHook(BaseHook):
 
     def delete_application(self, application_id: str) -> None:
         self._call("DELETE", f"applications/{quote(application_id, safe='')}")
+
+    # -- delivery log (GraphQL)
+
+    @property
+    def graphql_url(self) -> str:
+        """Carerix's GraphQL endpoint, on the API host beside ``/webhooks/v1``."""
+        return self.settings.api_url[: -len(API_PATH)] + GRAPHQL_PATH
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run a GraphQL query with the connection's token and retry policy; ``data`` or a typed error.
+
+        A query is a read, so it is retried like one. GraphQL reports errors in a 200 answer: they raise
+        :class:`CarerixApiError` with the first message, never the payload.
+        """
+        url = self.graphql_url
+        response = self._call("POST", url, absolute=True, json={"query": query, "variables": variables or {}})
+        body = self._json(response)
+        errors = body.get("errors") if isinstance(body, dict) else None
+        if errors or not isinstance(body, dict) or not isinstance(body.get("data"), dict):
+            first = errors[0] if isinstance(errors, list) and errors else {}
+            message = first.get("message") if isinstance(first, dict) else None
+            raise CarerixApiError(
+                response.status_code,
+                "POST",
+                url,
+                None,
+                reason=f"GraphQL error: {message or 'answer holds no data'}",
+                secrets=self._secrets(),
+            )
+        return body["data"]
+
+    def iter_delivery_jobs(
+        self, *, since: datetime | None = None, page_size: int = 100
+    ) -> Iterator[DeliveryJob]:
+        """Carerix's delivery log, newest first: one job per event and webhook, with every attempt.
+
+        Pages through ``webhookDeliveryJobPage`` sorted by creation time, descending, so jobs queued while
+        paging push older ones to later pages (seen twice, never skipped). With ``since``, jobs queued before
+        it are left out, and paging stops at the first page wholly older than ``since`` (only while the
+        answers are in the order asked for: a server that ignores the sort is paged to the end).
+        """
+        page = 0
+        previous: datetime | None = None
+        ordered = True
+        while True:
+            data = self.graphql(
+                DELIVERY_JOBS_QUERY,
+                {
+                    "pageable": {
+                        "page": page,
+                        "size": page_size,
+                        "sort": [{"property": "_createdDateTime", "direction": "DESC"}],
+                    }
+                },
+            )
+            result = data.get("webhookDeliveryJobPage") or {}
+            items = result.get("items") or []
+            older = 0
+            for item in items:
+                job = DeliveryJob.model_validate(item)
+                if job.created is not None:
+                    if previous is not None and job.created > previous:
+                        ordered = False
+                    previous = job.created
+                if since is not None and job.created is not None and job.created < since:
+                    older += 1
+                    continue
+                yield job
+            total_pages = result.get("totalPages")
+            if (
+                not items
+                or result.get("last") is True
+                or (isinstance(total_pages, int) and page + 1 >= total_pages)
+                or (since is not None and ordered and older == len(items))
+            ):
+                return
+            page += 1
 
     # -- webhooks
 

@@ -1,0 +1,64 @@
+"""``carerix-webhooks recover``: fetch events the receiver missed from Carerix's delivery log into the store."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+
+def recover_command(
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Jobs queued since: a duration back from now (2h, 7d) or an ISO 8601 time; all if unset."
+        ),
+    ] = None,
+    only_failed: Annotated[
+        bool, typer.Option("--only-failed", help="Only jobs whose every delivery attempt failed.")
+    ] = False,
+    store: Annotated[
+        str | None, typer.Option("--store", help="Event store URL (default: resolved as everywhere).")
+    ] = None,
+    conn_id: Annotated[
+        str, typer.Option("--conn-id", help="Airflow connection id (AIRFLOW_CONN_<ID> env vars too).")
+    ] = "carerix_default",
+    page_size: Annotated[int, typer.Option(min=1, max=1000, help="Delivery jobs per page.")] = 100,
+) -> None:
+    """Store every payload of Carerix's delivery log the event store lacks (safe to repeat: dedupe by event id).
+
+    Prints the counts as JSON; exits 1 when Carerix or the store fails, or a payload is invalid.
+    """
+    from airflow_provider_carerix.cli_sync import _hook, _own_logging
+    from airflow_provider_carerix.exceptions import CarerixError
+    from airflow_provider_carerix.recovery import parse_since, recover_events
+    from airflow_provider_carerix.store import EventStore, StoreUnavailable
+
+    try:
+        since_at = parse_since(since)
+    except ValueError as exc:
+        typer.echo(f"error: --{exc}", err=True)
+        raise typer.Exit(2) from None
+    _own_logging()
+    hook = _hook(conn_id)
+    try:
+        with EventStore(store) as event_store:
+            result = recover_events(
+                hook.iter_delivery_jobs(since=since_at, page_size=page_size),
+                event_store,
+                only_failed=only_failed,
+                say=lambda m: typer.echo(m, err=True),
+            )
+    except (CarerixError, StoreUnavailable) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        typer.echo("Events stored before the failure stay stored; run recover again to finish.", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(result.summary()))
+    if result.invalid:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``recover`` to the ``carerix-webhooks`` app."""
+    app.command("recover")(recover_command)
