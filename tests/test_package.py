@@ -10,6 +10,7 @@ are not processed, so the provider can only come from the wheel, which the test 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -38,9 +39,20 @@ def _run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str
 
 @pytest.fixture(scope="module")
 def dists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """``python -m build`` of this checkout: the sdist, and the wheel built from that sdist."""
+    """``python -m build`` of this checkout: the sdist, and the wheel built from that sdist.
+
+    Built from a copy holding only the files git knows (tracked, or new and not ignored), as a clean clone
+    would: setuptools also reads a local ``*.egg-info/SOURCES.txt`` left by an editable install, which would
+    hide a data file missing from the package configuration.
+    """
+    source = tmp_path_factory.mktemp("source")
+    listed = _run("git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=ROOT)
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     out = tmp_path_factory.mktemp("dist")
-    _run(sys.executable, "-m", "build", "--outdir", out, ROOT, cwd=out)
+    _run(sys.executable, "-m", "build", "--outdir", out, source, cwd=out)
     [wheel] = out.glob("*.whl")
     [sdist] = out.glob("*.tar.gz")
     return {"wheel": wheel, "sdist": sdist}
@@ -94,10 +106,21 @@ def test_metadata_is_what_an_index_shows(dists: dict[str, Path]) -> None:
     assert set(metadata.get_all("Provides-Extra")) >= {"postgres"}
 
 
+def _package_files() -> set[str]:
+    """Every file of the package in this checkout (code and data such as the UI page), as wheel paths."""
+    package = ROOT / "airflow_provider_carerix"
+    return {
+        path.relative_to(ROOT).as_posix()
+        for path in package.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+
+
 def test_wheel_holds_the_package_py_typed_and_license_only(dists: dict[str, Path]) -> None:
     with zipfile.ZipFile(dists["wheel"]) as wheel:
         names = wheel.namelist()
     assert "airflow_provider_carerix/py.typed" in names
+    assert _package_files() <= set(names), sorted(_package_files() - set(names))  # data files too
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     top_level = {n.split("/", 1)[0] for n in names}
     assert top_level == {"airflow_provider_carerix", f"airflow_provider_carerix-{_version()}.dist-info"}
