@@ -1073,6 +1073,19 @@ class CarerixEmulator:
             if app_id not in self._apps:
                 return _Response(404, {"error": f"no application {app_id!r}"})
             return _Response(200, {"applicationId": app_id, "publicKey": self.rotate_key(app_id)})
+        if action == "sign" and method == "POST":
+            # What Carerix would put in Cx-Signature for this body (demos and tests of receivers).
+            app_id = str(data.get("applicationId") or "")
+            if app_id not in self._apps or not isinstance(data.get("body"), str):
+                return _Response(
+                    400, {"error": "need 'applicationId' (an application) and 'body' (a string)"}
+                )
+            which = "previous" if data.get("previous") else "current"
+            try:
+                signature = self.sign(app_id, data["body"].encode(), which=which)
+            except KeyError as exc:
+                return _Response(409, {"error": str(exc)})
+            return _Response(200, {"signature": signature})
         if action == "retry" and method == "POST":
             retried = self.retry_due(now=bool(data.get("all", True)))
             return _Response(200, {"deliveries": [asdict(d) for d in retried]})

@@ -344,6 +344,7 @@ def running_stack(state_dir: Path, ui_port: int) -> Iterator[tuple[Stack, dict[s
         "store_url": store_url,
         "emulator_url": emulator_url,
         "receiver_url": receiver_url,
+        "receiver_secret": receiver_secret,  # in-process only, never printed
         "api_url": api_url,
     }
     try:
@@ -433,6 +434,39 @@ def intro(state_dir: Path, headless: bool) -> None:
     )
 
 
+def refuse_tampered_delivery(info: dict[str, Any]) -> dict[str, int]:
+    """What the receiver answers a delivery whose body was changed after Carerix signed it, and an unsigned one.
+
+    Provisioning recorded each application's public key in the store; from then on the receiver checks
+    ``Cx-Signature`` on every delivery of that application, whatever the secret header says.
+    """
+    state = httpx.get(f"{info['emulator_url']}/_emulator/state", timeout=10).json()
+    app = state["applications"][0]
+    body = json.dumps(
+        {
+            "id": f"tampered-{secrets.token_hex(4)}",
+            "time": "2026-11-29T12:00:00Z",
+            "type": "cremployee:updated",
+            "applicationId": app["_id"],
+            "webhookId": app["webhooks"][0]["_id"],
+            "tenant": "demo",
+            "data": {"entityId": "3"},
+        }
+    )
+    signature = httpx.post(
+        f"{info['emulator_url']}/_emulator/sign", json={"applicationId": app["_id"], "body": body}, timeout=10
+    ).json()["signature"]
+    headers = {"Content-Type": "application/json", "X-Carerix-Secret": info["receiver_secret"]}
+    tampered = httpx.post(
+        f"{info['receiver_url']}/events",
+        content=body.replace('"entityId": "3"', '"entityId": "4"'),
+        headers={**headers, "Cx-Signature": signature},
+        timeout=10,
+    )
+    unsigned = httpx.post(f"{info['receiver_url']}/events", content=body, headers=headers, timeout=10)
+    return {"tampered": tampered.status_code, "unsigned": unsigned.status_code}
+
+
 def run_demo(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).resolve()
     intro(state_dir, args.headless)
@@ -482,6 +516,13 @@ def run_demo(args: argparse.Namespace) -> int:
                     delivered[d["event"]["id"]] = event_type
             console.print(f"   {title}: {len(deliveries)} deliveries ({statuses})")
 
+        refused = refuse_tampered_delivery(info)
+        console.print(
+            f"   a tampered delivery (valid Cx-Signature, other body): HTTP {refused['tampered']}; "
+            f"an unsigned one: HTTP {refused['unsigned']}"
+        )
+        ok &= refused == {"tampered": 401, "unsigned": 401}
+
         console.print("[bold]6. Events stored and the DAG runs they started[/bold]")
         from airflow_provider_carerix.store import EventStore
 
@@ -496,7 +537,11 @@ def run_demo(args: argparse.Namespace) -> int:
             30,
         )
         for e in stored:
-            console.print(f"   stored #{e.sequence} {e.type:<22} entity {e.entity_id}  id {e.event_id}")
+            check = "signature verified" if e.signature_verified else "signature NOT verified"
+            console.print(
+                f"   stored #{e.sequence} {e.type:<22} entity {e.entity_id}  {check}  id {e.event_id}"
+            )
+        ok &= all(e.signature_verified for e in stored if e.event_id in delivered)
 
         employee_ids = {i for i, t in delivered.items() if t == "cremployee:updated"}
 

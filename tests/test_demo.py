@@ -136,6 +136,9 @@ def test_demo_runs_the_story_listens_on_loopback_only_and_ctrl_c_stops_everythin
     assert "provisioning run" in output and ": success; 6 webhooks now in Carerix" in output, output
     assert "handled 1/1 candidate events; carerix_wait_for_event: success" in output, output
     assert output.count("stored #") == 5, output
+    # Signatures on by default: every stored event verified, a tampered and an unsigned delivery refused.
+    assert output.count("  signature verified  ") == 5, output
+    assert "(valid Cx-Signature, other body): HTTP 401; an unsigned one: HTTP 401" in output, output
     assert "Demo succeeded" in output, output
     # It says what it will do and where every log is.
     assert output.index("That takes about") < output.index("1. Starting"), output

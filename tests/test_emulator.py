@@ -414,6 +414,12 @@ def test_key_rotation_serves_the_new_key_and_keeps_the_previous_one_usable(
     assert new != old and emulator.public_key(app_id) == new and emulator.previous_public_key(app_id) == old
     emulator.deliver("crjob:created", {})
     emulator.deliver("crjob:created", {}, signing="previous")
+    signed = requests.post(
+        f"{emulator.url}/_emulator/sign",
+        json={"applicationId": app_id, "body": "{}", "previous": True},
+        timeout=5,
+    ).json()["signature"]
+    assert _verify(old, signed, b"{}") and not _verify(new, signed, b"{}")
     (h_new, _), (h_old, _) = receiver.received
     assert _verify(new, h_new["Cx-Signature"], receiver.raw[0])
     assert _verify(old, h_old["Cx-Signature"], receiver.raw[1])
