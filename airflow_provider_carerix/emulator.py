@@ -838,17 +838,18 @@ class CarerixEmulator:
         size = int(pageable.get("size") or 20)
         if page < 0 or size < 1:
             raise emulator_graphql.GraphQLError("pageable: page must be >= 0 and size >= 1")
-        items = [self._job_view(job) for job in self._jobs.values()]
+        jobs = list(self._jobs.values())
         orders = pageable.get("sort") or []
+        sort_keys = {"_createdDateTime": "created", "_id": "id"}
         for order in reversed(orders):
             prop = str(order.get("property") or "")
-            if prop not in ("_createdDateTime", "_id"):
+            if prop not in sort_keys:
                 raise emulator_graphql.GraphQLError(f"cannot sort delivery jobs by {prop!r}")
             descending = str(order.get("direction") or "ASC").upper() == "DESC"
-            items.sort(key=lambda item, p=prop: item[p], reverse=descending)
-        total = len(items)
+            jobs.sort(key=lambda job, a=sort_keys[prop]: getattr(job, a), reverse=descending)
+        total = len(jobs)
         pages = (total + size - 1) // size
-        chunk = items[page * size : (page + 1) * size]
+        chunk = [self._job_view(job) for job in jobs[page * size : (page + 1) * size]]
         return {
             "items": chunk,
             "page": page,
