@@ -60,45 +60,44 @@ def get_provider_info() -> dict[str, Any]:
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port", "login", "password"],
                     "relabeling": {"host": "API base URL"},
-                    "placeholders": {
-                        "host": "https://api.carerix.io",
-                        "client_id": "urn:yourvendor/your-application",
-                        "realm": "yourcompany",
-                        "identity_host": "https://id.carerix.io",
-                        "auth_url": "https://id-2.carerix.io/auth/realms/yourcompany/protocol/openid-connect/token",
-                        "scope": "urn:cx/webhooks:data:manage",
-                    },
+                    # Airflow 3's form shows placeholders for standard fields only: the extra fields below
+                    # carry their examples in their descriptions.
+                    "placeholders": {"host": "https://api.carerix.io"},
                 },
                 "conn-fields": {
                     "client_id": {
                         "label": "Client ID",
-                        "description": "Confidential OAuth2 client, code like urn:yourvendor/your-application.",
+                        "description": "Code of your confidential OAuth2 client in Carerix, "
+                        "e.g. urn:yourvendor/your-application.",
                         "schema": {"type": ["string", "null"]},
                     },
                     "client_secret": {
                         "label": "Client Secret",
+                        "description": "Secret of that client, shown by Carerix when the client is created. "
+                        "Stored encrypted and masked in task logs.",
                         "schema": {"type": ["string", "null"], "format": "password"},
                     },
                     "realm": {
                         "label": "Realm",
-                        "description": "Keycloak realm of your Carerix tenant (csmdemo in the Carerix guide).",
+                        "description": "Keycloak realm of your Carerix tenant, e.g. yourcompany "
+                        "(csmdemo in the Carerix guide). Not needed when Access token URL is set.",
                         "schema": {"type": ["string", "null"]},
                     },
                     "identity_host": {
                         "label": "Identity host",
-                        "description": "Default https://id.carerix.io; tenants also live on id-2, id-3, id-4, id-s1...: "
-                        "see your tenant's login URL.",
+                        "description": "Host of your tenant's login page, e.g. https://id-2.carerix.io or just id-2. "
+                        "Empty means https://id.carerix.io; tenants also live on id-3, id-4, id-s1...",
                         "schema": {"type": ["string", "null"]},
                     },
                     "auth_url": {
                         "label": "Access token URL",
                         "description": "Full token URL, e.g. https://id-2.carerix.io/auth/realms/yourcompany/protocol/"
-                        "openid-connect/token; when set it wins over realm and identity host.",
+                        "openid-connect/token. When set it wins over Realm and Identity host.",
                         "schema": {"type": ["string", "null"]},
                     },
                     "scope": {
                         "label": "Scope",
-                        "description": "Defaults to urn:cx/webhooks:data:manage.",
+                        "description": "OAuth2 scope to ask for. Empty means urn:cx/webhooks:data:manage.",
                         "schema": {"type": ["string", "null"]},
                     },
                 },

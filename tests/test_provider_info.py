@@ -98,6 +98,8 @@ def test_connection_form_fields(info: dict[str, Any]) -> None:
     assert {"login", "password", "schema", "port"} <= set(behaviour["hidden-fields"])
     assert "host" not in behaviour["hidden-fields"]
     assert behaviour["placeholders"]["host"] == "https://api.carerix.io"
+    # Airflow 3 shows placeholders for standard fields only; examples of extra fields are in descriptions.
+    assert set(behaviour["placeholders"]) <= {"description", "host", "schema", "login", "password", "port"}
 
 
 def test_airflow_serves_the_connection_form() -> None:
@@ -116,3 +118,79 @@ def test_airflow_serves_the_connection_form() -> None:
     assert fields is not None
     assert fields.host.hidden is False and fields.host.title == "API base URL"
     assert fields.login.hidden and fields.password.hidden
+
+
+@pytest.fixture(scope="module")
+def served_hook_meta(airflow_db: None) -> list[dict[str, Any]]:
+    """``GET /ui/connections/hook_meta`` from Airflow's own API server app (in process, all users admin)."""
+    from fastapi.testclient import TestClient
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
+        from airflow.api_fastapi.app import create_app
+
+        with TestClient(create_app("core")) as client:
+            response = client.get("/ui/connections/hook_meta")
+    assert response.status_code == 200, response.text[:500]
+    return response.json()
+
+
+def test_the_api_server_serves_the_form_with_help_for_every_field(
+    served_hook_meta: list[dict[str, Any]],
+) -> None:
+    [meta] = [m for m in served_hook_meta if m["connection_type"] == "carerix"]
+    assert meta["hook_name"] == "Carerix"
+    assert meta["hook_class_name"] == "airflow_provider_carerix.hooks.carerix.CarerixHook"
+    extras = meta["extra_fields"]
+    assert set(extras) == EXPECTED_FIELDS
+    for name, field in extras.items():
+        assert field["schema"]["title"], name
+        assert field["description"], f"{name} has no help text"
+    assert extras["client_secret"]["schema"]["format"] == "password"
+    assert "secret" in extras["client_secret"]["description"].lower()
+    for name in ("client_id", "realm", "identity_host", "auth_url"):
+        assert "e.g." in extras[name]["description"], name  # the example a placeholder would have shown
+    assert "urn:cx/webhooks:data:manage" in extras["scope"]["description"]
+    host = meta["standard_fields"]["host"]
+    assert host == {"hidden": False, "title": "API base URL", "placeholder": "https://api.carerix.io"}
+    assert all(meta["standard_fields"][f]["hidden"] for f in ("login", "password", "port", "url_schema"))
+
+
+def test_default_conn_name_as_served(served_hook_meta: list[dict[str, Any]]) -> None:
+    """Airflow 3.3.2 serves ``default_conn_name: null`` for every connection type, whatever the hook declares.
+
+    ``HookMetaService.hook_meta_data`` (airflow/api_fastapi/core_api/services/ui/connections.py) passes
+    ``default_conn_name=None`` for all hooks, and the 3.3.2 UI never reads the field; the hook itself
+    declares ``carerix_default`` (checked above). Should Airflow start serving it, it must be ours.
+    """
+    [meta] = [m for m in served_hook_meta if m["connection_type"] == "carerix"]
+    if any(m["default_conn_name"] for m in served_hook_meta):
+        assert meta["default_conn_name"] == "carerix_default"
+    else:
+        assert meta["default_conn_name"] is None
+        assert len(served_hook_meta) > 1  # Airflow's own connection types too: not a provider problem
+
+
+def test_airflow_connections_test_from_the_cli(emulator: Any, tmp_path: Any) -> None:
+    """The way to check a connection while the 3.3.2 UI's Test button sends ``port: 0`` (a 400)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    airflow = Path(sys.executable).parent / "airflow"
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path),
+        "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
+    }
+    command = [str(airflow), "connections", "test", "carerix_default"]
+    good = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert good.returncode == 0 and "Connection success!" in good.stdout, good.stdout + good.stderr[-2000:]
+
+    conn = json.loads(os.environ["AIRFLOW_CONN_CARERIX_DEFAULT"])
+    conn["extra"]["client_secret"] = "wrong-secret-for-this-test"
+    env["AIRFLOW_CONN_CARERIX_DEFAULT"] = json.dumps(conn)
+    bad = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert bad.returncode != 0, bad.stdout
+    assert "wrong-secret-for-this-test" not in bad.stdout + bad.stderr
