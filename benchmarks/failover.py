@@ -1,19 +1,26 @@
-"""Triggerer failover: how long events wait when the triggerer goes away, graceful stop vs ``kill -9``.
+"""Triggerer failover: how long events wait when the triggerer stops, graceful stop vs ``kill -9``.
 
 One real stack (receiver, SQLite store, scheduler, dag-processor, triggerer, API server; the example DAG
-``carerix_event_driven``). Per scenario, events are POSTed ~2 s apart; after the fourth one the triggerer is
-stopped (SIGTERM, waiting for it to exit, or SIGKILL of its whole process group) and a new one is started
-at once, as a supervisor (systemd, Kubernetes) would. Printed per scenario: POST -> processed (the task that
-handled the event finished) for the events before the stop (the baseline of the same run) and for those
-POSTed from the stop on.
+``carerix_event_driven``). Per scenario, events are POSTed 2 s apart; between the 4th and the 5th the
+triggerer running the watcher is stopped: with SIGTERM (waiting until it exited) or with SIGKILL of its
+whole process group. Two deployments:
 
-Why kill -9 is slower: a triggerer holds its triggers until its job ends. A graceful stop ends the job, so
-the new triggerer takes the watchers at its first load. After kill -9 the job stays "running" and Airflow
-reassigns its triggers only once its last heartbeat is older than ``[triggerer]
-triggerer_health_check_threshold`` (default 30 s; heartbeats every ``[triggerer] job_heartbeat_sec``,
-default 5 s). ``--health-check-threshold``/``--job-heartbeat-sec`` set both on the stack to show the effect.
+* restart in place: one triggerer; a new one is started as soon as the old one is gone (what systemd or a
+  Kubernetes Deployment with one replica does);
+* standby: a second triggerer is already running and takes the watcher over.
 
-    .venv/bin/python benchmarks/failover.py [--events 10] [--spacing 2] [--health-check-threshold 10 --job-heartbeat-sec 2]
+Printed per scenario: how long the stop took, when the watcher ran on the next triggerer (its trigger row
+assigned to another triggerer job) counted from the stop, and POST -> processed (the task that handled the
+event finished) for the events POSTed from the stop on; the events before the stop are the baseline.
+
+Why kill -9 is slower: a triggerer holds its triggers while its job counts as alive, that is while the job
+has no end date and its last heartbeat is younger than ``[triggerer] triggerer_health_check_threshold``
+(default 30 s; heartbeats every ``[triggerer] job_heartbeat_sec``, default 5 s). A graceful stop ends the
+job; after kill -9 the job looks alive until its heartbeat is that old. ``--health-check-threshold`` and
+``--job-heartbeat-sec`` set both on the stack to show the effect.
+
+    .venv/bin/python benchmarks/failover.py [--events 10] [--spacing 2] [--modes restart,standby]
+        [--health-check-threshold 10 --job-heartbeat-sec 2] [--keep]
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -71,14 +79,49 @@ def processed_at(stack: AirflowStack) -> dict[str, datetime]:
     return result
 
 
+def watcher_triggerer(stack: AirflowStack) -> int | None:
+    """The triggerer job the Carerix watcher is assigned to."""
+    rows = [r for r in stack.triggers("carerix") if r["triggerer_id"] is not None]
+    return int(rows[0]["triggerer_id"]) if rows else None
+
+
+def alive_triggerers(stack: AirflowStack, within: float = 15.0) -> int:
+    rows = stack.query(
+        "SELECT latest_heartbeat FROM job WHERE job_type = 'TriggererJob' AND end_date IS NULL"
+    )
+    recent = datetime.now(timezone.utc) - timedelta(seconds=within)
+    return sum(1 for r in rows if r["latest_heartbeat"] and _utc(r["latest_heartbeat"]) > recent)
+
+
+def start_triggerer(stack: AirflowStack, name: str) -> None:
+    """Start one more triggerer, kept in the stack as ``name`` (a fresh log file each time)."""
+    stack.restarts["triggerer"] = stack.restarts.get("triggerer", 0) + 1
+    stack.start_component("triggerer")
+    stack.procs[name] = stack.procs.pop("triggerer")
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    stop_took: float
+    moved_after: float | None
+    before: list[float]
+    after: list[float]
+
+
 def run_scenario(
-    stack: AirflowStack, store: EventStore, post: Any, name: str, sig: int, events: int, spacing: float
-) -> tuple[list[float], list[float], float]:
-    """Returns (delays before the stop, delays from the stop on, seconds the stop itself took)."""
+    stack: AirflowStack,
+    store: EventStore,
+    post: Any,
+    scenario: str,
+    mode: str,
+    sig: int,
+    events: int,
+    spacing: float,
+) -> Outcome:
     bodies = [guide_event(10_000 + i) for i in range(events)]
     stop_after = min(4, events - 1)
     stopped = threading.Event()
-    stop_took: list[float] = []
     errors: list[BaseException] = []
 
     def produce() -> None:
@@ -92,28 +135,46 @@ def run_scenario(
             errors.append(exc)
             stopped.set()
 
-    producer = threading.Thread(target=produce, name=f"producer-{name}")
+    producer = threading.Thread(target=produce, name=f"producer-{scenario}")
     producer.start()
     stopped.wait(timeout=300)
-    time.sleep(spacing / 2)  # between two POSTs
+    time.sleep(spacing / 2)  # half way between two POSTs
+    holder = watcher_triggerer(stack)
+    moved: list[float] = []
     began = time.monotonic()
-    stack.stop_component("triggerer", sig=sig)
-    stop_took.append(time.monotonic() - began)
-    stack.restarts["triggerer"] = stack.restarts.get("triggerer", 0) + 1
-    stack.start_component("triggerer")
+
+    def watch_assignment() -> None:
+        while time.monotonic() - began < 300:
+            now = watcher_triggerer(stack)
+            if now is not None and now != holder:
+                moved.append(time.monotonic() - began)
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch_assignment, name=f"assignment-{scenario}")
+    watcher.start()
+    stack.stop_component("holder", sig=sig)
+    stop_took = time.monotonic() - began
+    if mode == "restart":
+        start_triggerer(stack, "holder")
     producer.join(timeout=600)
     if errors:
         raise errors[0]
     ids = [b["id"] for b in bodies]
     done = wait_for(
         lambda: (p := processed_at(stack)) and all(i in p for i in ids) and p,
-        f"every event of the {name} scenario processed",
+        f"every event of the {scenario} scenario processed",
         timeout=600,
         interval=1.0,
     )
+    watcher.join(timeout=300)
+    if mode == "standby":  # the standby holds the watcher now; start the next standby
+        stack.procs["holder"] = stack.procs.pop("standby")
+        start_triggerer(stack, "standby")
+        wait_for(lambda: alive_triggerers(stack) >= 2, "the new standby triggerer", timeout=300)
     received = {e.event_id: e.received_at for e in store.events_after(0, limit=100_000) if e.event_id in ids}
     delays = [(done[i] - _utc(received[i])).total_seconds() for i in ids]
-    return delays[:stop_after], delays[stop_after:], stop_took[0]
+    return Outcome(scenario, stop_took, moved[0] if moved else None, delays[:stop_after], delays[stop_after:])
 
 
 def summary(values: list[float]) -> str:
@@ -132,11 +193,15 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=10, help="events per scenario")
     parser.add_argument("--spacing", type=float, default=2.0, help="seconds between two POSTs")
     parser.add_argument(
+        "--modes", default="restart,standby", help="restart, standby or both (comma-separated)"
+    )
+    parser.add_argument(
         "--health-check-threshold", type=float, help="[triggerer] triggerer_health_check_threshold"
     )
     parser.add_argument("--job-heartbeat-sec", type=float, help="[triggerer] job_heartbeat_sec")
-    parser.add_argument("--only", choices=["graceful", "kill"], help="run one scenario")
+    parser.add_argument("--keep", action="store_true", help="keep the stack's directory (logs) and print it")
     args = parser.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
 
     work = Path(tempfile.mkdtemp(prefix="carerix-failover-"))
     store_url = f"sqlite:///{work / 'carerix_events.db'}"
@@ -161,38 +226,47 @@ def main() -> int:
         response.raise_for_status()
 
     stack: AirflowStack | None = None
-    results: list[tuple[str, tuple[list[float], list[float], float]]] = []
+    outcomes: list[Outcome] = []
     try:
         stack = AirflowStack.start(work / "airflow", env=env)
+        stack.procs["holder"] = stack.procs.pop("triggerer")
         stack.wait_healthy()
         wait_for(lambda: store.get_cursor(f"{CONSUMER}:origin") > 0, "the watcher to start", timeout=300)
-        scenarios = [("graceful", signal.SIGTERM), ("kill", signal.SIGKILL)]
-        for name, sig in scenarios:
-            if args.only and args.only != name:
-                continue
-            results.append((name, run_scenario(stack, store, post, name, sig, args.events, args.spacing)))
-            time.sleep(5)  # let the new triggerer settle before the next scenario
+        warm_up = guide_event(1)
+        post(warm_up)
+        wait_for(lambda: warm_up["id"] in processed_at(stack), "a warm-up event processed", timeout=300)
+        for mode in modes:
+            if mode == "standby":
+                start_triggerer(stack, "standby")
+                wait_for(lambda: alive_triggerers(stack) >= 2, "a standby triggerer", timeout=300)
+            for how, sig in (("graceful stop", signal.SIGTERM), ("kill -9", signal.SIGKILL)):
+                label = f"{'restart in place' if mode == 'restart' else 'standby takes over'}, {how}"
+                outcomes.append(run_scenario(stack, store, post, label, mode, sig, args.events, args.spacing))
+                time.sleep(3)
     finally:
         if stack is not None:
             stack.stop()
         client.close()
         stop_receiver()
         store.close()
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"logs and databases kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
+    defaults = "defaults: job_heartbeat_sec=5, triggerer_health_check_threshold=30"
     print(
-        f"\ntriggerer failover: {args.events} events {args.spacing:g} s apart, triggerer stopped after the 4th "
-        f"and started again at once\n(Airflow 3.3, SQLite, LocalExecutor; "
-        f"{', '.join(settings) or 'default triggerer settings: job_heartbeat_sec=5, triggerer_health_check_threshold=30'})"
+        f"\ntriggerer failover: {args.events} events {args.spacing:g} s apart, the triggerer running the watcher "
+        f"stopped after the 4th\n(Airflow 3.3, SQLite, LocalExecutor; {', '.join(settings) or defaults})"
     )
-    labels = {"graceful": "graceful stop (SIGTERM)", "kill": "kill -9 (SIGKILL)"}
-    for name, (before, after, took) in results:
-        print(f"  {labels[name]:<24} stop took {took:4.1f} s")
-        print(f"    before the stop        POST -> processed {summary(before)}")
-        print(f"    from the stop on       POST -> processed {summary(after)}")
-    if len(results) == 2:
-        graceful_max, kill_max = max(results[0][1][1]), max(results[1][1][1])
-        print(f"  worst wait after kill -9 vs graceful stop: {kill_max:.1f} s vs {graceful_max:.1f} s")
+    print(
+        f"  {'scenario':<38} {'stop':>6} {'watcher moved':>14}   POST -> processed, events from the stop on"
+    )
+    for o in outcomes:
+        moved = f"{o.moved_after:5.1f} s" if o.moved_after is not None else "never"
+        print(f"  {o.scenario:<38} {o.stop_took:4.1f} s {moved:>14}   {summary(o.after)}")
+    baseline = [d for o in outcomes for d in o.before]
+    print(f"  {'baseline: events before each stop':<38} {'':>6} {'':>14}   {summary(baseline)}")
     return 0
 
 
