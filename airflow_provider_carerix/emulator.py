@@ -51,7 +51,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import typer
 
-from airflow_provider_carerix import emulator_graphql
+from airflow_provider_carerix import conditions, emulator_graphql
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -181,11 +181,6 @@ def _event_type_matches(filter_type: str, event_type: str) -> bool:
 
 def _condition_matches(condition: str | None, event: dict[str, Any]) -> bool:
     if condition is None or not str(condition).strip():
-        return True
-    try:
-        # Imported lazily: the condition language is a separate module and the emulator works without it.
-        from airflow_provider_carerix import conditions
-    except ImportError:
         return True
     try:
         return bool(conditions.parse(str(condition), strict=False).matches(event))
