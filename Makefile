@@ -1,4 +1,4 @@
-.PHONY: demo test lint install mutation
+.PHONY: demo test test-matrix lint install mutation
 
 # Set up (venv + install) and run the complete local demo: emulator, receiver, Airflow, events.
 demo:
@@ -7,6 +7,10 @@ demo:
 # Set up (venv + install) and run ruff plus the whole test suite.
 test:
 	bash scripts/test.sh
+
+# The tests on every supported Airflow minor (3.1, 3.2, 3.3), one venv each; see scripts/test_matrix.sh.
+test-matrix:
+	bash scripts/test_matrix.sh
 
 install:
 	bash scripts/bootstrap.sh

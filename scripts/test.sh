@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: venv, install, lint, format check, every test.
+# AIRFLOW_VERSION=3.1.8 runs it against that Airflow instead (in its own venv, see scripts/bootstrap.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-VENV="${VENV:-.venv}"
+VENV="$(bash scripts/bootstrap.sh --venv)"
 export PATH="$PWD/$VENV/bin:$PATH"
 
 echo "==> ruff check"

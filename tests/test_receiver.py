@@ -549,19 +549,21 @@ def test_plugin_not_mounted_without_secret(
     assert "not mounted" in caplog.text
 
 
-def test_plugin_loads_as_airflow_plugin() -> None:
+def test_plugin_loads_as_airflow_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
     from importlib.metadata import entry_points
 
     from airflow.plugins_manager import is_valid_plugin
 
     from airflow_provider_carerix.get_provider_info import get_provider_info
+    from tests.fixtures.airflow import only_plugins
 
     # An entry-point plugin (loaded under every lazy_discover_providers setting), not a provider-declared one
     # (which would be registered a second time when lazy discovery is off).
     assert "plugins" not in get_provider_info()
     [entry] = [ep for ep in entry_points(group="airflow.plugins") if ep.name == "carerix"][:1]
     plugin = entry.load()
-    assert is_valid_plugin(plugin)
+    with only_plugins(monkeypatch, []):  # none loaded yet: Airflow 3.1 also checks it is not a duplicate
+        assert is_valid_plugin(plugin)
     plugin.validate()
     assert isinstance(plugin.fastapi_apps, list)
 
