@@ -41,10 +41,14 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 constraints="scripts/constraints/airflow-$minor.txt"
+inputs=(pyproject.toml scripts/bootstrap.sh)
 pins=()
-[ -f "$constraints" ] && pins=(--constraint "$constraints")
+if [ -f "$constraints" ]; then
+  inputs+=("$constraints")
+  pins=(--constraint "$constraints")
+fi
 stamp="$VENV/.carerix-installed"
-want="$(cat pyproject.toml scripts/bootstrap.sh "${constraints}" 2>/dev/null | sha256sum | cut -c1-16)-$AIRFLOW_VERSION"
+want="$(cat "${inputs[@]}" | sha256sum | cut -c1-16)-$AIRFLOW_VERSION"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "==> installing airflow-provider-carerix with apache-airflow==$AIRFLOW_VERSION into $VENV${pins[*]:+ (pins: $constraints)} (about 90 s the first time)"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null

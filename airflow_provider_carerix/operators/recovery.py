@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow_provider_carerix.version_compat import BaseOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -61,11 +61,10 @@ class CarerixRecoverEventsOperator(BaseOperator):
         return CarerixHook(carerix_conn_id=self.carerix_conn_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowException, AirflowFailException
-
         from airflow_provider_carerix.operators.webhooks import _as_bool
         from airflow_provider_carerix.recovery import parse_since, recover_events
         from airflow_provider_carerix.store import EventStore
+        from airflow_provider_carerix.version_compat import AirflowException, AirflowFailException
 
         since_value = None if isinstance(self.since, str) and self.since.strip() == "None" else self.since
         try:
