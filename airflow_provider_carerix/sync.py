@@ -172,6 +172,8 @@ def display_url(url: str | None) -> str:
     except ValueError:
         return "<invalid url>"
     netloc = parts.hostname or ""
+    if ":" in netloc:  # an IPv6 address keeps its brackets
+        netloc = f"[{netloc}]"
     if parts.port:
         netloc += f":{parts.port}"
     if parts.username or parts.password:

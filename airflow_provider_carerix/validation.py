@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from airflow_provider_carerix.conditions import ConditionSyntaxError, parse
 from airflow_provider_carerix.models import Webhook
+from airflow_provider_carerix.sync import display_url
 
 __all__ = [
     "ACTIONS",
@@ -334,10 +335,11 @@ def _check_url(url: Any, path: str, require_public: bool = False) -> list[Proble
     if not parts.hostname:
         return [Problem(path, f"url {url!r} has no host")]
     if require_public and (reason := unreachable_reason(url)) is not None:
+        # Shown without credentials and query (they may hold a token): this message reaches task logs.
         return [
             Problem(
                 path,
-                f"url {url!r} cannot be reached by Carerix: {reason}; {ALLOW_UNREACHABLE_HINT}",
+                f"url {display_url(url)!r} cannot be reached by Carerix: {reason}; {ALLOW_UNREACHABLE_HINT}",
             )
         ]
     return []

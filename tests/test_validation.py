@@ -378,6 +378,12 @@ def test_urls_carerix_cannot_reach_are_refused_for_carerix_itself(url: str, reas
     assert validate_webhook(webhook(url=url)) == []  # the emulator and local test hosts: allowed
 
 
+def test_an_unreachable_url_is_shown_without_credentials_or_query() -> None:
+    [message] = messages(webhook(url="http://user:pw@10.1.1.1:8090/e?token=abc"), require_public_url=True)
+    assert message.startswith("url: url 'http://***@10.1.1.1:8090/e?***' cannot be reached by Carerix")
+    assert "pw" not in message and "abc" not in message
+
+
 @pytest.mark.parametrize(
     "url",
     ["https://receiver.example.com/events", "https://8.8.8.8/x", "https://AIRFLOW.Example.COM:8443/carerix"],
