@@ -341,3 +341,90 @@ def test_unreadable_file(tmp_path: Path) -> None:
     result = check_spec(missing)
     assert result.kind == "unreadable"
     assert [str(p) for p in result.problems] == [f"{missing}: cannot read: No such file or directory"]
+
+
+def test_condition_columns_through_double_quoted_escapes_and_block_scalars() -> None:
+    # \u, \x, \U and \\ escapes take 6, 4, 10 and 2 source characters for one character of the value;
+    # a block scalar (> or |) is not mapped character by character: its problems point at the indicator.
+    text = """\
+application: a
+webhooks:
+  - url: https://x.example
+    filters:
+      - eventType: crjob:updated
+        condition: "data.x eq '\\u00e9\\x41\\U0001F600\\\\\\t'  or data.y eq '2'"
+      - eventType: crjob:created
+        condition: >-
+          data.x  eq '1'
+      - eventType: crjob:deleted
+        condition: |-
+          data.x eq '1'  or data.y eq '2'
+"""
+    assert problems_of(text) == [
+        "spec.yaml:6:57: webhooks[0].filters[0].condition: double space at 17: use a single space",
+        "spec.yaml:8:20: webhooks[0].filters[1].condition: double space at 6: use a single space",
+        "spec.yaml:11:20: webhooks[0].filters[2].condition: double space at 13: use a single space",
+    ]
+    lines = text.splitlines()
+    assert lines[5][56:58] == "  " and lines[7][19:21] == ">-" and lines[10][19:21] == "|-"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Brackets and escaped quotes inside strings do not count; the closers are listed innermost first.
+        (
+            '{"a": "x}\\"[", "b": [1, {"c": 2',
+            ["x.json:1:32: invalid JSON: the file ends before the closing '}' and ']' and '}'"],
+        ),
+        ('{"a": "unterminated', ["x.json:1:7: invalid JSON: Unterminated string starting at"]),
+        # After a repair, a later fault is still reported where it is in the original text.
+        (
+            "[1,}",
+            [
+                "x.json:1:3: invalid JSON: trailing comma before '}'",
+                "x.json:1:4: invalid JSON: Expecting ',' delimiter: is a ',' missing between two entries?",
+            ],
+        ),
+        ("\n[1,]", ["x.json:2:3: invalid JSON: trailing comma before ']'"]),
+        ("\n],", ["x.json:2:1: invalid JSON: Expecting value"]),
+        ('{"a": ]}', ["x.json:1:7: invalid JSON: Expecting value"]),
+        ("{\"a\": 'x'}", ["x.json:1:7: invalid JSON: Expecting value"]),
+        ("[1,X]", ["x.json:1:4: invalid JSON: expecting a value, found 'X': strings need double quotes"]),
+        ("[aXb]", ["x.json:1:2: invalid JSON: expecting a value, found 'aXb': strings need double quotes"]),
+        ("[abc,1]", ["x.json:1:2: invalid JSON: expecting a value, found 'abc': strings need double quotes"]),
+        (
+            '{"a": abc',
+            ["x.json:1:7: invalid JSON: expecting a value, found 'abc': strings need double quotes"],
+        ),
+    ],
+)
+def test_json_syntax_faults_located(text: str, expected: list[str]) -> None:
+    assert problems_of(text, "x.json") == expected
+    assert all(p.path == "" for p in check_spec(text, filename="x.json").problems)
+
+
+def test_json_syntax_faults_stop_after_twenty() -> None:
+    text = "[" + ",".join(["[1,]"] * 25) + "]"
+    problems = problems_of(text, "x.json")
+    assert len(problems) == 20  # the 20th of 25 faults: the comma of the 20th "[1,]" (column 5 * 19 + 4)
+    assert problems[-1] == "x.json:1:99: invalid JSON: trailing comma before ']'"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "a: {{ x }} y\n",
+            "spec.yaml:1:12: invalid YAML: while parsing a block mapping: expected <block end>, but found "
+            "'<scalar>' (quote values that contain Jinja '{{ ... }}')",
+        ),
+        (
+            "application: a\nwebhooks:\n  - url: {{ x }} y\n",
+            "spec.yaml:3:18: invalid YAML: while parsing a block mapping: expected <block end>, but found "
+            "'<scalar>' (quote values that contain Jinja '{{ ... }}')",
+        ),
+    ],
+)
+def test_yaml_jinja_hint_on_any_line(text: str, expected: str) -> None:
+    assert problems_of(text) == [expected]
