@@ -391,3 +391,45 @@ def test_plan_render_no_changes() -> None:
     assert "3 unchanged" in text and text.endswith("No changes: Carerix matches the spec.")
     assert all(line.strip().startswith(("application", "= unchanged")) for line in text.splitlines()[:-1])
     assert Action.UNCHANGED.symbol == "="
+
+
+def test_dry_run_reports_existing_ids_for_every_kind_of_step() -> None:
+    carerix = FakeCarerix()
+    app_id = carerix.create_application("airflow-carerix").id or ""
+    stale = carerix.create_webhook(app_id, wh(filters=[("crjob:updated", "data.tostatusnode eq '1'")]))
+    disabled = carerix.create_webhook(app_id, DESIRED[1])
+    carerix.hooks[app_id][disabled.id or ""].status = "disabled"
+    kept = carerix.create_webhook(app_id, DESIRED[2])
+    duplicate = carerix.create_webhook(app_id, DESIRED[2])
+    foreign = carerix.create_webhook(app_id, wh(url="https://foreign.example.com/"))
+    carerix.writes = 0
+
+    result = sync(spec_of(*DESIRED), carerix, prune=False, dry_run=True, say=lambda _: None)
+    assert carerix.writes == 0
+    assert result.summary() == {
+        "application": "airflow-carerix",
+        "application_id": app_id,
+        "application_created": False,
+        "created": [],
+        "replaced": [{"old": stale.id, "new": None}],
+        "deleted": [duplicate.id],
+        "enabled": [disabled.id],
+        "unchanged": [kept.id],
+        "kept": [foreign.id],
+        "dry_run": True,
+    }
+
+
+def test_several_applications_dry_run_summary_and_json() -> None:
+    carerix = FakeCarerix()
+    spec = FakeSpec(FakeSpecApp("one", DESIRED[:1]), FakeSpecApp("two", DESIRED[1:]))
+    result = sync(spec, carerix, dry_run=True, say=lambda _: None)
+    summary = result.summary()
+    assert summary["dry_run"] is True
+    assert [(a["application"], a["dry_run"], len(a["created"])) for a in summary["applications"]] == [
+        ("one", True, 1),
+        ("two", True, 2),
+    ]
+    text = result.to_json()
+    assert json.loads(text) == summary
+    assert text.startswith('{\n  "applications": [\n    {\n      "application": "one",')

@@ -439,3 +439,32 @@ def test_problem_text_and_error() -> None:
     assert isinstance(error, ValueError)
     assert len(error.problems) == 2
     assert str(error) == "2 problems in webhook definitions:\n  a: x\n  b: y"
+
+
+@pytest.mark.parametrize(
+    ("filters", "got"),
+    [(True, "boolean"), (1.5, "number"), (7, "number"), ("x", "string"), ({1, 2}, "set")],
+)
+def test_wrong_types_are_named_in_json_terms(filters: Any, got: str) -> None:
+    problems = validate_webhook({"url": "https://x.example/a", "filters": filters})
+    assert [str(p) for p in problems] == [f"filters: filters must be a list, got {got}"]
+
+
+def test_header_value_null_is_named_null() -> None:
+    problems = validate_webhook(
+        {
+            "url": "https://x.example/a",
+            "filters": [{"eventType": "crjob:updated"}],
+            "customHeaders": [{"name": "X", "value": None}],
+        }
+    )
+    assert [str(p) for p in problems] == [
+        "customHeaders[0].value: header value must be a string (quote it), got null"
+    ]
+
+
+def test_error_text_counts_problems_in_the_singular_and_plural() -> None:
+    one = SpecValidationError([Problem("url", "bad")])
+    assert str(one) == "1 problem in webhook definitions:\n  url: bad"
+    two = SpecValidationError([Problem("url", "bad"), Problem("", "worse")])
+    assert str(two) == "2 problems in webhook definitions:\n  url: bad\n  worse"
