@@ -3,6 +3,7 @@
     python scripts/mutation_report.py                  # every mutated module
     python scripts/mutation_report.py conditions spec  # these only
     python scripts/mutation_report.py --survivors      # and the names of the mutants that survived
+    .venv/bin/mutmut run $(python scripts/mutation_report.py --unsettled sync)  # re-run only those not killed
 
 A timeout counts as killed (the mutant made the tests hang, which they report); "no tests" counts as
 survived (no fast test reaches the mutated function). Inspect a survivor with ``.venv/bin/mutmut show NAME``.
@@ -53,21 +54,44 @@ def _line(name: str, statuses: Counter[str]) -> str:
     return f"{name:<48} {killed:>4}/{total:<4} {score}" + (f"  ({rest})" if rest else "")
 
 
+def _statuses(modules: list[str]) -> list[tuple[str, dict[str, str]]]:
+    """``(module, {mutant: status})`` for each mutated module (all, or those named)."""
+    found = []
+    for meta in sorted(MUTANTS.glob(f"{PACKAGE}/**/*.py.meta")):
+        module = meta.relative_to(MUTANTS / PACKAGE).as_posix().removesuffix(".py.meta").replace("/", ".")
+        if modules and module not in modules:
+            continue
+        results = json.loads(meta.read_text())["exit_code_by_key"]
+        found.append((module, {name: status_by_exit_code[code] for name, code in results.items()}))
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "modules", nargs="*", help="dotted module names under the package, e.g. hooks.carerix"
     )
     parser.add_argument("--survivors", action="store_true", help="list the surviving mutants too")
+    parser.add_argument(
+        "--unsettled",
+        action="store_true",
+        help="print only the names of the mutants not killed yet (survived, no tests, not checked)",
+    )
+    parser.add_argument("--group", help="with --unsettled: only this part of the module (see GROUPS)")
     args = parser.parse_args()
 
+    if args.unsettled:
+        for module, status in _statuses(args.modules):
+            functions = GROUPS.get(module, {}).get(args.group) if args.group else None
+            for name, s in sorted(status.items()):
+                if s in ("survived", "no tests", "not checked") and (
+                    functions is None or _function(name) in functions
+                ):
+                    print(name)
+        return
+
     print(f"{'module':<48} killed/total  score")
-    for meta in sorted(MUTANTS.glob(f"{PACKAGE}/**/*.py.meta")):
-        module = meta.relative_to(MUTANTS / PACKAGE).as_posix().removesuffix(".py.meta").replace("/", ".")
-        if args.modules and module not in args.modules:
-            continue
-        results = json.loads(meta.read_text())["exit_code_by_key"]
-        status = {name: status_by_exit_code[code] for name, code in results.items()}
+    for module, status in _statuses(args.modules):
         print(_line(module, Counter(status.values())))
         for group, functions in GROUPS.get(module, {}).items():
             part = Counter(s for name, s in status.items() if _function(name) in functions)
