@@ -51,7 +51,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import typer
 
-from airflow_provider_carerix import conditions, emulator_graphql
+from airflow_provider_carerix import conditions, emulator_graphql, event_types
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -172,11 +172,10 @@ def _now_iso() -> str:
 
 def _event_type_matches(filter_type: str, event_type: str) -> bool:
     """Case-insensitive; ``crjob:*`` matches every action of the entity (and ``*`` everything)."""
-    wanted, actual = filter_type.strip().lower(), event_type.strip().lower()
-    if wanted in ("*", actual):
-        return True
-    entity, _, action = wanted.partition(":")
-    return action == "*" and actual.partition(":")[0] == entity
+    try:
+        return event_types.matches(filter_type, event_type)
+    except event_types.EventTypeError:
+        return False
 
 
 def _condition_matches(condition: str | None, event: dict[str, Any]) -> bool:

@@ -50,12 +50,15 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
+from airflow_provider_carerix import event_types as _types
 from airflow_provider_carerix.models import WebhookEvent
 
 __all__ = [
     "NOTIFY_CHANNEL",
     "SCHEMA_VERSION",
+    "ConsumerOwned",
     "EventStore",
+    "Lease",
     "Provenance",
     "StoreUnavailable",
     "StoredEvent",
@@ -126,6 +129,28 @@ def _normalise_url(url: str) -> str:
 
 class StoreUnavailable(Exception):
     """The store cannot be reached or is busy: callers should retry later (the receiver answers 503)."""
+
+
+class ConsumerOwned(Exception):
+    """A consumer name is already used by another DAG: two DAGs would split (or double) its events."""
+
+    def __init__(self, consumer: str, owner: str, claimant: str) -> None:
+        super().__init__(
+            f"Carerix event consumer {consumer!r} belongs to DAG {owner!r}, not {claimant!r}: give each DAG's "
+            "CarerixEvents its own name"
+        )
+        self.consumer = consumer
+        self.owner = owner
+        self.claimant = claimant
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Outcome of one attempt to take a consumer's lease."""
+
+    acquired: bool
+    holder: str | None
+    until: datetime | None
 
 
 @dataclass(frozen=True)
@@ -267,6 +292,19 @@ _page_indexes = [
 ]
 
 
+consumers = sa.Table(
+    "carerix_consumers",
+    metadata,
+    sa.Column("name", sa.String(_ID_MAX), primary_key=True),
+    # The DAG that processes this consumer's events: a second DAG claiming the same name is an error.
+    sa.Column("owner", sa.String(_ID_MAX)),
+    # The lease: who may process right now, until when (renewed while processing, expires after a crash).
+    sa.Column("holder", sa.String(_ID_MAX)),
+    sa.Column("lease_until", _UTCDateTime),
+    sa.Column("updated_at", _UTCDateTime, nullable=False),
+)
+
+
 def _migration_1(conn: Connection) -> None:
     events.create(conn, checkfirst=True)
     for index in _events_indexes:
@@ -294,8 +332,13 @@ def _migration_3(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+def _migration_4(conn: Connection) -> None:
+    """Consumers: the owning DAG and the lease a claim holds while processing."""
+    consumers.create(conn, checkfirst=True)
+
+
 # Append steps, never edit shipped ones: version N means steps 1..N ran.
-_MIGRATIONS = [_migration_1, _migration_2, _migration_3]
+_MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -304,20 +347,19 @@ def _utcnow() -> datetime:
 
 
 def _type_filter(patterns: Iterable[str]) -> sa.ColumnElement[bool] | None:
-    """``entity:action`` exact, ``entity:*``, ``*:action`` or ``*``; stored types are lowercase."""
+    """SQL for :mod:`~airflow_provider_carerix.event_types` patterns; stored types are lowercase."""
     exact: list[str] = []
     clauses: list[sa.ColumnElement[bool]] = []
     for pattern in patterns:
-        p = pattern.strip().lower()
-        if p in ("*", "*:*"):
+        entity, action = _types.parse_pattern(pattern)
+        if entity == _types.ANY and action == _types.ANY:
             return None
-        entity, _, action = p.partition(":")
-        if action == "*":
+        if action == _types.ANY:
             clauses.append(events.c.type.startswith(entity + ":", autoescape=True))
-        elif entity == "*":
+        elif entity == _types.ANY:
             clauses.append(events.c.type.endswith(":" + action, autoescape=True))
         else:
-            exact.append(p)
+            exact.append(f"{entity}:{action}")
     if exact:
         clauses.append(events.c.type.in_(exact))
     if not clauses:
@@ -593,6 +635,10 @@ class EventStore:
     def advance_cursor(self, name: str, sequence: int) -> int:
         """Move a consumer's cursor forward (never backwards); returns the cursor's value afterwards."""
         self._ensure_schema()
+        with self._guard(), self._write() as conn:
+            return int(conn.execute(self._advance_stmt(name, sequence)).scalar_one())
+
+    def _advance_stmt(self, name: str, sequence: int) -> Any:
         dialect_insert: Any
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
@@ -610,8 +656,114 @@ class EventStore:
                 "updated_at": now,
             },
         ).returning(cursors.c.sequence)
+        return stmt
+
+    # -- consumer leases --------------------------------------------------------------------------------------
+    #
+    # A consumer (one DAG's processing of its events) is drained by one task at a time: the task takes the
+    # lease, reads from the processed cursor, and commits the new cursor and releases the lease in one
+    # transaction that first checks it still holds the lease. Concurrent runs wait; a crashed holder's lease
+    # expires. SQLite serialises the write transactions (BEGIN IMMEDIATE); PostgreSQL locks the row.
+
+    def _lock_consumer(self, conn: Connection, name: str) -> Any:
+        stmt = sa.select(consumers).where(consumers.c.name == name)
+        if self.dialect == "postgresql":
+            stmt = stmt.with_for_update()
+        return conn.execute(stmt).first()
+
+    @_retry_on_disconnect
+    def acquire_lease(self, name: str, *, owner: str | None, holder: str, ttl: float) -> Lease:
+        """Take (or renew) the lease of consumer ``name`` for ``holder``; ``ConsumerOwned`` for another DAG."""
+        self._ensure_schema()
+        now = _utcnow()
+        until = now + timedelta(seconds=ttl)
         with self._guard(), self._write() as conn:
-            return int(conn.execute(stmt).scalar_one())
+            if self.dialect == "postgresql":
+                # Two first claims of a new name must not both insert.
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(zlib.crc32(name.encode()))))
+            row = self._lock_consumer(conn, name)
+            if row is None:
+                conn.execute(
+                    consumers.insert().values(
+                        name=name, owner=owner, holder=holder, lease_until=until, updated_at=now
+                    )
+                )
+                return Lease(True, holder, until)
+            if owner is not None and row.owner is not None and row.owner != owner:
+                raise ConsumerOwned(name, row.owner, owner)
+            if row.holder not in (None, holder) and row.lease_until is not None and row.lease_until > now:
+                return Lease(False, row.holder, row.lease_until)
+            conn.execute(
+                consumers.update()
+                .where(consumers.c.name == name)
+                .values(owner=row.owner or owner, holder=holder, lease_until=until, updated_at=now)
+            )
+            return Lease(True, holder, until)
+
+    @_retry_on_disconnect
+    def renew_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Extend a held lease; ``False`` if ``holder`` lost it (expired and taken by someone else)."""
+        self._ensure_schema()
+        now = _utcnow()
+        with self._guard(), self._write() as conn:
+            result = conn.execute(
+                consumers.update()
+                .where(consumers.c.name == name, consumers.c.holder == holder)
+                .values(lease_until=now + timedelta(seconds=ttl), updated_at=now)
+            )
+            return bool(result.rowcount)
+
+    @_retry_on_disconnect
+    def release_lease(self, name: str, holder: str, *, cursor: str | None = None, sequence: int = 0) -> bool:
+        """Advance ``cursor`` to ``sequence`` (if given) and release, atomically, only while still holding.
+
+        ``False`` (and nothing written) when the lease was lost: someone else may be processing the same
+        events, so the caller must not report them as processed.
+        """
+        self._ensure_schema()
+        now = _utcnow()
+        with self._guard(), self._write() as conn:
+            row = self._lock_consumer(conn, name)
+            if row is None or row.holder != holder:
+                return False
+            if cursor is not None:
+                conn.execute(self._advance_stmt(cursor, sequence))
+            conn.execute(
+                consumers.update()
+                .where(consumers.c.name == name)
+                .values(holder=None, lease_until=None, updated_at=now)
+            )
+            return True
+
+    @_retry_on_disconnect
+    def event_by_id(self, event_id: str) -> StoredEvent | None:
+        """The stored event with this Carerix event id, or ``None``."""
+        self._ensure_schema()
+        with self._guard(), self._engine.connect() as conn:
+            row = conn.execute(sa.select(events).where(events.c.event_id == event_id)).first()
+        if row is None:
+            return None
+        return StoredEvent(
+            sequence=row.sequence,
+            event_id=row.event_id,
+            type=row.type,
+            time=row.time,
+            tenant=row.tenant,
+            application_id=row.application_id,
+            webhook_id=row.webhook_id,
+            entity_id=row.entity_id,
+            received_at=row.received_at,
+            payload=json.loads(row.payload),
+            raw=row.payload,
+            signature_verified=row.signature_verified,
+            recovered=bool(row.recovered),
+        )
+
+    @_retry_on_disconnect
+    def consumer_owner(self, name: str) -> str | None:
+        self._ensure_schema()
+        with self._guard(), self._engine.connect() as conn:
+            return conn.execute(sa.select(consumers.c.owner).where(consumers.c.name == name)).scalar()
 
     @_retry_on_disconnect
     def purge(self, older_than: timedelta) -> int:

@@ -70,12 +70,11 @@ import time
 import pendulum
 from airflow.sdk import DAG, Asset, AssetWatcher, task
 
-from airflow_provider_carerix.triggers.events import CarerixEventTrigger
+from airflow_provider_carerix.events import CarerixEvents
 from bench_floor_trigger import FlagFileTrigger
 
 OUT = {out!r}
-carerix_trigger = CarerixEventTrigger(event_types=["cremployee:updated"], consumer="bench_e2e")
-carerix_asset = Asset("bench_carerix", watchers=[AssetWatcher(name="bench_carerix_w", trigger=carerix_trigger)])
+carerix_asset = CarerixEvents("bench_carerix", event_types=["cremployee:updated"])
 floor_asset = Asset("bench_floor", watchers=[AssetWatcher(name="bench_floor_w", trigger=FlagFileTrigger({flags!r}))])
 
 
@@ -84,15 +83,13 @@ def record(kind, started, ids):
         f.write(json.dumps({{"kind": kind, "started": started, "ids": ids}}) + "\\n")
 
 
-with DAG("bench_carerix", schedule=[carerix_asset], start_date=pendulum.datetime(2024, 1, 1), catchup=False,
-         max_active_runs=1):
+with DAG("bench_carerix", schedule=[carerix_asset], start_date=pendulum.datetime(2024, 1, 1), catchup=False):
     @task
     def carerix_task(**context):
         started = time.time()  # the first line of the downstream task
-        pending = carerix_trigger.unprocessed_events()
-        if pending:
-            carerix_trigger.commit_processed(pending[-1]["sequence"])
-        record("carerix", started, [e["event_id"] for e in pending])
+        with carerix_asset.claim() as events:
+            ids = [e.event_id for e in events]
+        record("carerix", started, ids)
 
     carerix_task()
 
@@ -153,7 +150,7 @@ def main() -> None:
     latencies: dict[str, list[float]] = {"carerix": [], "floor": []}
     try:
         stack.wait_healthy()
-        wait_for(lambda: store.get_cursor("bench_e2e:origin") > 0, "the Carerix watcher", timeout=300)
+        wait_for(lambda: store.get_cursor("bench_carerix:origin") > 0, "the Carerix watcher", timeout=300)
         wait_for(lambda: stack.triggers("FlagFileTrigger"), "the floor watcher", timeout=300)
         time.sleep(3)  # both watchers polling: a warm stack
         for i in range(args.events):

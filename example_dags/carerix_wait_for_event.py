@@ -2,8 +2,9 @@
 
 The sensor provisions nothing: a webhook must deliver ``crmatch:updated`` to the receiver (the Carerix guide's
 example 4 is in ``specs/carerix_webhooks.yaml``). It waits for an event received after the run started whose
-condition holds, deferred in the triggerer (no worker slot while waiting), and hands the payload to the next
-task through XCom. Replace ``1234`` with your tenant's status id of the Intake stage.
+condition holds, deferred in the triggerer (no worker slot while waiting), and hands a reference to the event
+(id, type, entity id) to the next task through XCom; the payload stays in the event store, where the next
+task reads it. Replace ``1234`` with your tenant's status id of the Intake stage.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import DAG, task
 
+from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
 from airflow_provider_carerix.sensors.events import CarerixEventSensor
 
 log = logging.getLogger(__name__)
@@ -37,12 +39,10 @@ with DAG(
 
     @task
     def start_intake(event: dict[str, Any]) -> dict[str, Any]:
-        body = event["event"]
-        match_id = body.get("data", {}).get("entityId")
-        log.info(
-            "Match %s reached Intake (event %s, tenant %s)", match_id, body.get("id"), body.get("tenant")
-        )
-        return {"match_id": match_id, "event_id": body.get("id"), "sequence": event["sequence"]}
+        stored = CarerixEventStoreHook().get_event(event["event_id"])  # the payload, from the store
+        log.info("Match %s reached Intake (event %s)", event["entity_id"], event["event_id"])
+        assert stored is not None
+        return {"match_id": event["entity_id"], "event_id": event["event_id"], "tenant": stored.get("tenant")}
 
     start_intake(wait_for_intake.output)
 # [END howto_sensor_wait_for_event]

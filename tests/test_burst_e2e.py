@@ -33,7 +33,7 @@ pytestmark = pytest.mark.airflow_e2e
 
 DAG_ID = "carerix_event_driven"
 TASK_ID = "process_employee_updates"
-CONSUMER = "carerix_event_driven"
+CONSUMER = "carerix_cremployee_updated"
 SECRET = "burst-" + uuid.uuid4().hex
 ARRIVAL_TO_PROCESSED_LIMIT = 10.0  # seconds: the acceptance bound, not a performance benchmark
 
@@ -64,7 +64,11 @@ class Env:
         result: list[tuple[dict[str, Any], datetime]] = []
         for run_id, value in self.stack.xcoms(DAG_ID, TASK_ID).items():
             if run_id in finished:
-                result.extend((event, finished[run_id]) for event in value or [])
+                for event_id in value or []:
+                    stored = self.store.event_by_id(event_id)
+                    assert stored is not None
+                    event = {"event_id": event_id, "received_at": stored.received_at.isoformat()}
+                    result.append((event, finished[run_id]))
         return result
 
     def processed_ids(self) -> collections.Counter[str]:

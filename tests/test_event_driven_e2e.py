@@ -28,7 +28,7 @@ pytestmark = pytest.mark.airflow_e2e
 DAG_ID = "carerix_event_driven"
 TASK_ID = "process_employee_updates"
 ASSET = "carerix_cremployee_updated"
-CONSUMER = "carerix_event_driven"
+CONSUMER = "carerix_cremployee_updated"
 SECRET = "e2e-" + uuid.uuid4().hex
 
 GUIDE_PAYLOAD: dict[str, Any] = GUIDE_EVENT
@@ -88,7 +88,7 @@ def processed(stack: AirflowStack) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     for run_id, value in stack.xcoms(DAG_ID, TASK_ID).items():
         if states.get(run_id) == "success":
-            events.extend(value or [])
+            events.extend({"event_id": event_id} for event_id in value or [])
     return events
 
 
@@ -112,10 +112,21 @@ def test_event_driven_dag_end_to_end_with_triggerer_restart(airflow_stack: Any, 
             timeout=180,
         )
         assert len(first) == 1
-        assert first[0]["event"] == sent_payload  # exactly as Carerix (the emulator) sent it
-        assert first[0]["type"] == "cremployee:updated"
+        stored = store.event_by_id(GUIDE_PAYLOAD["id"])
+        assert (
+            stored is not None and stored.payload == sent_payload
+        )  # exactly as Carerix (the emulator) sent it
         asset_events = stack.asset_events(ASSET)
         assert [e["extra"]["payload"]["event_id"] for e in asset_events] == [GUIDE_PAYLOAD["id"]]
+        # Airflow keeps a reference, not the payload (personal data stays in the store).
+        assert set(asset_events[0]["extra"]["payload"]) == {
+            "status",
+            "event_id",
+            "type",
+            "entity_id",
+            "sequence",
+            "received_at",
+        }
 
         # 2. Restart the triggerer while events keep arriving.
         sent: list[str] = []

@@ -14,15 +14,15 @@ import pytest
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 from airflow_provider_carerix.conditions import ConditionSyntaxError
+from airflow_provider_carerix.hooks.event_store import cursor_names
 from airflow_provider_carerix.models import WebhookEvent
 from airflow_provider_carerix.store import EventStore, StoredEvent
 from airflow_provider_carerix.triggers.events import (
     HAS_SHARED_STREAMS,
     CarerixEventSensorTrigger,
     CarerixEventTrigger,
-    EventFilter,
-    cursor_names,
 )
+from airflow_provider_carerix.utils.event_filter import EventFilter
 
 GUIDE_PAYLOAD = {
     "id": "8469bf71-4942-45ea-98b8-393077288785",
@@ -114,6 +114,7 @@ def test_serialize_round_trip_and_equal_watchers_hash_equal(store_url: str) -> N
         "tenant": "t",
         "consumer": "my-consumer",
         "poll_interval": 1.0,
+        "store_conn_id": "carerix_event_store",
         "store_url": store_url,
     }
     json.dumps(kwargs)  # primitives only
@@ -227,13 +228,14 @@ def test_run_starts_at_end_of_log_and_commits_after_resume(store: EventStore, st
         put(store, payload("crjob:created"))  # not matching
         seq = put(store, body)
         event = await first_task
+        # A reference, never the payload (Airflow logs fired events and keeps them as asset-event extra).
         assert event.payload == {
             "status": "event",
-            "sequence": seq,
             "event_id": body["id"],
             "type": "cremployee:updated",
+            "entity_id": body["data"]["entityId"],
+            "sequence": seq,
             "received_at": event.payload["received_at"],
-            "event": body,
         }
         # Yielded but not resumed: the triggerer has not taken it yet, the cursor stays.
         assert store.get_cursor("c1") == start
@@ -268,20 +270,43 @@ def test_run_resumes_from_cursor_after_restart(store: EventStore, store_url: str
     assert asyncio.run(second_life()) == missed
 
 
-def test_unreachable_store_yields_error_event() -> None:
+def test_unreachable_store_is_waited_for_not_an_event(caplog: pytest.LogCaptureFixture) -> None:
+    """A store outage must not become an asset event (and so a DAG run): the watcher logs and retries."""
     trigger = CarerixEventTrigger(
         event_types=["*"], store_url="postgresql+psycopg://nobody@127.0.0.1:1/nothing", poll_interval=0.05
     )
 
-    async def scenario() -> TriggerEvent:
+    async def scenario() -> None:
         gen = trigger.run()
-        event = await next_event(gen, 60)
+        task = asyncio.ensure_future(next_event(gen, 60))
+        await asyncio.sleep(3.0)  # many retries' worth: never an event
+        assert not task.done(), task.result()
+        await cancel(task)
         await gen.aclose()
-        return event
 
-    event = asyncio.run(scenario())
-    assert event.payload["status"] == "error"
-    assert "unavailable" in event.payload["message"]
+    with caplog.at_level("WARNING"):
+        asyncio.run(scenario())
+    assert "unavailable" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "setting"),
+    [
+        ({"store_url": "mysql://db/carerix"}, "unsupported event store backend"),
+        ({"store_conn_id": "no_such_store_connection"}, "store_conn_id 'no_such_store_connection'"),
+    ],
+)
+def test_permanent_store_errors_fail_the_trigger_naming_the_setting(
+    kwargs: dict[str, Any], setting: str
+) -> None:
+    trigger = CarerixEventTrigger(event_types=["*"], poll_interval=0.05, **kwargs)
+
+    async def scenario() -> None:
+        gen = trigger.run()
+        with pytest.raises(ValueError, match=setting):
+            await next_event(gen, 60)
+
+    asyncio.run(scenario())
 
 
 # -- shared streams in ack mode (Airflow >= 3.3) ------------------------------------------------------------
@@ -462,19 +487,6 @@ def test_thousand_watchers_share_one_query_per_interval(store: EventStore, store
         mod.CarerixEventTrigger.create_shared_stream_producer = classmethod(original)  # type: ignore[method-assign]
 
 
-# -- drain helpers (asset event = wake-up; the task takes everything not processed) -------------------------
-
-
-def test_unprocessed_events_and_commit_processed(store: EventStore, store_url: str) -> None:
-    trigger = CarerixEventTrigger(event_types=["cremployee:updated"], consumer="d", store_url=store_url)
-    seqs = [put(store, payload()) for _ in range(3)]
-    put(store, payload("crjob:created"))
-    assert [e["sequence"] for e in trigger.unprocessed_events()] == seqs
-    assert trigger.commit_processed(seqs[1]) == seqs[1]
-    assert [e["sequence"] for e in trigger.unprocessed_events()] == seqs[2:]
-    assert trigger.commit_processed(seqs[0]) == seqs[1]  # never backwards
-
-
 # -- the sensor's trigger -----------------------------------------------------------------------------------
 
 
@@ -498,7 +510,8 @@ def test_sensor_trigger_finds_first_match_since(store: EventStore, store_url: st
     events = asyncio.run(scenario())
     assert len(events) == 1
     assert events[0].payload["sequence"] == seq
-    assert events[0].payload["event"] == wanted
+    assert events[0].payload["event_id"] == wanted["id"]
+    assert "event" not in events[0].payload  # the payload stays in the store
 
 
 def test_sensor_trigger_times_out_at_deadline(store: EventStore, store_url: str) -> None:
@@ -517,13 +530,116 @@ def test_sensor_trigger_times_out_at_deadline(store: EventStore, store_url: str)
     assert [e.payload["status"] for e in events] == ["timeout"]
 
 
-def test_sensor_trigger_error_event_on_unreachable_store() -> None:
+def test_sensor_trigger_waits_out_an_unreachable_store_until_its_deadline() -> None:
+    deadline = datetime.now(timezone.utc) + timedelta(seconds=1)
     trigger = CarerixEventSensorTrigger(
-        event_types=["*"], store_url="postgresql+psycopg://nobody@127.0.0.1:1/x", poll_interval=0.01
+        event_types=["*"],
+        deadline=deadline.isoformat(),
+        store_url="postgresql+psycopg://nobody@127.0.0.1:1/x",
+        poll_interval=0.01,
     )
 
     async def scenario() -> list[TriggerEvent]:
         return [e async for e in trigger.run()]
 
     events = asyncio.run(scenario())
-    assert [e.payload["status"] for e in events] == ["error"]
+    assert [e.payload["status"] for e in events] == ["timeout"]
+
+
+# -- the two delivery mistakes that must never pass ---------------------------------------------------------
+
+
+def test_watcher_never_refires_the_event_at_its_cursor(store: EventStore, store_url: str) -> None:
+    """A restarted watcher whose stream is redelivered from before its cursor fires only what is after it."""
+    from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
+    from airflow_provider_carerix.triggers.shared_stream import StoreBatch
+
+    trigger = CarerixEventTrigger(event_types=["cremployee:updated"], consumer="rf", store_url=store_url)
+    hook = CarerixEventStoreHook(store_url=store_url)
+
+    async def fired(batch: StoreBatch) -> list[int]:
+        return [e.payload["sequence"] async for e in trigger._handle(batch, hook)]
+
+    async def scenario() -> None:
+        await trigger._start(hook)
+        a, b = put(store, payload()), put(store, payload())
+        store.advance_cursor("rf", a)  # `a` was fired and persisted before the restart
+        restarted = CarerixEventTrigger(
+            event_types=["cremployee:updated"], consumer="rf", store_url=store_url
+        )
+        await restarted._start(hook)
+        assert restarted._position == a
+        rows = tuple(store.events_after(a - 1))
+        # Redelivered batch that starts before the cursor (the cursor's own event included).
+        got = [e.payload["sequence"] async for e in restarted._handle(StoreBatch(a - 1, b, rows), hook)]
+        assert got == [b]
+        # A head batch beyond the cursor: the watcher catches up from the store, again without `a`.
+        again = CarerixEventTrigger(event_types=["cremployee:updated"], consumer="rf", store_url=store_url)
+        await again._start(hook)
+        c = put(store, payload())
+        got = [e.payload["sequence"] async for e in again._handle(StoreBatch(c, c), hook)]
+        assert got == [b, c]
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        hook.close()
+
+
+@needs_shared
+def test_cursor_never_passes_a_batch_whose_persistence_failed(store: EventStore, store_url: str) -> None:
+    """Event 1's asset event is never confirmed persisted (Airflow fails it at the ack timeout) while event 2's
+    is: the watcher's cursor must stay before event 1, or event 1 would never fire again."""
+
+    async def scenario() -> None:
+        runner = MiniTriggerer(ack_timeout=1.0)
+        runner.add(
+            1,
+            CarerixEventTrigger(
+                event_types=["cremployee:updated"], consumer="pf", store_url=store_url, poll_interval=0.05
+            ),
+        )
+        await wait_until(lambda: store.get_cursor("pf:origin") > 0, "consumer")
+        start = store.get_cursor("pf")
+        lost = put(store, payload())
+        await wait_until(lambda: runner.sequences(1) == [lost], "first event fired")
+        later = put(store, payload())
+        await wait_until(lambda: runner.sequences(1) == [lost, later], "second event fired")
+        runner.manager.confirm_persisted([seq for _, p, seq in runner.events if p["sequence"] == later])
+        put(store, payload("crjob:created"))  # moves the watcher past `later`: resolved clean
+        await asyncio.sleep(
+            2.5
+        )  # past the ack timeout of `lost`, and rounds in which a wrong commit would land
+        assert store.get_cursor("pf") < lost, "the cursor moved past a batch Airflow never persisted"
+        assert store.get_cursor("pf") == start
+        for task in runner.tasks.values():
+            task.cancel()
+        await asyncio.gather(*runner.tasks.values(), return_exceptions=True)
+        await runner.manager.stop_all()
+
+    asyncio.run(scenario())
+
+
+@needs_shared
+def test_advance_refuses_to_commit_past_a_failed_item(store: EventStore, store_url: str) -> None:
+    from airflow.triggers.shared_stream import AdvanceItem, AdvanceOutcome
+
+    from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
+    from airflow_provider_carerix.triggers.shared_stream import CarerixStoreProducer, StoreBatch
+
+    producer = CarerixStoreProducer(CarerixEventStoreHook(store_url=store_url), poll_interval=0.05)
+    failed = StoreBatch(after=0, upto=5, done={})
+    clean = StoreBatch(after=5, upto=9, done={"adv": 9})
+
+    async def scenario() -> None:
+        with pytest.raises(RuntimeError, match="failed to persist"):
+            await producer.advance(
+                [
+                    AdvanceItem(failed, AdvanceOutcome(acked=0, failed=1)),
+                    AdvanceItem(clean, AdvanceOutcome(1, 0)),
+                ]
+            )
+        await producer.aclose()
+
+    asyncio.run(scenario())
+    assert store.get_cursor("adv") == 0

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from airflow_provider_carerix.event_types import EventTypeError, parse_event_type
 from airflow_provider_carerix.models import WebhookEvent
 
 __all__ = [
@@ -78,9 +79,12 @@ def parse_event(body: bytes) -> WebhookEvent:
         if first.get("type") == "model_type" and not first.get("loc"):
             raise DeliveryRejected(422, "a Carerix event is a JSON object", "body") from None
         raise DeliveryRejected(422, f"{field}: {first.get('msg', 'invalid')}", field) from None
-    entity, sep, action = event.type.partition(":")
-    if not sep or not entity or not action or any(c.isspace() for c in event.type) or ":" in action:
-        raise DeliveryRejected(422, "type: expected <entity>:<action>, e.g. cremployee:updated", "type")
+    try:
+        parse_event_type(event.type)
+    except EventTypeError:
+        raise DeliveryRejected(
+            422, "type: expected <entity>:<action>, e.g. cremployee:updated", "type"
+        ) from None
     for name, value in (
         ("id", event.id),
         ("type", event.type),

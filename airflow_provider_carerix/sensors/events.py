@@ -3,10 +3,13 @@
 The sensor reads the provider's event store, which the receiver fills from Carerix's webhook deliveries. It
 provisions nothing: a webhook whose filters cover the wanted event must exist (see the provisioning operators).
 
-The XCom ``return_value`` is the trigger event payload (JSON)::
+The XCom ``return_value`` is a reference to the stored event, never its payload (personal data stays out of
+Airflow's database and logs)::
 
-    {"status": "event", "sequence": 42, "event_id": "...", "type": "crmatch:updated",
-     "received_at": "...", "event": {...exactly as Carerix sent it...}}
+    {"status": "event", "event_id": "...", "type": "crmatch:updated", "entity_id": "1234",
+     "sequence": 42, "received_at": "..."}
+
+A downstream task reads the payload with ``CarerixEventStoreHook().get_event(event_id)``.
 """
 
 from __future__ import annotations
@@ -15,16 +18,15 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_carerix.store import EventStore, StoreUnavailable
-from airflow_provider_carerix.triggers.events import (
-    DEFAULT_POLL_INTERVAL,
-    CarerixEventSensorTrigger,
-    EventFilter,
-    event_payload,
-    find_first,
-    normalise_event_types,
-    parse_time,
+from airflow_provider_carerix.event_types import normalise_patterns
+from airflow_provider_carerix.hooks.event_store import (
+    DEFAULT_CONN_ID,
+    CarerixEventStoreHook,
+    check_url_has_no_password,
 )
+from airflow_provider_carerix.store import StoreUnavailable
+from airflow_provider_carerix.triggers.events import DEFAULT_POLL_INTERVAL, CarerixEventSensorTrigger
+from airflow_provider_carerix.utils.event_filter import EventFilter, event_payload, parse_time
 from airflow_provider_carerix.version_compat import (
     AirflowException,
     AirflowSensorTimeout,
@@ -54,7 +56,9 @@ class CarerixEventSensor(BaseSensorOperator):
         run's start, so a run waits for an event that happens after it began or takes one already stored.
     :param deferrable: wait in the triggerer (default) instead of holding a worker slot.
     :param poll_interval: seconds between store queries in the triggerer (PostgreSQL wakes on NOTIFY).
-    :param store_url: event store URL without a password (default: resolved from env / Airflow config).
+    :param store_conn_id: Airflow connection of the event store (default ``carerix_event_store``; without
+        it, ``CARERIX_EVENT_STORE_URL`` / ``[carerix] event_store_url`` / ``$AIRFLOW_HOME``).
+    :param store_url: a password-less store URL instead of the connection.
     :param timeout: seconds (or timedelta) from the start of the try; an absolute deadline is handed to the
         trigger and to Airflow's deferral timeout, so it holds across triggerer restarts.
     """
@@ -81,6 +85,7 @@ class CarerixEventSensor(BaseSensorOperator):
         deferrable: bool = True,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         store_url: str | None = None,
+        store_conn_id: str = DEFAULT_CONN_ID,
         poke_interval: timedelta | float = 5.0,
         **kwargs: Any,
     ) -> None:
@@ -93,22 +98,21 @@ class CarerixEventSensor(BaseSensorOperator):
         self.since = since
         self.deferrable = deferrable
         self.poll_interval = float(poll_interval)
-        self.store_url = store_url
+        self.store_url = check_url_has_no_password(store_url)
+        self.store_conn_id = store_conn_id
         self._position = 0
         self._since: datetime | None = None
         # Fail at parse time, not at run time, for what can be checked without templates.
         if not any("{{" in t for t in self.event_types):
-            normalise_event_types(self.event_types)
-        CarerixEventSensorTrigger(event_types=["*"], store_url=store_url)  # rejects a URL with a password
+            normalise_patterns(self.event_types)
 
     def _filter(self) -> EventFilter:
-        return EventFilter(
-            event_types=tuple(normalise_event_types(self.event_types)),
-            condition=(self.condition or "").strip() or None,
-            webhook_id=self.webhook_id or None,
-            application_id=self.application_id or None,
-            tenant=self.tenant or None,
+        return EventFilter.build(
+            self.event_types, self.condition, self.webhook_id, self.application_id, self.tenant
         )
+
+    def _hook(self) -> CarerixEventStoreHook:
+        return CarerixEventStoreHook(store_conn_id=self.store_conn_id, store_url=self.store_url)
 
     def _resolve_since(self, context: Context) -> datetime:
         explicit = parse_time(self.since) if self.since not in (None, "", "None") else None
@@ -124,13 +128,15 @@ class CarerixEventSensor(BaseSensorOperator):
         if self._since is None:
             self._since = self._resolve_since(context)
         flt = self._filter()
+        hook = self._hook()
         try:
-            with EventStore(self.store_url) as store:
-                found, self._position = find_first(store, flt, after=self._position, since=self._since)
+            found, self._position = hook.find_first(flt, after=self._position, since=self._since)
         except StoreUnavailable as exc:
             # Transient: keep waiting (the sensor's timeout still bounds the wait).
             self.log.warning("Carerix event store unavailable, will retry: %s", exc)
             return False
+        finally:
+            hook.close()
         if found is None:
             return False
         self.log.info(
@@ -159,6 +165,7 @@ class CarerixEventSensor(BaseSensorOperator):
                 since=self._since.isoformat(),
                 deadline=deadline.isoformat(),
                 poll_interval=self.poll_interval,
+                store_conn_id=self.store_conn_id,
                 store_url=self.store_url,
             ),
             method_name="execute_complete",
