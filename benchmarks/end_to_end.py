@@ -3,10 +3,10 @@
 Measured on one warm Airflow stack (scheduler, dag-processor, triggerer, API server; SQLite, LocalExecutor),
 side by side with Airflow's own floor: a trivial ``BaseEventTrigger`` that fires when a flag file appears in
 a directory (no store, no receiver), watched by an identical DAG. Events alternate between the two, spaced,
-so both see the same machine. Prints p50/p99 of each and what the provider adds at p50 (target: <= 0.3 s),
-and the Airflow settings that lower the floor.
+so both see the same machine. Prints p50, p90 and max of each, what the provider adds at p50 (target: <= 0.3 s)
+and at the max (target: <= 0.5 s over the floor's max), and the Airflow settings that lower the floor.
 
-    .venv/bin/python benchmarks/end_to_end.py [--events 30]
+    .venv/bin/python benchmarks/end_to_end.py [--events 50]
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--events", type=int, default=30, help="events of each kind (default 30)")
+    parser.add_argument("--events", type=int, default=50, help="events of each kind (default 50)")
     parser.add_argument("--gap", type=float, default=1.0, help="quiet seconds after each event is handled")
     parser.add_argument(
         "--idle-sleep", default="0.2", help="[scheduler] scheduler_idle_sleep_time for the run"
@@ -190,20 +190,23 @@ def main() -> None:
     print(f"(Airflow 3.3, SQLite, LocalExecutor, scheduler_idle_sleep_time={args.idle_sleep})")
     for kind, label in (
         ("floor", "floor: trivial BaseEventTrigger"),
-        ("carerix", "Carerix: receiver + store + trigger"),
+        ("carerix", "Carerix: receiver + store + CarerixEvents"),
     ):
         v = latencies[kind]
         print(
-            f"  {label:<40} p50 {pct(v, 0.5):6.2f} s  p99 {pct(v, 0.99):6.2f} s  "
+            f"  {label:<42} p50 {pct(v, 0.5):5.2f} s  p90 {pct(v, 0.9):5.2f} s  max {max(v):5.2f} s  "
             f"mean {statistics.mean(v):5.2f} s  min {min(v):5.2f} s"
         )
     added = pct(latencies["carerix"], 0.5) - pct(latencies["floor"], 0.5)
+    tail = max(latencies["carerix"]) - max(latencies["floor"])
     print(f"  provider adds at p50: {added:+.2f} s (target <= 0.30 s): {'ok' if added <= 0.3 else 'MISSED'}")
+    print(f"  max vs the floor's max: {tail:+.2f} s (target <= 0.50 s): {'ok' if tail <= 0.5 else 'MISSED'}")
+    print(f"  ({args.events} samples: max is reported, not a p99)")
     print("Settings that lower Airflow's floor (all in the scheduler's environment):")
     print(
         "  AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=0.05   (default 1 s: the scheduler loop's idle sleep)"
     )
-    print("  poll_interval of CarerixEventTrigger (default 0.25 s) on SQLite; PostgreSQL wakes on NOTIFY")
+    print("  poll_interval of CarerixEvents (default 0.25 s) on SQLite; PostgreSQL wakes on NOTIFY")
 
 
 if __name__ == "__main__":

@@ -115,25 +115,25 @@ def test_load_spec_reports_every_problem(tmp_path: Path) -> None:
 
 def test_the_guides_popular_examples() -> None:
     # [START howto_popular_examples]
+    from airflow_provider_carerix.events import CarerixEvents
     from airflow_provider_carerix.sensors.events import CarerixEventSensor
-    from airflow_provider_carerix.triggers.events import CarerixEventTrigger
 
     # 1. Placement status set to "Active" or "Closed"
-    placement_status = CarerixEventTrigger(
+    placement_status = CarerixEvents(
+        "placement_active_or_closed",
         event_types=["crjob:updated"],
         condition="data.tostatusnode eq '1234' or data.tostatusnode eq '5678'",
-        consumer="placement_active_or_closed",
     )
 
     # 2. Candidate status set to "Open for work"
-    open_for_work = CarerixEventTrigger(
+    open_for_work = CarerixEvents(
+        "candidate_open_for_work",
         event_types=["cremployee:updated"],
         condition="data.touser.tosinglestatusnode eq '1234'",
-        consumer="candidate_open_for_work",
     )
 
     # 3. Match updated
-    match_updated = CarerixEventTrigger(event_types=["crmatch:updated"], consumer="match_updated")
+    match_updated = CarerixEvents("match_updated", event_types=["crmatch:updated"])
 
     # 4. Match stage set to "Intake": usually awaited inside a run
     wait_for_intake = CarerixEventSensor(
@@ -141,19 +141,19 @@ def test_the_guides_popular_examples() -> None:
         event_types=["crmatch:updated"],
         condition="data.statusinfo eq '1234'",
     )
-    #    ... or as a watcher:
-    match_to_intake = CarerixEventTrigger(
-        event_types=["crmatch:updated"], condition="data.statusinfo eq '1234'", consumer="match_to_intake"
+    #    ... or to start a DAG:
+    match_to_intake = CarerixEvents(
+        "match_to_intake", event_types=["crmatch:updated"], condition="data.statusinfo eq '1234'"
     )
 
     # 5. New match created
-    new_match = CarerixEventTrigger(event_types=["crmatch:created"], consumer="new_match")
+    new_match = CarerixEvents("new_match", event_types=["crmatch:created"])
 
     # 6. New publication created
-    new_publication = CarerixEventTrigger(event_types=["crpublication:created"], consumer="new_publication")
+    new_publication = CarerixEvents("new_publication", event_types=["crpublication:created"])
     # [END howto_popular_examples]
-    triggers = [placement_status, open_for_work, match_updated, match_to_intake, new_match, new_publication]
-    consumers = [t.serialize()[1]["consumer"] for t in triggers]
+    assets = [placement_status, open_for_work, match_updated, match_to_intake, new_match, new_publication]
+    consumers = [a.watchers[0].trigger.serialize()[1]["consumer"] for a in assets]
     assert len(set(consumers)) == 6, consumers
     assert wait_for_intake.task_id == "wait_for_intake"
     from airflow_provider_carerix.conditions import parse
