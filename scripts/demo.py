@@ -95,7 +95,7 @@ def free_port(preferred: int) -> int:
 # as the demo used to, that added up to about a minute. The demo keeps nothing worth a graceful stop (every
 # start begins with a fresh state), so every process group gets SIGTERM at once and whatever still runs
 # after the grace gets SIGKILL.
-STOP_GRACE = 5.0
+STOP_GRACE = 3.0
 
 
 @dataclass
