@@ -52,7 +52,7 @@ from tests.guide import guide_event  # noqa: E402
 
 DAG_ID = "carerix_event_driven"
 TASK_ID = "process_employee_updates"
-CONSUMER = "carerix_event_driven"
+CONSUMER = "carerix_cremployee_updated"  # the example DAG's CarerixEvents asset names its consumer
 SECRET = "failover-" + uuid.uuid4().hex
 
 
@@ -72,10 +72,10 @@ def processed_at(stack: AirflowStack) -> dict[str, datetime]:
     result: dict[str, datetime] = {}
     for run_id, value in stack.xcoms(DAG_ID, TASK_ID).items():
         if run_id in finished:
-            for event in value or []:
+            for event_id in value or []:  # the task returns the ids of the events it processed
                 done = finished[run_id]
-                if event["event_id"] not in result or done < result[event["event_id"]]:
-                    result[event["event_id"]] = done
+                if event_id not in result or done < result[event_id]:
+                    result[event_id] = done
     return result
 
 

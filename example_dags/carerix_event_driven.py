@@ -13,6 +13,7 @@ and the event store on the triggerer and workers: the Airflow connection ``carer
 
 from __future__ import annotations
 
+# [START howto_event_driven_dag_complete]
 # [START howto_event_driven_dag]
 import logging
 
@@ -34,3 +35,4 @@ with DAG("carerix_event_driven", schedule=[employee_updates], tags=["carerix", "
             return [event.event_id for event in events]  # ids only: payloads stay out of XCom
 
     process_employee_updates()
+# [END howto_event_driven_dag_complete]

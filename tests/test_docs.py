@@ -92,7 +92,9 @@ def snippets(path: Path) -> dict[str, str]:
         else:
             if name not in open_at:
                 raise AssertionError(f"{path.relative_to(ROOT)}:{number + 1}: [END {name}] without START")
-            body = "\n".join(lines[open_at.pop(name) + 1 : number])
+            # Marker lines of other (overlapping) snippets inside this one are not part of it.
+            inner = [text for text in lines[open_at.pop(name) + 1 : number] if not _MARK.search(text)]
+            body = "\n".join(inner)
             result[name] = textwrap.dedent(body).strip("\n")
     if open_at:
         raise AssertionError(f"{path.relative_to(ROOT)}: [START] without END: {sorted(open_at)}")
