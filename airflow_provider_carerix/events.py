@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 
 # Declared in this process (one DAG file parse, or one task's re-parse): the same consumer name with another
 # filter is an error at parse time. Across files the store catches it at the first claim (owner DAG).
-_DECLARED: dict[str, EventFilter] = {}
+_DECLARED: dict[str, tuple[EventFilter, str | None]] = {}
 
 
 def _current_task() -> tuple[str | None, str]:
@@ -102,13 +103,16 @@ class CarerixEvents(Asset):
         flt = EventFilter.build(event_types, condition, webhook_id, application_id, tenant)
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
+        where = sys._getframe(1).f_globals.get("__file__")
         declared = _DECLARED.get(name)
-        if declared is not None and declared != flt:
+        # The same file parsed again (an edited DAG in a long-lived process) may change its own filter.
+        if declared is not None and declared[0] != flt and declared[1] != where:
             raise ValueError(
-                f"CarerixEvents {name!r} is declared twice with different filters ({declared.serialize()} and "
-                f"{flt.serialize()}): the name is the consumer in the store, give each its own name"
+                f"CarerixEvents {name!r} is declared twice with different filters ({declared[0].serialize()} in "
+                f"{declared[1]} and {flt.serialize()} in {where}): the name is the consumer in the store, give "
+                "each its own name"
             )
-        _DECLARED[name] = flt
+        _DECLARED[name] = (flt, where)
         trigger = CarerixEventTrigger(
             **flt.serialize(), consumer=name, poll_interval=poll_interval, store_conn_id=store_conn_id
         )

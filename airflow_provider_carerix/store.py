@@ -665,6 +665,12 @@ class EventStore:
     # transaction that first checks it still holds the lease. Concurrent runs wait; a crashed holder's lease
     # expires. SQLite serialises the write transactions (BEGIN IMMEDIATE); PostgreSQL locks the row.
 
+    def _lease_now(self, conn: Connection) -> datetime:
+        """One clock for every holder of a lease: the database's on PostgreSQL (workers on several machines)."""
+        if self.dialect == "postgresql":
+            return conn.execute(sa.select(sa.func.now())).scalar_one().astimezone(timezone.utc)
+        return _utcnow()
+
     def _lock_consumer(self, conn: Connection, name: str) -> Any:
         stmt = sa.select(consumers).where(consumers.c.name == name)
         if self.dialect == "postgresql":
@@ -675,9 +681,9 @@ class EventStore:
     def acquire_lease(self, name: str, *, owner: str | None, holder: str, ttl: float) -> Lease:
         """Take (or renew) the lease of consumer ``name`` for ``holder``; ``ConsumerOwned`` for another DAG."""
         self._ensure_schema()
-        now = _utcnow()
-        until = now + timedelta(seconds=ttl)
         with self._guard(), self._write() as conn:
+            now = self._lease_now(conn)
+            until = now + timedelta(seconds=ttl)
             if self.dialect == "postgresql":
                 # Two first claims of a new name must not both insert.
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(zlib.crc32(name.encode()))))
@@ -704,8 +710,8 @@ class EventStore:
     def renew_lease(self, name: str, holder: str, ttl: float) -> bool:
         """Extend a held lease; ``False`` if ``holder`` lost it (expired and taken by someone else)."""
         self._ensure_schema()
-        now = _utcnow()
         with self._guard(), self._write() as conn:
+            now = self._lease_now(conn)
             result = conn.execute(
                 consumers.update()
                 .where(consumers.c.name == name, consumers.c.holder == holder)
@@ -721,8 +727,8 @@ class EventStore:
         events, so the caller must not report them as processed.
         """
         self._ensure_schema()
-        now = _utcnow()
         with self._guard(), self._write() as conn:
+            now = self._lease_now(conn)
             row = self._lock_consumer(conn, name)
             if row is None or row.holder != holder:
                 return False

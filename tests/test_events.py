@@ -266,8 +266,10 @@ def test_same_name_with_another_filter_is_a_parse_time_error() -> None:
 
     CarerixEvents("dup_test", event_types=["cremployee:updated"])
     CarerixEvents("dup_test", event_types=["CREmployee:updated"])  # the same filter: the same declaration
+    other_file: dict[str, Any] = {"__file__": "/dags/other.py", "CarerixEvents": CarerixEvents}
     with pytest.raises(ValueError, match="declared twice with different filters"):
-        CarerixEvents("dup_test", event_types=["crjob:updated"])
+        exec('CarerixEvents("dup_test", event_types=["crjob:updated"])', other_file)
+    CarerixEvents("dup_test", event_types=["crjob:updated"])  # this file, edited and parsed again: fine
 
 
 def test_carerix_events_survive_dag_serialization() -> None:
