@@ -157,6 +157,7 @@ def main() -> None:
     stack = AirflowStack.start(work / "airflow", dags_folder=dags, env=env)
     client = httpx.Client(timeout=30)
     latencies: dict[str, list[float]] = {"carerix": [], "floor": []}
+    ok = False
     try:
         stack.wait_healthy()
         wait_for(lambda: store.get_cursor("bench_carerix:origin") > 0, "the Carerix watcher", timeout=300)
@@ -178,14 +179,14 @@ def main() -> None:
                 headers={"Content-Type": "application/json", SECRET_HEADER: SECRET},
             )
             r.raise_for_status()
-            started = wait_for(lambda e=event_id: recorded(out).get(e), f"carerix event {i}", timeout=120)
+            started = wait_for(lambda e=event_id: recorded(out).get(e), f"carerix event {i}", timeout=300)
             latencies["carerix"].append(started - sent)
             time.sleep(args.gap)
 
             flag = f"flag-{i:03d}"
             sent = time.time()
             (flags / flag).write_text("")
-            started = wait_for(lambda f=flag: recorded(out).get(f), f"floor event {i}", timeout=120)
+            started = wait_for(lambda f=flag: recorded(out).get(f), f"floor event {i}", timeout=300)
             latencies["floor"].append(started - sent)
             time.sleep(args.gap)
         blocked = sum(
@@ -193,12 +194,16 @@ def main() -> None:
             for line in stack.log_path("scheduler").read_text(errors="replace").splitlines()
             if "bench_carerix" in line
         )
+        ok = True
     finally:
         client.close()
         stack.stop()
         stop_receiver()
         store.close()
-        shutil.rmtree(work, ignore_errors=True)
+        if ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"failed: logs kept in {work}", file=sys.stderr)
 
     print(f"event -> first line of the downstream task, {args.events} spaced events each, warm stack")
     print(f"(Airflow 3.3, SQLite, LocalExecutor, scheduler_idle_sleep_time={args.idle_sleep})")
