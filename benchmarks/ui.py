@@ -86,12 +86,8 @@ def fill(store: EventStore, count: int) -> None:
                 batch.clear()
         if batch:
             conn.execute(store_module.events.insert(), batch)
-    if store.dialect == "postgresql":
-        with store.engine.connect() as conn:
-            conn.exec_driver_sql("ANALYZE")
-    else:
-        with store.engine.connect() as conn:
-            conn.exec_driver_sql("ANALYZE")
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")
 
 
 def free_port() -> int:
@@ -152,15 +148,17 @@ def run(label: str, store: EventStore, count: int, repeat: int) -> None:
                 ("rare type (scan)", "/carerix/ui/api/events?limit=25&type=nothing:here"),
                 ("one payload", f"/carerix/ui/api/events/{older}"),
                 ("types", "/carerix/ui/api/types"),
-                ("chart, 24 h per minute", "/carerix/ui/api/chart"),
+                ("chart, later calls", "/carerix/ui/api/chart"),
                 ("consumers (with lag)", "/carerix/ui/api/consumers"),
                 ("webhooks", "/carerix/ui/api/webhooks"),
                 ("health", "/carerix/ui/api/health"),
             ]
             base, _ = measure(client, "/baseline", repeat)
+            cold, _ = measure(client, "/carerix/ui/api/chart", 1)  # the day counted once per API server
             print(f"  {'call':<26} {'median ms':>10} {'max ms':>8} {'x baseline':>11}")
             print(f"  {'baseline (no store)':<26} {base:>10.1f}")
-            worst = 0.0
+            print(f"  {'chart, first call':<26} {cold:>10.1f} {cold:>8.1f} {cold / base:>11.1f}")
+            worst = cold
             for name, path in calls:
                 median, most = measure(client, path.replace("+00:00", "Z"), repeat)
                 worst = max(worst, most)
@@ -183,9 +181,9 @@ def main() -> None:
             sys.path.insert(0, str(ROOT / "tests"))
             from tests.fixtures.postgres import PostgresCluster
 
-            cluster = PostgresCluster.start(Path(tmp) / "pg")
+            cluster = PostgresCluster().start()
             try:
-                run("PostgreSQL", EventStore(cluster.url), args.events, args.repeat)
+                run("PostgreSQL", EventStore(cluster.create_database()), args.events, args.repeat)
             finally:
                 cluster.stop()
 

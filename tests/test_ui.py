@@ -119,6 +119,21 @@ def test_chart_counts_every_event_in_its_minute_by_type(any_store: EventStore) -
     assert by_type == {"cremployee:updated": 19, "crmatch:created": 10}
 
 
+def test_chart_keeps_settled_minutes_and_counts_new_events(any_store: EventStore) -> None:
+    fill(any_store, 6)
+    with any_store.engine.begin() as conn:  # three of them an hour ago: settled, counted once and kept
+        conn.execute(
+            sa.update(store_module.events)
+            .where(store_module.events.c.sequence <= 3)
+            .values(received_at=datetime.now(timezone.utc) - timedelta(hours=1))
+        )
+    browser = EventBrowser(any_store)
+    assert browser.per_minute()["total"] == 6
+    fill(any_store, 4)  # arrive now: the next call must count them although the day was counted before
+    assert browser.per_minute()["total"] == 10
+    assert browser.per_minute()["total"] == 10  # and not twice
+
+
 def test_consumers_show_lag_and_owner(any_store: EventStore) -> None:
     fill(any_store, 30)
     any_store.advance_cursor("employees:processed", 12)

@@ -9,6 +9,7 @@ not show.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -22,6 +23,8 @@ __all__ = ["EventBrowser", "EventQuery"]
 
 MAX_PAGE = 200
 CHART_HOURS = 24
+# A minute this long over is final: a commit in flight when it ended has been stamped and committed by then.
+SETTLED = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,9 @@ class EventBrowser:
 
     def __init__(self, store: EventStore) -> None:
         self.store = store
+        # (window start, counted until, (minute, type) -> n) of minutes that can no longer change.
+        self._chart: tuple[datetime | None, datetime | None, dict[tuple[str, str], int]] = (None, None, {})
+        self._chart_lock = threading.Lock()
 
     def _connect(self) -> sa.Connection:
         self.store.ping()  # creates or migrates the schema on first use, like every other reader
@@ -137,11 +143,9 @@ class EventBrowser:
 
     # -- chart --------------------------------------------------------------------------------------------
 
-    def per_minute(self, *, hours: int = CHART_HOURS, now: datetime | None = None) -> dict[str, Any]:
-        """Counts per (minute, type) over the last ``hours``; minutes without events are left out."""
+    def _count_minutes(self, start: datetime, end: datetime) -> dict[tuple[str, str], int]:
+        """(minute, type) -> events received in ``[start, end)``; one grouped, index-only query."""
         t = store_module.events
-        end = (now or datetime.now(timezone.utc)).replace(second=0, microsecond=0) + timedelta(minutes=1)
-        start = end - timedelta(hours=hours)
         if self.store.dialect == "postgresql":
             bucket: sa.ColumnElement[Any] = sa.func.to_char(
                 sa.func.date_trunc("minute", sa.func.timezone("UTC", t.c.received_at)),
@@ -153,13 +157,34 @@ class EventBrowser:
             sa.select(bucket.label("minute"), t.c.type, sa.func.count().label("n"))
             .where(t.c.received_at >= start, t.c.received_at < end)
             .group_by(bucket, t.c.type)
-            .order_by(bucket)
         )
         with self._connect() as conn:
-            rows = conn.execute(stmt).all()
+            return {(row.minute.replace(" ", "T"), row.type): int(row.n) for row in conn.execute(stmt)}
+
+    def per_minute(self, *, hours: int = CHART_HOURS, now: datetime | None = None) -> dict[str, Any]:
+        """Counts per (minute, type) over the last ``hours``; minutes without events are left out.
+
+        A minute that ended more than :data:`SETTLED` ago never changes again (``received_at`` is stamped at
+        commit time, so nothing arrives late), so its counts are kept and each call only counts what is newer:
+        the first call scans the day once, later ones a few minutes.
+        """
+        end = (now or datetime.now(timezone.utc)).replace(second=0, microsecond=0) + timedelta(minutes=1)
+        start = end - timedelta(hours=hours)
+        settled = end - timedelta(minutes=1) - SETTLED
+        with self._chart_lock:
+            cached_from, cached_until, counts = self._chart
+            if cached_until is None or cached_from is None or cached_from > start or cached_until < start:
+                cached_until, counts = start, {}
+            if settled > cached_until:
+                counts = {**counts, **self._count_minutes(cached_until, settled)}
+                cached_until = settled
+            first = start.strftime("%Y-%m-%dT%H:%M")
+            counts = {key: n for key, n in counts.items() if key[0] >= first}
+            self._chart = (start, cached_until, counts)
+        fresh = self._count_minutes(cached_until, end)
         series: dict[str, dict[str, int]] = {}
-        for row in rows:
-            series.setdefault(row.type, {})[row.minute.replace(" ", "T")] = int(row.n)
+        for (minute, event_type), n in sorted({**counts, **fresh}.items()):
+            series.setdefault(event_type, {})[minute] = n
         return {
             "start": _iso(start),
             "end": _iso(end),
