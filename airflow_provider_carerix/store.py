@@ -302,6 +302,8 @@ consumers = sa.Table(
     sa.Column("holder", sa.String(_ID_MAX)),
     sa.Column("lease_until", _UTCDateTime),
     sa.Column("updated_at", _UTCDateTime, nullable=False),
+    # Added by migration step 5: the consumer's filter (JSON), so the Carerix page can count its lag.
+    sa.Column("filter", sa.Text),
 )
 
 
@@ -337,8 +339,15 @@ def _migration_4(conn: Connection) -> None:
     consumers.create(conn, checkfirst=True)
 
 
+def _migration_5(conn: Connection) -> None:
+    """Consumers remember their filter (for the lag the Carerix page shows)."""
+    present = {column["name"] for column in sa.inspect(conn).get_columns(consumers.name)}
+    if "filter" not in present:
+        conn.execute(sa.text(f"ALTER TABLE {consumers.name} ADD COLUMN filter TEXT"))
+
+
 # Append steps, never edit shipped ones: version N means steps 1..N ran.
-_MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4]
+_MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -705,6 +714,26 @@ class EventStore:
                 .values(owner=row.owner or owner, holder=holder, lease_until=until, updated_at=now)
             )
             return Lease(True, holder, until)
+
+    @_retry_on_disconnect
+    def describe_consumer(self, name: str, filter_json: str) -> None:
+        """Record which events a consumer takes (JSON of its filter), for people looking at its lag."""
+        self._ensure_schema()
+        now = _utcnow()
+        with self._guard(), self._write() as conn:
+            changed = conn.execute(
+                consumers.update()
+                .where(
+                    consumers.c.name == name,
+                    sa.or_(consumers.c.filter.is_(None), consumers.c.filter != filter_json),
+                )
+                .values(filter=filter_json)
+            ).rowcount
+            if (
+                not changed
+                and conn.execute(sa.select(consumers.c.name).where(consumers.c.name == name)).first() is None
+            ):
+                conn.execute(consumers.insert().values(name=name, filter=filter_json, updated_at=now))
 
     @_retry_on_disconnect
     def renew_lease(self, name: str, holder: str, ttl: float) -> bool:

@@ -146,6 +146,25 @@ def test_consumers_show_lag_and_owner(any_store: EventStore) -> None:
     assert rows["employees"]["lag"] == 18  # no filter recorded: every later event counts
 
 
+def test_consumer_lag_counts_only_its_own_events(any_store: EventStore) -> None:
+    from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
+    from airflow_provider_carerix.utils.event_filter import EventFilter
+
+    fill(any_store, 30)
+    hook = CarerixEventStoreHook(store_conn_id=None, store_url=any_store.url)
+    matches = EventFilter.build(["crmatch:created"])
+    hook.ensure_consumer("new_matches")  # as a watcher starting: at the end of the log, filter unknown yet
+    fill(any_store, 30)  # ten of them crmatch:created
+    [row] = sections.consumers(any_store)
+    assert (row["name"], row["lag"], row["event_types"]) == ("new_matches", 30, ["*"])
+    with hook.claim("new_matches", matches, owner="matches_dag") as claimed:  # a claim records the filter
+        assert len(claimed) == 10
+    fill(any_store, 30)
+    [row] = sections.consumers(any_store)
+    assert (row["lag"], row["dag_id"], row["event_types"]) == (10, "matches_dag", ["crmatch:created"])
+    hook.close()
+
+
 def test_health_reports_the_last_event(any_store: EventStore) -> None:
     assert EventBrowser(any_store).health()["last_sequence"] == 0
     fill(any_store, 4)

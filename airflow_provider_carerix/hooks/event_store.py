@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -333,13 +334,18 @@ class CarerixEventStoreHook(BaseHook):
 
     # -- consumers ------------------------------------------------------------------------------------------
 
-    def ensure_consumer(self, consumer: str) -> int:
+    def ensure_consumer(self, consumer: str, flt: EventFilter | None = None) -> int:
         """The consumer's delivered cursor, creating the consumer at the current end of the log if new.
 
         Creation writes delivered and processed first and the origin marker last, so an interrupted creation is
-        simply redone.
+        simply redone. With ``flt`` (a claim), the consumer's filter is recorded too, for the lag the Carerix
+        page shows; watchers do not pass it, so a thousand starting watchers cost no extra write.
         """
         store = self.store
+        if flt is not None:
+            store.describe_consumer(
+                consumer, json.dumps(flt.serialize(), sort_keys=True, separators=(",", ":"))
+            )
         delivered, processed, origin = cursor_names(consumer)
         if store.get_cursor(origin) > 0:
             return store.get_cursor(delivered)
@@ -388,7 +394,7 @@ class CarerixEventStoreHook(BaseHook):
         if limit is not None and limit < 1:
             raise ValueError("limit must be a positive number of events (or None for all)")
         holder = holder or f"{owner or 'task'}/{uuid.uuid4().hex[:12]}"
-        self.ensure_consumer(consumer)
+        self.ensure_consumer(consumer, flt)
         self._acquire(consumer, owner=owner, holder=holder, ttl=lease_seconds, wait_timeout=wait_timeout)
         stop = threading.Event()
         lost = threading.Event()

@@ -76,7 +76,8 @@ def consumers(store: EventStore) -> list[dict[str, Any]]:
                     "processed": int(row.sequence),
                     "lag": min(int(lag), LAG_CAP),
                     "lag_capped": int(lag) > LAG_CAP,
-                    "lag_counts_condition": False,
+                    # The condition is evaluated in Python, not SQL: with one, the lag is an upper bound.
+                    "lag_is_upper_bound": bool(filters.get("condition")),
                     "last_processed_at": _iso(row.updated_at),
                 }
             )
