@@ -225,12 +225,13 @@ class _Clock:
 
     def __init__(self) -> None:
         self.now = 1000.0
+        self.wall = 1_700_000_000.0  # 2023-11-14T22:13:20Z, for Retry-After dates
 
     def monotonic(self) -> float:
         return self.now
 
     def time(self) -> float:
-        return time.time()
+        return self.wall
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
@@ -377,6 +378,53 @@ def test_slow_read_is_retried(emulator: CarerixEmulator, sleeps: list[float]) ->
     emulator.inject_fault(status=None, times=1, method="GET", delay=1.0)
     assert make_hook(timeout=0.3).list_applications() == []
     assert len(sleeps) == 1
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [
+        ("Tue, 14 Nov 2023 22:13:40 GMT", 20.0),  # an HTTP date 20 s after the (fixed) clock
+        ("Tue, 14 Nov 2023 22:13:00 GMT", 0.0),  # a date in the past: retry at once
+        ("-5", 0.0),
+        ("0", 0.0),
+        ("2.5", 2.5),
+    ],
+)
+def test_retry_after_as_seconds_or_http_date(
+    emulator: CarerixEmulator, sleeps: list[float], clock: _Clock, retry_after: str, expected: float
+) -> None:
+    emulator.inject_fault(status=503, times=1, method="GET", retry_after=retry_after)
+    assert make_hook().list_applications() == []
+    assert sleeps == [expected]
+
+
+def test_unreadable_retry_after_falls_back_to_the_backoff(
+    emulator: CarerixEmulator, sleeps: list[float]
+) -> None:
+    emulator.inject_fault(status=429, times=1, method="GET", retry_after="soon")
+    assert make_hook(retry_backoff=2.0).list_applications() == []
+    [wait] = sleeps
+    assert 2.0 <= wait <= 2.2
+
+
+def test_backoff_doubles_from_the_first_wait_with_at_most_a_tenth_of_jitter_and_is_capped(
+    emulator: CarerixEmulator, sleeps: list[float]
+) -> None:
+    emulator.inject_fault(status=500, times=4, method="GET")
+    assert make_hook(retry_backoff=1.0, retry_max_wait=5.0).list_applications() == []
+    assert len(sleeps) == 4
+    for wait, base in zip(sleeps[:3], (1.0, 2.0, 4.0), strict=True):
+        assert base <= wait <= base * 1.1
+    assert sleeps[3] == 5.0  # 8 s and more are capped
+
+
+def test_a_501_on_a_create_is_not_retried(emulator: CarerixEmulator, sleeps: list[float]) -> None:
+    hook = make_hook()
+    app = hook.create_application("a")
+    emulator.inject_fault(status=501, times=1, method="POST", path_contains="/webhooks")
+    with pytest.raises(CarerixApiError) as info:
+        hook.create_webhook(str(app.id), WEBHOOK)
+    assert info.value.status_code == 501 and sleeps == []
 
 
 def _wait_for(predicate: Callable[[], bool]) -> None:
