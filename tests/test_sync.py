@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from datetime import datetime, timezone
 from typing import Any
 
@@ -433,3 +434,96 @@ def test_several_applications_dry_run_summary_and_json() -> None:
     text = result.to_json()
     assert json.loads(text) == summary
     assert text.startswith('{\n  "applications": [\n    {\n      "application": "one",')
+
+
+def test_plan_text_and_progress_lines_for_every_kind_of_step() -> None:
+    carerix = FakeCarerix()
+    app_id = carerix.create_application("airflow-carerix").id or ""
+    carerix.create_webhook(
+        app_id, wh(filters=[("crjob:updated", "data.tostatusnode eq '1'")], headers=[("X-Secret", "old")])
+    )
+    disabled = carerix.create_webhook(app_id, DESIRED[1])
+    carerix.hooks[app_id][disabled.id or ""].status = "disabled"
+    carerix.create_webhook(app_id, DESIRED[2])
+    carerix.create_webhook(app_id, DESIRED[2])
+    carerix.create_webhook(app_id, wh(url="https://foreign.example.com/"))
+    app = FakeSpecApp(
+        "airflow-carerix",
+        [*DESIRED, wh(url="https://receiver.example.com/other", filters=[("crjob:created", None)])],
+    )
+    app.labels = ["jobs", None, "publications", "new-jobs"]  # type: ignore[attr-defined]
+    lines: list[str] = []
+    result = sync(FakeSpec(app), carerix, prune=False, say=lines.append)
+    events = "https://receiver.example.com/events"
+    assert lines == [
+        "Plan:\n"
+        "application 'airflow-carerix' (app-1): 1 to create, 1 to replace, 1 to delete, 1 to enable, "
+        "1 unchanged, 1 kept\n"
+        f"  ! enable    wh-3 {events} [crmatch:created]  (status disabled)\n"
+        f"  = unchanged publications: wh-4 {events} [crpublication:created]\n"
+        f"  ~ replace   jobs: wh-2 {events} [crjob:updated if data.tostatusnode eq '1'] headers: X-Secret: ***\n"
+        f"                with {events} [crjob:updated if data.tostatusnode eq '1234'] headers: X-Secret: ***"
+        "  (conditions, header values changed)\n"
+        "  + create    new-jobs: https://receiver.example.com/other [crjob:created]\n"
+        "  ? keep      wh-6 https://foreign.example.com/ [crjob:updated]  (not in spec; prune is off)\n"
+        f"  - delete    wh-5 {events} [crpublication:created]  (duplicate of wh-4)",
+        f"created webhook wh-7: {events} [crjob:updated if data.tostatusnode eq '1234'] headers: X-Secret: ***",
+        "created webhook wh-8: https://receiver.example.com/other [crjob:created]",
+        "enabled webhook wh-3 (was disabled)",
+        "deleted webhook wh-2, replaced by wh-7 (conditions, header values changed)",
+        "deleted webhook wh-5 (duplicate of wh-4)",
+    ]
+    assert result.plan.applications[0].application_id == app_id
+    assert result.summary() == {
+        "application": "airflow-carerix",
+        "application_id": app_id,
+        "application_created": False,
+        "created": ["wh-8"],
+        "replaced": [{"old": "wh-2", "new": "wh-7"}],
+        "deleted": ["wh-5"],
+        "enabled": ["wh-3"],
+        "unchanged": ["wh-4"],
+        "kept": ["wh-6"],
+        "dry_run": False,
+    }
+
+
+def test_new_application_lines_and_a_replace_that_changes_event_types() -> None:
+    carerix = FakeCarerix()
+    lines: list[str] = []
+    sync(spec_of(DESIRED[1], name="fresh"), carerix, say=lines.append)
+    assert lines[0] == "Plan:\n+ create application 'fresh': 1 to create\n" + (
+        "  + create    https://receiver.example.com/events [crmatch:created]"
+    )
+    assert lines[1] == "created application 'fresh': app-1"
+    lines.clear()
+    sync(
+        spec_of(wh(filters=[("crmatch:updated", None)], headers=[("X-A", "1")]), name="fresh"),
+        carerix,
+        say=lines.append,
+    )
+    assert "(event types, header names changed)" in lines[0]
+    lines.clear()
+    sync(FakeSpec(FakeSpecApp("fresh", [])), carerix, prune=True, say=lines.append)
+    assert lines[0].splitlines()[1] == "application 'fresh' (app-1): 1 to delete"
+    lines.clear()
+    sync(FakeSpec(FakeSpecApp("fresh", [])), carerix, say=lines.append)
+    assert lines == ["Plan:\napplication 'fresh' (app-1): no webhooks\nNo changes: Carerix matches the spec."]
+
+
+def test_an_application_created_without_an_id_stops_the_sync(caplog: pytest.LogCaptureFixture) -> None:
+    class NoId(FakeCarerix):
+        def create_application(self, name: str) -> Application:
+            super().create_application(name)
+            return Application(name=name)
+
+    carerix = NoId()
+    with pytest.raises(SyncError, match="Carerix created application 'a' but returned no id"):
+        sync(spec_of(*DESIRED, name="a"), carerix)
+    assert carerix.writes == 1  # nothing after the application
+
+
+def test_progress_goes_to_the_log_without_a_say_callback(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="airflow_provider_carerix.sync"):
+        sync(spec_of(DESIRED[1], name="logged"), FakeCarerix())
+    assert "created application 'logged': app-1" in caplog.text
