@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -167,25 +166,58 @@ def xcom(dag_run: Any, task_id: str) -> Any:
         return None if row is None else XComModel.deserialize_value(row)
 
 
+def _deferred_since(dag_id: str, task_id: str, started: datetime) -> bool:
+    """Whether the task, in a run started at or after ``started``, has deferred (its trigger is waiting).
+
+    ``dag.test()`` runs the trigger in line; the deferral shows in the metadata DB as the task instance's
+    ``next_method``, which stays set while the trigger waits.
+    """
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        query = (
+            select(TaskInstance.next_method)
+            .join(DagRun, (DagRun.dag_id == TaskInstance.dag_id) & (DagRun.run_id == TaskInstance.run_id))
+            .where(
+                TaskInstance.dag_id == dag_id, TaskInstance.task_id == task_id, DagRun.start_date >= started
+            )
+        )
+        return any(method is not None for method in session.scalars(query))
+
+
+@pytest.mark.timeout(300)
 def test_dag_wait_for_event(airflow_db: None) -> None:
     dag = load_dag("carerix_wait_for_event")
     store = EventStore(resolve_store_url())
     store.ping()
     wanted = payload("crmatch:updated", {"statusinfo": "1234"})
+    started = datetime.now(timezone.utc)
+    stop = threading.Event()
+    delivered: list[bool] = []
 
     def deliver() -> None:
-        # After the run started: the sensor waits for an event newer than the run.
-        time.sleep(2.0)
-        put(store, payload("crmatch:updated", {"statusinfo": "999"}))
-        put(store, wanted)
+        # Ordered by state, not by a sleep: write once the sensor has deferred, so the events are newer than
+        # the run and the trigger is what finds them, however slow dag.test() is to get there.
+        while not stop.is_set():
+            if _deferred_since(dag.dag_id, "wait_for_intake", started):
+                put(store, payload("crmatch:updated", {"statusinfo": "999"}))
+                put(store, wanted)
+                delivered.append(True)
+                return
+            stop.wait(0.1)
 
     thread = threading.Thread(target=deliver)
     thread.start()
     try:
         run = dag.test()
     finally:
+        stop.set()
         thread.join()
         store.close()
+    assert delivered == [True]
     assert run.state == "success"
     assert xcom(run, "wait_for_intake")["event_id"] == wanted["id"]
     assert xcom(run, "start_intake") == {
@@ -195,6 +227,7 @@ def test_dag_wait_for_event(airflow_db: None) -> None:
     }
 
 
+@pytest.mark.timeout(300)
 def test_dag_event_driven_drains_the_store(airflow_db: None) -> None:
     dag = load_dag("carerix_event_driven")
     store = EventStore(resolve_store_url())

@@ -1,0 +1,74 @@
+"""The receiver's body-size limit at its boundary: exactly the limit is accepted, one byte more is refused.
+
+A real receiver on loopback; the body arrives once with a ``Content-Length`` (refused from the header) and
+once chunked (refused while reading), so both checks are pinned to ``>``, not ``>=``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from airflow_provider_carerix.store import EventStore
+from tests.fixtures.receiver import start_receiver
+
+SECRET = "limits-" + uuid.uuid4().hex
+HEADERS = {"X-Carerix-Secret": SECRET, "Content-Type": "application/json"}
+LIMIT = 4096
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[tuple[str, EventStore]]:
+    store_url = f"sqlite:///{tmp_path / 'events.db'}"
+    url, stop = start_receiver(store_url, SECRET, max_body=LIMIT, verify_signatures=False)
+    store = EventStore(store_url)
+    try:
+        yield url, store
+    finally:
+        stop()
+        store.close()
+
+
+def body_of_size(size: int) -> tuple[str, bytes]:
+    """A valid event padded with trailing whitespace (still valid JSON) to exactly ``size`` bytes."""
+    event_id = str(uuid.uuid4())
+    body = json.dumps(
+        {
+            "id": event_id,
+            "time": "2024-02-14T14:24:40Z",
+            "type": "cremployee:updated",
+            "applicationId": "app-1",
+            "webhookId": "wh-1",
+            "tenant": "demo",
+            "data": {"entityId": "1"},
+        }
+    ).encode()
+    assert len(body) <= size
+    return event_id, body + b" " * (size - len(body))
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_of_exactly_the_limit_is_stored_and_one_byte_more_is_413(
+    receiver: tuple[str, EventStore], chunked: bool
+) -> None:
+    url, store = receiver
+
+    def post(body: bytes) -> httpx.Response:
+        # A generator makes httpx send the body chunked, without a Content-Length.
+        content = iter([body[: len(body) // 2], body[len(body) // 2 :]]) if chunked else body
+        return httpx.post(f"{url}/events", content=content, headers=HEADERS, timeout=30)
+
+    at_limit_id, at_limit = body_of_size(LIMIT)
+    assert len(at_limit) == LIMIT
+    assert post(at_limit).status_code == 201
+    over_id, over = body_of_size(LIMIT + 1)
+    response = post(over)
+    assert response.status_code == 413
+    assert f"larger than {LIMIT} bytes" in response.text
+    assert [e.event_id for e in store.events_after(0)] == [at_limit_id]
+    assert store.event_by_id(over_id) is None
