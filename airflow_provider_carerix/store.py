@@ -11,22 +11,30 @@ Guarantees the rest of the provider builds on:
   ``synchronous=FULL``: with ``NORMAL`` a WAL commit survives a process crash but may be rolled back by a power
   loss or OS crash, and a 2xx to Carerix must mean "kept" whatever happens next. The cost (one fsync per
   commit) is paid once per group of requests thanks to the receiver's group commit.
-* **Sequence order is commit order.** Readers poll "sequence > cursor"; if sequence 11 could become visible
-  before sequence 10, a reader at cursor 11 would skip 10 forever. SQLite serialises writers
-  (``BEGIN IMMEDIATE``). On PostgreSQL, sequence values are handed out at ``nextval`` time and concurrent
-  transactions may commit in another order, so every inserting transaction first takes a transaction-level
-  advisory lock (``pg_advisory_xact_lock``): inserts are serialised, sequence order equals commit order.
-* **One row per event id.** Carerix delivers at least once; a redelivery returns the existing sequence.
-* **Stalled writers do not stop the fleet.** A receiver paused while holding the insert lock (SIGSTOP, a long
-  GC pause, a VM freeze, a network partition) would otherwise stop every receiver. Every PostgreSQL session the
-  store opens carries ``PG_SESSION_SETTINGS``: a writer waits at most ``lock_timeout`` for the lock and then
-  raises ``StoreUnavailable`` (the receiver answers 503 at once, Carerix retries); the server ends a session
-  left idle inside a transaction after ``idle_in_transaction_session_timeout`` (the paused holder's
-  transaction rolls back and the lock is free) and cancels any statement after ``statement_timeout``. A
-  holder that is not a store session (``psql``, another tool) is not bounded by these: the receivers answer
-  503 quickly until it lets go.
-* **received_at follows commit order.** It is stamped after the write lock is taken (on PostgreSQL by the
-  database clock), so it never decreases along the sequence unless the clock itself is set back.
+* **Readers never skip an event.** Readers poll "sequence > cursor"; if sequence 11 became visible while 10
+  could still commit, a reader at cursor 11 would skip 10 forever. SQLite serialises writers
+  (``BEGIN IMMEDIATE``), so there sequence order is commit order. On PostgreSQL, holding a lock from
+  ``nextval`` to commit would serialise every commit's fsync across all receivers (more receivers, smaller
+  groups, fewer events per second), so writers commit concurrently and readers are held back instead. An
+  insert takes the insert lock (a session-level advisory lock) only for the one statement that hands out its
+  sequences; before releasing it, that statement announces "my sequences start at N" with a transaction-level
+  advisory lock (``_PG_IN_FLIGHT``, N mod 2**31) that lasts until commit or rollback. ``events_after`` and
+  ``last_sequence`` return nothing above min(last sequence handed out when they looked, first announced
+  sequence - 1), then query with a fresh snapshot: every sequence at or below that bound has settled.
+* **One row per event id.** Carerix delivers at least once; a redelivery returns the existing sequence
+  (``ON CONFLICT`` covers two receivers storing the same redelivery at the same moment).
+* **Stalled writers do not stop the fleet.** A receiver can be paused at any point (SIGSTOP, a long GC pause, a
+  VM freeze, a network partition). It cannot hold the insert lock while paused: the lock lives inside one
+  server-side statement. Paused after that statement, its open transaction holds readers back (not writers)
+  at its first sequence. Every PostgreSQL session the store opens carries ``PG_SESSION_SETTINGS``: the server
+  ends a session left idle inside a transaction after ``idle_in_transaction_session_timeout`` (its insert rolls
+  back, it had not been acknowledged, readers move on), cancels a statement after ``statement_timeout``, and a
+  writer waits at most ``lock_timeout`` for the insert lock before raising ``StoreUnavailable`` (the receiver
+  answers 503 at once and Carerix retries). A holder that is not a store session (``psql``, another tool) is
+  not bounded by these: receivers answer 503 quickly until it lets go.
+* **received_at follows sequence order.** It is stamped with the database clock while the insert lock is held
+  (SQLite: inside ``BEGIN IMMEDIATE``), so it never decreases along the sequence unless the clock is set back.
+  It is the time the event was stored, not the time it became visible to readers.
 """
 
 from __future__ import annotations
@@ -72,6 +80,10 @@ ENV_STORE_URL = "CARERIX_EVENT_STORE_URL"
 # Any constant works as long as every writer uses the same one; derived from the table name for readability.
 _PG_INSERT_LOCK = zlib.crc32(b"carerix_events.insert")
 _PG_MIGRATE_LOCK = zlib.crc32(b"carerix_events.migrate")
+# First key (int4) of the lock each insert holds from "sequences handed out" until its commit; the second key is
+# its first sequence modulo 2**31, so readers can see which sequences are still in flight (see module docstring).
+_PG_IN_FLIGHT = zlib.crc32(b"carerix_events.in_flight") & 0x7FFFFFFF
+_IN_FLIGHT_MOD = 2**31
 # Applied to every PostgreSQL session the store opens (libpq ``options``, so no extra round trip). They bound how
 # long one stalled writer (SIGSTOP, GC pause, VM freeze, network partition) can hold the insert lock and how
 # long the others wait for it; see "Stalled writers" in the module docstring. ``options`` in the store URL are
@@ -185,6 +197,7 @@ class Provenance:
 
 
 _DELIVERED = Provenance()
+_Item = tuple[bytes | str, WebhookEvent] | tuple[bytes | str, WebhookEvent, Provenance]
 
 
 class _UTCDateTime(sa.types.TypeDecorator):
@@ -397,10 +410,119 @@ def _enable_wal(cur: Any) -> None:
             time.sleep(0.05)
 
 
-# The lock first, then the clock: the subquery runs before the outer target list is computed.
-_PG_LOCK_AND_STAMP = sa.text(
-    f"SELECT clock_timestamp() FROM (SELECT pg_advisory_xact_lock({_PG_INSERT_LOCK})) AS locked"
-).columns(sa.column("clock_timestamp", _UTCDateTime()))
+# The part of an insert that runs one writer at a time, as ONE statement so the lock is held only while the server
+# executes it (no client round trip, no commit, no fsync). Evaluation order is forced by data dependencies: the
+# lock is taken before the first row is stamped (the stamp comes from it), every row is inserted before the
+# announcement (it needs min(sequence)), and the unlock waits for the announcement (its key depends on it).
+# The lock is session-level because it is released before the commit; an error path releases it explicitly.
+_PG_INSERT_GROUP = sa.text(
+    f"""
+WITH locked AS MATERIALIZED (
+    SELECT clock_timestamp() AS stamp FROM (SELECT pg_advisory_lock({_PG_INSERT_LOCK})) AS l
+), ins AS (
+    INSERT INTO carerix_events
+        (event_id, type, time, tenant, application_id, webhook_id, entity_id, received_at, payload,
+         signature_verified, recovered)
+    SELECT g.event_id, g.type, g.time, g.tenant, g.application_id, g.webhook_id, g.entity_id, locked.stamp,
+           g.payload, g.signature_verified, g.recovered
+    FROM unnest(
+        CAST(:event_id AS text[]), CAST(:type AS text[]), CAST(:time AS timestamptz[]),
+        CAST(:tenant AS text[]), CAST(:application_id AS text[]), CAST(:webhook_id AS text[]),
+        CAST(:entity_id AS text[]), CAST(:payload AS text[]), CAST(:signature_verified AS boolean[]),
+        CAST(:recovered AS boolean[])
+    ) WITH ORDINALITY AS g(
+        event_id, type, time, tenant, application_id, webhook_id, entity_id, payload, signature_verified,
+        recovered, n
+    )
+    CROSS JOIN locked
+    ORDER BY g.n
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id, sequence
+), announced AS (
+    SELECT count(*) AS n FROM (
+        SELECT pg_advisory_xact_lock_shared(
+            {_PG_IN_FLIGHT}, CAST(min(sequence) % {_IN_FLIGHT_MOD} AS integer)
+        ) FROM ins HAVING count(*) > 0 AND CAST(:announce AS boolean)
+    ) AS a
+)
+SELECT
+    (SELECT json_agg(json_build_array(event_id, sequence)) FROM ins) AS inserted,
+    pg_advisory_unlock({_PG_INSERT_LOCK} + 0 * (SELECT n FROM announced)) AS unlocked
+"""
+)
+_PG_LAST_HANDED_OUT = sa.text(
+    "SELECT pg_sequence_last_value(CAST(pg_get_serial_sequence('carerix_events', 'sequence') AS regclass))"
+)
+_PG_IN_FLIGHT_KEYS = sa.text(
+    "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 "
+    f"AND classid = {_PG_IN_FLIGHT} AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+def _known_sequences(conn: Connection, ids: Sequence[str]) -> dict[str, int]:
+    known: dict[str, int] = {}
+    for start in range(0, len(ids), 500):
+        found = conn.execute(
+            sa.select(events.c.event_id, events.c.sequence).where(
+                events.c.event_id.in_(ids[start : start + 500])
+            )
+        )
+        known.update({row.event_id: int(row.sequence) for row in found})
+    return known
+
+
+def _plan_group(
+    items: Sequence[_Item], known: dict[str, int]
+) -> tuple[list[tuple[int, bool]], list[dict[str, Any]], list[int], list[tuple[int, int]]]:
+    """Results so far, new rows (without received_at), result slot of each row, (repeat, first) slots."""
+    results: list[tuple[int, bool]] = []
+    rows: list[dict[str, Any]] = []
+    slots: list[int] = []  # index into results of each new row, in insertion order
+    pending: dict[str, int] = {}  # event id -> result index of its first occurrence in this group
+    repeats: list[tuple[int, int]] = []  # (result index, result index of the first occurrence)
+    for item in items:
+        raw, event = item[0], item[1]
+        provenance = item[2] if len(item) > 2 else _DELIVERED  # type: ignore[misc]
+        if event.id in known:
+            results.append((known[event.id], False))
+            continue
+        if event.id in pending:
+            repeats.append((len(results), pending[event.id]))
+            results.append((0, False))  # sequence filled in after the insert
+            continue
+        pending[event.id] = len(results)
+        slots.append(len(results))
+        results.append((0, True))
+        rows.append(
+            {
+                "event_id": event.id,
+                "type": event.type.lower(),
+                "time": event.time,
+                "tenant": event.tenant,
+                "application_id": event.application_id,
+                "webhook_id": event.webhook_id,
+                "entity_id": _entity_id(event),
+                "payload": raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw,
+                "signature_verified": provenance.signature_verified,
+                "recovered": provenance.recovered,
+            }
+        )
+    return results, rows, slots, repeats
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+def _release_insert_lock(conn: Connection) -> None:
+    """After a failed insert: the session-level lock outlives the rollback, so release it or drop the session."""
+    try:
+        if conn.in_transaction():
+            conn.rollback()
+        conn.execute(sa.text("SELECT pg_advisory_unlock_all()"))
+        conn.rollback()
+    except Exception:
+        conn.invalidate()  # closing the session releases every lock it held
 
 
 def _pg_connect_args(url: URL) -> dict[str, Any]:
@@ -445,6 +567,8 @@ class EventStore:
         if self.dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"unsupported event store backend {self.dialect!r}: use sqlite or postgresql")
         self._engine = self._create_engine(parsed)
+        # Tests switch this off to show that readers then skip events (the protection is not vacuous).
+        self._pg_announce_in_flight = True
         self._schema_ready = False
         self._schema_lock = threading.Lock()
 
@@ -484,8 +608,14 @@ class EventStore:
         # No pool_pre_ping: it costs a round trip per checkout on the hot path. A connection that died (server
         # restart) fails its statement instead; the pool is invalidated and ``_retry_on_disconnect`` tries once
         # more on a fresh connection.
+        # READ COMMITTED whatever the server default: readers rely on each statement taking a fresh snapshot.
         return sa.create_engine(
-            url, pool_size=5, max_overflow=10, pool_recycle=1800, connect_args=_pg_connect_args(url)
+            url,
+            pool_size=5,
+            max_overflow=10,
+            pool_recycle=1800,
+            connect_args=_pg_connect_args(url),
+            isolation_level="READ COMMITTED",
         )
 
     def _prepare_sqlite_dir(self) -> None:
@@ -572,57 +702,16 @@ class EventStore:
         if not items:
             return []
         self._ensure_schema()
-        results: list[tuple[int, bool]] = []
+        if self.dialect == "postgresql":
+            return self._insert_many_pg(items)
         with self._guard(), self._write() as conn:
             # Stamped once the write lock is held, so received_at follows commit (and sequence) order.
-            if self.dialect == "postgresql":
-                # Serialise inserters until commit so that sequence order == commit order (module docstring).
-                # The database clock, not this machine's: receivers on several machines share one order.
-                received_at = conn.execute(_PG_LOCK_AND_STAMP).scalar_one()
-            else:
-                received_at = _utcnow()  # inside BEGIN IMMEDIATE: writers on this file are serialised
-            ids = list(dict.fromkeys(item[1].id for item in items))
-            known: dict[str, int] = {}
-            for start in range(0, len(ids), 500):
-                found = conn.execute(
-                    sa.select(events.c.event_id, events.c.sequence).where(
-                        events.c.event_id.in_(ids[start : start + 500])
-                    )
-                )
-                known.update({row.event_id: row.sequence for row in found})
-            rows: list[dict[str, Any]] = []
-            slots: list[int] = []  # index into results of each new row, in insertion order
-            pending: dict[str, int] = {}  # event id -> result index of its first occurrence in this group
-            repeats: list[tuple[int, int]] = []  # (result index, result index of the first occurrence)
-            for item in items:
-                raw, event = item[0], item[1]
-                provenance = item[2] if len(item) > 2 else _DELIVERED  # type: ignore[misc]
-                if event.id in known:
-                    results.append((known[event.id], False))
-                    continue
-                if event.id in pending:
-                    repeats.append((len(results), pending[event.id]))
-                    results.append((0, False))  # sequence filled in after the insert
-                    continue
-                pending[event.id] = len(results)
-                slots.append(len(results))
-                results.append((0, True))
-                rows.append(
-                    {
-                        "event_id": event.id,
-                        "type": event.type.lower(),
-                        "time": event.time,
-                        "tenant": event.tenant,
-                        "application_id": event.application_id,
-                        "webhook_id": event.webhook_id,
-                        "entity_id": _entity_id(event),
-                        "received_at": received_at,
-                        "payload": raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw,
-                        "signature_verified": provenance.signature_verified,
-                        "recovered": provenance.recovered,
-                    }
-                )
+            received_at = _utcnow()  # inside BEGIN IMMEDIATE: writers on this file are serialised
+            known = _known_sequences(conn, list(dict.fromkeys(item[1].id for item in items)))
+            results, rows, slots, repeats = _plan_group(items, known)
             if rows:
+                for row in rows:
+                    row["received_at"] = received_at
                 # One multi-row INSERT for the group; sequences come back in the order of ``rows``.
                 stmt = events.insert().returning(events.c.sequence, sort_by_parameter_order=True)
                 sequences = [int(seq) for seq in conn.execute(stmt, rows).scalars()]
@@ -630,15 +719,67 @@ class EventStore:
                     results[slot] = (sequence, True)
                 for index, first in repeats:
                     results[index] = (results[first][0], False)
-                if self.dialect == "postgresql":
-                    # Inside the transaction: listeners wake exactly when the rows become visible.
-                    conn.execute(
-                        sa.text(
-                            "SELECT pg_notify(:channel, s::text) FROM unnest(CAST(:seqs AS bigint[])) AS s"
-                        ),
-                        {"channel": NOTIFY_CHANNEL, "seqs": sequences},
-                    )
         return results
+
+    def _insert_many_pg(self, items: Sequence[_Item]) -> list[tuple[int, bool]]:
+        """Hand out sequences one writer at a time, commit (and fsync) concurrently; module docstring."""
+        ids = list(dict.fromkeys(item[1].id for item in items))
+        with self._guard(), self._engine.connect() as conn:
+            try:
+                with conn.begin():
+                    # Before the lock: a plain read. An id stored by a writer still in flight is not seen here
+                    # and is caught by ON CONFLICT below.
+                    known = _known_sequences(conn, ids)
+                    results, rows, slots, repeats = _plan_group(items, known)
+                    if not rows:
+                        return results
+                    # received_at is the database clock under the lock: it follows sequence order fleet-wide.
+                    params: dict[str, Any] = {name: [row[name] for row in rows] for name in rows[0]}
+                    params["time"] = [_aware(t) for t in params["time"]]
+                    params["announce"] = self._pg_announce_in_flight
+                    found = conn.execute(_PG_INSERT_GROUP, params).one()
+                    inserted = {event_id: int(sequence) for event_id, sequence in found.inserted or []}
+                    # Stored meanwhile by another writer (committed by now: ON CONFLICT waited for it).
+                    late = [row["event_id"] for row in rows if row["event_id"] not in inserted]
+                    stored_by_others = _known_sequences(conn, late) if late else {}
+                    for slot, row in zip(slots, rows, strict=True):
+                        event_id = row["event_id"]
+                        if event_id in inserted:
+                            results[slot] = (inserted[event_id], True)
+                        else:
+                            results[slot] = (stored_by_others[event_id], False)
+                    for index, first in repeats:
+                        results[index] = (results[first][0], False)
+                    if inserted:
+                        # Inside the transaction: listeners wake exactly when the rows become visible.
+                        conn.execute(
+                            sa.text(
+                                "SELECT pg_notify(:channel, s::text) FROM unnest(CAST(:seqs AS bigint[])) AS s"
+                            ),
+                            {"channel": NOTIFY_CHANNEL, "seqs": sorted(inserted.values())},
+                        )
+            except BaseException:
+                _release_insert_lock(conn)
+                raise
+        return results
+
+    def _pg_read_bound(self, conn: Connection) -> int:
+        """The highest sequence readers may be shown now: below every insert that is still in flight.
+
+        Read in this order, each by its own statement, before the caller's query takes its snapshot: the last
+        sequence handed out (H), then the announced first sequences of inserts in flight. Any sequence <= H
+        belongs to an insert that has committed or rolled back (settled in the caller's later snapshot), that
+        is announced (everything from its first sequence on is held back), or that holds the insert lock
+        right now (then no sequence above its own exists yet).
+        """
+        handed_out = conn.execute(_PG_LAST_HANDED_OUT).scalar()
+        if handed_out is None:
+            return 0
+        bound = int(handed_out)
+        for (key,) in conn.execute(_PG_IN_FLIGHT_KEYS):
+            first = bound - ((bound - int(key)) % _IN_FLIGHT_MOD)  # in-flight sequences are recent
+            bound = min(bound, first - 1)
+        return bound
 
     @_retry_on_disconnect
     def advance_cursor(self, name: str, sequence: int) -> int:
@@ -851,6 +992,8 @@ class EventStore:
             stmt = stmt.where(events.c.received_at > received_after)
         stmt = stmt.order_by(events.c.sequence).limit(int(limit))
         with self._guard(), self._engine.connect() as conn:
+            if self.dialect == "postgresql" and self._pg_announce_in_flight:
+                stmt = stmt.where(events.c.sequence <= self._pg_read_bound(conn))
             rows = conn.execute(stmt).all()
         return [
             StoredEvent(
@@ -875,8 +1018,12 @@ class EventStore:
     def last_sequence(self) -> int:
         """The highest stored sequence (0 for an empty store): where a consumer "from now" starts."""
         self._ensure_schema()
+        stmt = sa.select(sa.func.max(events.c.sequence))
         with self._guard(), self._engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.max(events.c.sequence))).scalar() or 0)
+            if self.dialect == "postgresql" and self._pg_announce_in_flight:
+                # Not past an insert in flight: a consumer starting here would never see it.
+                stmt = stmt.where(events.c.sequence <= self._pg_read_bound(conn))
+            return int(conn.execute(stmt).scalar() or 0)
 
     @_retry_on_disconnect
     def get_cursor(self, name: str) -> int:

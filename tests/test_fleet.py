@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import signal
 import threading
 import time
@@ -22,6 +23,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import make_url
 
 from airflow_provider_carerix.store import (
+    _PG_IN_FLIGHT,
     _PG_INSERT_LOCK,
     PG_SESSION_SETTINGS,
     EventStore,
@@ -48,14 +50,15 @@ def dsn(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://")
 
 
-def insert_lock_holders(url: str) -> list[int]:
-    """Backend pids holding the store's insert lock right now."""
+def in_flight(url: str) -> int:
+    """How many inserts have handed out sequences and not yet committed (their announcements)."""
     with psycopg.connect(dsn(url), autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = 0 AND objid = %s",
-            [_PG_INSERT_LOCK],
-        ).fetchall()
-    return [int(pid) for (pid,) in rows]
+        (count,) = conn.execute(  # type: ignore[misc]
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND classid = %s "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            [_PG_IN_FLIGHT],
+        ).fetchone()
+    return int(count)
 
 
 @pytest.fixture
@@ -105,19 +108,24 @@ def test_foreign_lock_holder_writers_fail_fast_then_recover(postgres_database: s
     store.close()
 
 
-def test_paused_store_session_loses_the_lock(postgres_database: str) -> None:
-    """A store writer paused between taking the lock and committing is cut off; the others carry on."""
-    url = with_options(postgres_database, idle_in_transaction_session_timeout="3s")
+def test_paused_writer_holds_back_readers_not_writers(postgres_database: str) -> None:
+    """A writer paused between handing out its sequences and committing (SIGSTOP, GC pause, partition).
+
+    Other writers carry on at once (the insert lock is held only while the server runs one statement); readers
+    are not shown anything after the paused writer's sequences, since those could still commit; the server
+    ends the paused session after idle_in_transaction_session_timeout, and readers catch up.
+    """
+    url = with_options(postgres_database, idle_in_transaction_session_timeout="4s")
     paused_store, other = EventStore(url), EventStore(url)
     paused_store.ping()
     other.ping()
-    locked, resume = threading.Event(), threading.Event()
+    in_flight_now, resume = threading.Event(), threading.Event()
 
     @sa_event.listens_for(paused_store._engine, "after_cursor_execute")
-    def _pause_after_lock(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "pg_advisory_xact_lock" in statement and not resume.is_set():
-            locked.set()
-            resume.wait(60)  # the process is "stopped" here, holding the lock in an open transaction
+    def _pause_after_insert(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "pg_advisory_lock(" in statement and not resume.is_set():
+            in_flight_now.set()
+            resume.wait(60)  # "stopped" here: sequences handed out, transaction open
 
     outcome: dict[str, Any] = {}
 
@@ -130,34 +138,32 @@ def test_paused_store_session_loses_the_lock(postgres_database: str) -> None:
     thread = threading.Thread(target=paused_writer)
     thread.start()
     try:
-        assert locked.wait(30)
-        stored: list[str] = []
-        failures = 0
+        assert in_flight_now.wait(30)
+        sequence, inserted = other.insert(*make_event(event_id="other"))  # no wait, no StoreUnavailable
+        assert inserted
+        assert in_flight(postgres_database) == 1
+        held_back = [e.event_id for e in other.events_after(0)]
+        assert held_back == []  # "other" is after the paused writer's sequence, which may still commit
+        assert other.last_sequence() < sequence
         deadline = time.monotonic() + 60
-        while not stored and time.monotonic() < deadline:
-            event_id = f"other-{failures}"
-            try:
-                other.insert(*make_event(event_id=event_id))
-                stored.append(event_id)
-            except StoreUnavailable:
-                failures += 1
-        # The first attempt waited for the paused holder and gave up; a later one got through while the holder
-        # was still paused: the server ended its session.
-        assert failures >= 1
-        assert stored, "the paused holder kept the insert lock"
+        while "other" not in held_back and time.monotonic() < deadline:
+            time.sleep(0.2)
+            held_back = [e.event_id for e in other.events_after(0)]
+        assert held_back == ["other"], "readers never caught up while the writer stayed paused"
         assert not resume.is_set()
     finally:
         resume.set()
         thread.join(60)
-    # The paused writer's transaction was rolled back with its session; its retry (a fresh connection) either
-    # stored the event or reported the store unavailable, never half of it.
-    ids = [e.event_id for e in other.events_after(0)]
+    # The paused writer's transaction died with its session; its retry on a fresh connection stored the event
+    # after "other" (or reported the store unavailable), never twice.
+    stored = other.events_after(0)
+    ids = [e.event_id for e in stored]
     if "result" in outcome:
-        assert ids.count("paused") == 1
+        assert ids == ["other", "paused"]
+        assert outcome["result"] == (stored[1].sequence, True)
     else:
         assert isinstance(outcome["error"], StoreUnavailable)
-        assert ids.count("paused") <= 1
-    assert [i for i in ids if i != "paused"] == stored  # a failed insert stored nothing
+        assert ids == ["other"]
     paused_store.close()
     other.close()
 
@@ -226,33 +232,39 @@ def _post(url: str, event_id: str) -> tuple[int, float, dict[str, Any]]:
 def test_sigstopped_receiver_does_not_stop_the_fleet(
     postgres_database: str, receivers: list[ReceiverProcess]
 ) -> None:
-    """SIGSTOP a receiver while it holds the insert lock: the other answers 503 fast, then stores again."""
+    """SIGSTOP a loaded receiver with an insert in flight: the other keeps storing; readers wait, then catch up."""
     stopped, healthy = receivers
+    reader = EventStore(postgres_database)
     load = _Sender(stopped.url)
-    caught = False
+    acked_healthy: list[str] = []
     try:
-        # Stop the loaded receiver until one stop lands while it holds the lock (it does most of the time).
+        # Stop the loaded receiver until one stop lands between its insert and its commit.
+        caught = False
         for _ in range(300):
             os.kill(stopped.proc.pid, signal.SIGSTOP)
             time.sleep(0.05)
-            if insert_lock_holders(postgres_database):
+            if in_flight(postgres_database):
                 caught = True
                 break
             os.kill(stopped.proc.pid, signal.SIGCONT)
             time.sleep(0.05)
-        assert caught, "never caught the receiver holding the insert lock"
-        status, elapsed, body = _post(healthy.url, "while-stopped-0")
-        assert status == 503, body
-        assert elapsed < ACK_TIMEOUT  # the store gave up on the lock, not the receiver on the store
-        acked_healthy: list[str] = []
-        for attempt in range(1, 60):
-            event_id = f"while-stopped-{attempt}"
-            status, _, body = _post(healthy.url, event_id)
-            if status == 201:
-                acked_healthy.append(event_id)
+        assert caught, "never caught the receiver with an insert in flight"
+        status, elapsed, body = _post(healthy.url, "while-stopped")
+        assert status == 201, body
+        assert elapsed < ACK_TIMEOUT  # did not wait for the stopped receiver
+        acked_healthy.append("while-stopped")
+        # Readers see it only once the stopped receiver's open transaction is gone (server timeout).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if any(e.event_id == "while-stopped" for e in reader.events_after(body["sequence"] - 1)):
                 break
-            assert status == 503, body
-        assert acked_healthy, "the healthy receiver never stored again while the other was stopped"
+            time.sleep(0.2)
+        else:
+            pytest.fail("readers never saw the healthy receiver's event while the other was stopped")
+        assert in_flight(postgres_database) == 0
+        status, _, body = _post(healthy.url, "while-stopped-2")
+        assert status == 201, body
+        acked_healthy.append("while-stopped-2")
     finally:
         if stopped.proc.poll() is None:
             os.kill(stopped.proc.pid, signal.SIGCONT)
@@ -261,13 +273,76 @@ def test_sigstopped_receiver_does_not_stop_the_fleet(
     # The resumed receiver works again, and nothing acknowledged by either receiver was lost or doubled.
     status, _, _ = _post(stopped.url, "after-resume")
     assert status == 201
-    store = EventStore(postgres_database)
-    stored = [e.event_id for e in store.events_after(0, limit=100_000)]
-    store.close()
+    stored = [e.event_id for e in reader.events_after(0, limit=100_000)]
+    reader.close()
     assert len(stored) == len(set(stored))
-    acked = set(load.acked) | set(acked_healthy) | {"after-resume"}
-    assert acked <= set(stored)
+    assert set(load.acked) | set(acked_healthy) | {"after-resume"} <= set(stored)
     assert 201 in load.statuses
+
+
+def _slow_commits(store: EventStore, rng: random.Random) -> None:
+    """Widen the window between handing out sequences and committing, as a busy network or disk does."""
+
+    @sa_event.listens_for(store._engine, "after_cursor_execute")
+    def _delay(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "pg_advisory_lock(" in statement:
+            time.sleep(rng.random() * 0.004)
+
+
+@pytest.mark.parametrize("protected", [True, False], ids=["protected", "control-unprotected"])
+def test_concurrent_writers_reader_never_skips(postgres_database: str, protected: bool) -> None:
+    """Writers commit in any order; a reader polling "after my cursor" must still see every event once.
+
+    The control run switches the in-flight announcements (and the readers' bound) off and must miss events,
+    which shows the check can fail.
+    """
+    writers, groups = 6, 30
+    rng = random.Random(18)
+    stores = [EventStore(postgres_database) for _ in range(writers)]
+    reader_store = EventStore(postgres_database)
+    for store in [*stores, reader_store]:
+        store._pg_announce_in_flight = protected
+        store.ping()
+    for store in stores:
+        _slow_commits(store, rng)
+    acked: list[int] = []
+    seen: list[int] = []
+    done = threading.Event()
+
+    def write(store: EventStore) -> None:
+        for _ in range(groups):
+            results = store.insert_many([make_event() for _ in range(rng.randint(1, 4))])
+            acked.extend(sequence for sequence, _ in results)
+
+    def read() -> None:
+        cursor = 0
+        while True:
+            finished = done.is_set()
+            batch = reader_store.events_after(cursor, limit=50)
+            for event in batch:
+                seen.append(event.sequence)
+                cursor = event.sequence
+            if finished and not batch:
+                return
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    threads = [threading.Thread(target=write, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    reader.join()
+    stored = [e.sequence for e in reader_store.events_after(0, limit=100_000)]
+    assert sorted(acked) == stored  # every acknowledged event stored, once
+    missed = sorted(set(stored) - set(seen))
+    if protected:
+        assert seen == stored
+    else:
+        assert missed, "the unprotected control did not miss an event: the check could not fail"
+    for store in [*stores, reader_store]:
+        store.close()
 
 
 def test_received_at_follows_sequence_order(postgres_database: str) -> None:
