@@ -644,8 +644,11 @@ class EventStore:
             self._prepare_sqlite_dir()
             with self._guard(), self._write() as conn:
                 if self.dialect == "postgresql":
-                    # A migration may rewrite a large table: not bounded like the hot path.
+                    # A migration may rewrite a large table: not bounded like the hot path. Receivers and
+                    # triggers starting together wait for the first one's migration rather than fail after
+                    # lock_timeout (a stalled migrator is still cut off by idle_in_transaction_session_timeout).
                     conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+                    conn.exec_driver_sql("SET LOCAL lock_timeout = '60s'")
                     # Several receivers may start at once against one fresh database.
                     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATE_LOCK)))
                 schema_version.create(conn, checkfirst=True)
