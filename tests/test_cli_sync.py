@@ -179,39 +179,30 @@ def test_real_process_with_only_environment_variables(emulator: Any, tmp_path: P
         "AIRFLOW_CONN_CARERIX_DEFAULT": os.environ["AIRFLOW_CONN_CARERIX_DEFAULT"],
         "AIRFLOW_VAR_CARERIX_RECEIVER_SECRET": SECRET,
     }
-    command = [sys.executable, "-m", "airflow_provider_carerix.cli"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "airflow_provider_carerix.cli", *args, str(EXAMPLE_SPEC)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
+
     # The example spec has no fallback for the receiver URL: without the Variable nothing is created.
-    unset = subprocess.run(
-        [*command, "apply", "--yes", str(EXAMPLE_SPEC)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
+    unset = cli("apply", "--yes")
     assert unset.returncode == 1
     assert "the spec needs the Airflow Variable 'carerix_receiver_url', which is not set" in unset.stderr
     assert emulator.requests == []
-    env["AIRFLOW_VAR_CARERIX_RECEIVER_URL"] = (
-        "http://127.0.0.1:8090/events"  # a local receiver: local Carerix
-    )
-    applied = subprocess.run(
-        [*command, "apply", "--yes", str(EXAMPLE_SPEC)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
+    env["AIRFLOW_VAR_CARERIX_RECEIVER_URL"] = "http://127.0.0.1:8090/events"  # local receiver, local Carerix
+    applied = cli("apply", "--yes")
     assert applied.returncode == 0, applied.stderr[-3000:]
     assert applied.stdout.startswith("+ create application 'airflow-carerix': 6 to create\n")  # logs: stderr
     assert len(summary_of(applied.stdout)["created"]) == 6
     assert {h["url"] for h in the_webhooks(emulator)} == {"http://127.0.0.1:8090/events"}
-    planned = subprocess.run(
-        [*command, "plan", str(EXAMPLE_SPEC)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    planned = cli("plan")
     assert planned.returncode == 0 and "No changes" in planned.stdout
     assert SECRET not in applied.stdout + applied.stderr + planned.stdout + planned.stderr
 
