@@ -545,8 +545,12 @@ def test_plugin_not_mounted_without_secret(
     monkeypatch.delenv("CARERIX_RECEIVER_SECRET", raising=False)
     monkeypatch.delenv("AIRFLOW__CARERIX__RECEIVER_SECRET", raising=False)
     with caplog.at_level(logging.INFO):
-        assert plugins.build_fastapi_apps() == []
+        [entry] = plugins.build_fastapi_apps()
     assert "not mounted" in caplog.text
+    # Only the read-only Carerix page (behind Airflow's login) is there: no door for deliveries.
+    paths = {getattr(route, "path", "") for route in entry["app"].routes}
+    assert "/events" not in paths and "/health" not in paths
+    assert "/ui/api/events" in paths
 
 
 def test_plugin_loads_as_airflow_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
