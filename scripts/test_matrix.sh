@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 SUPPORTED="3.1.8 3.2.2 3.3.2"
 VERSIONS="${AIRFLOW_VERSIONS-$SUPPORTED}"
 E2E_VERSIONS="${AIRFLOW_E2E_VERSIONS-3.1.8 3.3.2}"
-E2E_TESTS=(tests/test_event_driven_e2e.py tests/test_burst_e2e.py)
+# Every test that starts real Airflow processes, but the demo (a developer tool; `make test` runs it).
+E2E_TESTS=(-m airflow_e2e --ignore=tests/test_demo.py)
 
 declare -a summary=()
 failed=0
