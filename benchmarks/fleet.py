@@ -152,7 +152,10 @@ def run_wrk(
     }
     args = ["wrk", "-t", str(THREADS), "-c", str(connections), "-d", f"{seconds:g}s", "--timeout", "20s"]
     args += ["-s", str(script), f"http://127.0.0.1:{ports[0]}/events"]
-    out = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
+    done = subprocess.run(args, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    out = done.stdout
     match = re.search(r"^FLEET (.*)$", out, re.MULTILINE)
     if not match:
         raise RuntimeError(f"unexpected wrk output:\n{out}")

@@ -208,8 +208,8 @@ class _Sender:
 @pytest.fixture
 def receivers(postgres_database: str, log_dir: Path) -> Iterator[list[ReceiverProcess]]:
     url = with_options(postgres_database, idle_in_transaction_session_timeout="4s")
-    EventStore(url).ping()  # schema in place before two processes race for it
-    started = [start_receiver_process(url, secrets=[SECRET], log_dir=log_dir) for _ in range(2)]
+    EventStore(url).ping()  # schema in place before the processes race for it
+    started = [start_receiver_process(url, secrets=[SECRET], log_dir=log_dir) for _ in range(3)]
     yield started
     for r in started:
         if r.proc.poll() is None:
@@ -233,7 +233,7 @@ def test_sigstopped_receiver_does_not_stop_the_fleet(
     postgres_database: str, receivers: list[ReceiverProcess]
 ) -> None:
     """SIGSTOP a loaded receiver with an insert in flight: the other keeps storing; readers wait, then catch up."""
-    stopped, healthy = receivers
+    stopped, healthy, _ = receivers
     reader = EventStore(postgres_database)
     load = _Sender(stopped.url)
     acked_healthy: list[str] = []
@@ -278,6 +278,44 @@ def test_sigstopped_receiver_does_not_stop_the_fleet(
     assert len(stored) == len(set(stored))
     assert set(load.acked) | set(acked_healthy) | {"after-resume"} <= set(stored)
     assert 201 in load.statuses
+
+
+def test_three_receivers_reader_sees_every_acknowledged_event(
+    postgres_database: str, receivers: list[ReceiverProcess]
+) -> None:
+    """Three receiver processes under concurrent load; a reader polling "after my cursor" misses nothing."""
+    reader_store = EventStore(postgres_database)
+    seen: list[int] = []
+    done = threading.Event()
+
+    def read() -> None:
+        cursor = 0
+        while True:
+            finished = done.is_set()
+            batch = reader_store.events_after(cursor, limit=100)
+            for event in batch:
+                seen.append(event.sequence)
+                cursor = event.sequence
+            if finished and not batch:
+                return
+            if not batch:
+                time.sleep(0.005)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    senders = [_Sender(r.url, threads=3) for r in receivers]
+    time.sleep(4)
+    for sender in senders:
+        sender.stop()
+    done.set()
+    reader.join(60)
+    stored = reader_store.events_after(0, limit=100_000)
+    reader_store.close()
+    acked = {event_id for sender in senders for event_id in sender.acked}
+    assert all(sender.acked for sender in senders)  # every receiver stored events
+    assert acked <= {e.event_id for e in stored}
+    assert len({e.event_id for e in stored}) == len(stored)
+    assert seen == [e.sequence for e in stored]  # in order, none skipped, none twice
 
 
 def _slow_commits(store: EventStore, rng: random.Random) -> None:
