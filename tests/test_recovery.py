@@ -23,6 +23,7 @@ from airflow_provider_carerix.models import DeliveryJob
 from airflow_provider_carerix.recovery import parse_since, recover_events
 from airflow_provider_carerix.signing import record_signing_keys
 from airflow_provider_carerix.store import EventStore
+from airflow_provider_carerix.triggers.events import CarerixEventTrigger
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "recovery-secret-5f2a"
@@ -204,6 +205,17 @@ def test_twenty_events_lost_to_a_down_receiver_are_recovered_once(
         summary = json.loads(second.output.strip().splitlines()[-1])
         assert (summary["stored"], summary["duplicates"]) == (0, 20)
         assert len(store.events_after(0)) == 20
+
+        # What an event-driven DAG's task takes from the store: each recovered event once, nothing after a
+        # further recovery run.
+        consumer = CarerixEventTrigger(
+            event_types=["cremployee:updated"], consumer="recovered", store_url=url
+        )
+        pending = consumer.unprocessed_events()
+        assert sorted(e["event_id"] for e in pending) == sorted(d.event["id"] for d in deliveries)
+        consumer.commit_processed(pending[-1]["sequence"])
+        assert recover_events(CarerixHook().iter_delivery_jobs(), store).stored == 0
+        assert consumer.unprocessed_events() == []
 
         # The receiver is back: a new delivery is signed, verified and not "recovered"; a tampered one is refused.
         [live] = emulator.deliver("cremployee:updated", {"entityId": "live"}, event_id="live")
