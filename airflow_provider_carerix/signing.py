@@ -108,8 +108,10 @@ class SigningKeyCache:
         ttl: float = DEFAULT_CACHE_TTL,
         rotation_window: timedelta = DEFAULT_ROTATION_WINDOW,
         clock: Callable[[], float] = time.monotonic,
+        max_entries: int = 10_000,
     ) -> None:
         self.store = store
+        self.max_entries = max_entries
         self.ttl = ttl
         self.rotation_window = rotation_window
         self.clock = clock
@@ -139,7 +141,11 @@ class SigningKeyCache:
         now = self.clock()
         with self._lock:
             self.loads += 1
+            self._entries.pop(application_id, None)
             self._entries[application_id] = _Entry(tuple(keys), now, now)
+            # Bounded: deliveries naming ever new application ids must not grow the cache without limit.
+            while len(self._entries) > self.max_entries:
+                self._entries.pop(next(iter(self._entries)))
         return tuple(keys)
 
     def should_refresh(self, application_id: str) -> bool:

@@ -121,6 +121,10 @@ def test_cache_reads_the_store_once_per_ttl_and_refreshes_after_a_failure(
     assert cache.should_refresh(app_id) is True and len(cache.load(app_id)) == 1
     now[0] = 40.0
     assert cache.cached(app_id) is None
+    small = SigningKeyCache(store, max_entries=2)
+    for name in ("x", "y", "z"):
+        small.load(name)
+    assert small.cached("x") is None and small.cached("z") == ()
 
 
 def test_apply_records_the_signing_key_and_a_rerun_finds_it_known(
