@@ -18,6 +18,7 @@ What exactly Carerix signs is not published; like every public client, the recei
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -179,14 +180,37 @@ class StoreKeyVerifier:
     def __init__(self, cache: SigningKeyCache, *, require_known_key: bool) -> None:
         self.cache = cache
         self.require_known_key = require_known_key
+        self._loading: dict[str, asyncio.Future[tuple[RSAPublicKey, ...]]] = {}
 
     async def _keys(self, application_id: str, *, refresh: bool = False) -> tuple[RSAPublicKey, ...]:
+        """Cached keys, else one store read per application however many deliveries wait for it.
+
+        Without the single flight, a burst of deliveries for an application not cached yet (a cold start) would
+        send one store query each, all at once, and crowd out the inserts on the store's connection pool.
+        """
         from starlette.concurrency import run_in_threadpool
 
         keys = None if refresh else self.cache.cached(application_id)
-        if keys is None:
+        if keys is not None:
+            return keys
+        loop = asyncio.get_running_loop()
+        pending = self._loading.get(application_id)
+        if pending is not None and pending.get_loop() is loop:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[tuple[RSAPublicKey, ...]] = loop.create_future()
+        self._loading[application_id] = future
+        try:
             keys = await run_in_threadpool(self.cache.load, application_id)
-        return keys
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters (if any) re-raise it, no "never retrieved" warning
+            raise
+        else:
+            future.set_result(keys)
+            return keys
+        finally:
+            if self._loading.get(application_id) is future:
+                del self._loading[application_id]
 
     async def verify(self, application_id: str | None, body: bytes, headers: Any) -> bool:
         from airflow_provider_carerix.receiver.auth import (

@@ -282,3 +282,24 @@ def test_require_signatures_needs_no_secret_but_a_recorded_key(emulator_factory:
     finally:
         running.stop()
         store.close()
+
+
+def test_a_burst_for_an_uncached_application_reads_its_keys_once(
+    emulator_factory: Any, tmp_path: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    emulator = emulator_factory(retry_schedule=())
+    store = EventStore(f"sqlite:///{tmp_path / 'e.db'}")
+    running = _receiver(store)
+    try:
+        app_id = _hooked_app(emulator, running.url)
+        store.record_signing_key(app_id, emulator.public_key(app_id))
+        bodies = [_body(app_id, f"burst-{n}") for n in range(24)]
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            statuses = list(pool.map(lambda b: _post(running.url, b, emulator.sign(app_id, b)), bodies))
+        assert statuses == [201] * 24
+        assert running.app.state.signing_keys.loads == 1
+    finally:
+        running.stop()
+        store.close()
