@@ -17,13 +17,13 @@ import pytest
 from typer.testing import CliRunner
 
 from airflow_provider_carerix.cli import app as cli_app
+from airflow_provider_carerix.events import CarerixEvents
 from airflow_provider_carerix.exceptions import CarerixApiError
 from airflow_provider_carerix.hooks.carerix import CarerixHook
 from airflow_provider_carerix.models import DeliveryJob
 from airflow_provider_carerix.recovery import parse_since, recover_events
 from airflow_provider_carerix.signing import record_signing_keys
 from airflow_provider_carerix.store import EventStore
-from airflow_provider_carerix.triggers.events import CarerixEventTrigger
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "recovery-secret-5f2a"
@@ -172,7 +172,7 @@ def test_invalid_payloads_are_counted_not_stored(store: EventStore) -> None:
 
 
 def test_twenty_events_lost_to_a_down_receiver_are_recovered_once(
-    emulator_factory: Any, store: EventStore, tmp_path: Path
+    emulator_factory: Any, store: EventStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     emulator = emulator_factory(retry_schedule=(0.05, 0.05))
     port = _free_port()
@@ -188,8 +188,14 @@ def test_twenty_events_lost_to_a_down_receiver_are_recovered_once(
         assert len(jobs) == 20 and all(j.all_failed and len(j.attempts) == 3 for j in jobs)
         assert store.events_after(0) == []
 
-        receiver.start()
+        # An event-driven DAG's consumer, registered (as its watcher does) before anything is stored.
         url = str(store.url)
+        monkeypatch.setenv("CARERIX_EVENT_STORE_URL", url)
+        employee_updates = CarerixEvents("recovered_employee_updates", event_types=["cremployee:updated"])
+        with employee_updates.claim() as claim:
+            assert list(claim) == []
+
+        receiver.start()
         first = CliRunner().invoke(cli_app, ["recover", "--since", "2h", "--store", url])
         assert first.exit_code == 0, first.output
         assert json.loads(first.output.strip().splitlines()[-1])["stored"] == 20
@@ -208,14 +214,11 @@ def test_twenty_events_lost_to_a_down_receiver_are_recovered_once(
 
         # What an event-driven DAG's task takes from the store: each recovered event once, nothing after a
         # further recovery run.
-        consumer = CarerixEventTrigger(
-            event_types=["cremployee:updated"], consumer="recovered", store_url=url
-        )
-        pending = consumer.unprocessed_events()
-        assert sorted(e["event_id"] for e in pending) == sorted(d.event["id"] for d in deliveries)
-        consumer.commit_processed(pending[-1]["sequence"])
+        with employee_updates.claim() as claim:
+            assert sorted(e.event_id for e in claim) == sorted(d.event["id"] for d in deliveries)
         assert recover_events(CarerixHook().iter_delivery_jobs(), store).stored == 0
-        assert consumer.unprocessed_events() == []
+        with employee_updates.claim() as claim:
+            assert list(claim) == []
 
         # The receiver is back: a new delivery is signed, verified and not "recovered"; a tampered one is refused.
         [live] = emulator.deliver("cremployee:updated", {"entityId": "live"}, event_id="live")
