@@ -481,6 +481,9 @@ def run_demo(args: argparse.Namespace) -> int:
             wait_until(f"DAG {dag_id} to be parsed", lambda d=dag_id: api.dag_loaded(d), args.timeout)
             api.unpause(dag_id)
         console.print(f"   Airflow UI {info['api_url']}  (login: none needed, local all-admins demo mode)")
+        console.print(
+            f"   Carerix page {info['api_url']}/plugin/carerix  (Browse > Carerix: events, consumers, webhooks)"
+        )
 
         console.print(f"[bold]3. Provisioning the spec's webhooks ({PROVISION_DAG})[/bold]")
         run_id = api.trigger(PROVISION_DAG)
@@ -596,6 +599,7 @@ def run_demo(args: argparse.Namespace) -> int:
         if not args.headless:
             console.print(
                 f"\nAirflow UI: {info['api_url']}  (no login needed in this demo mode)\n"
+                f"Carerix page: {info['api_url']}/plugin/carerix  (events, consumers' lag, webhooks)\n"
                 f"Deliver more events: curl -X POST {info['emulator_url']}/_emulator/deliver "
                 '-H "Content-Type: application/json" '
                 '-d \'{"type": "cremployee:updated", "data": {"entityId": "3"}}\'\n'
