@@ -12,10 +12,11 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Any
 
 from airflow_provider_carerix.models import WebhookEvent
-from airflow_provider_carerix.store import EventStore, Provenance, StoreUnavailable
+from airflow_provider_carerix.store import EventRejected, EventStore, Provenance, StoreUnavailable
 
 __all__ = ["GroupCommitter"]
 
@@ -71,16 +72,22 @@ class GroupCommitter:
                 batch.append(queue.get_nowait())
             try:
                 results: list[tuple[int, bool] | BaseException] = list(
-                    await loop.run_in_executor(
-                        self._executor, self.store.insert_many, [item for item, _ in batch]
-                    )
+                    await loop.run_in_executor(self._executor, self._insert, [item for item, _ in batch])
                 )
             except StoreUnavailable as exc:
                 results = [exc] * len(batch)
             except Exception as exc:
-                # Not the store being down: one odd item must not fail the requests it was grouped with.
-                log.exception("Group commit of %d events failed; retrying them one by one", len(batch))
-                results = [exc] if len(batch) == 1 else await self._one_by_one(batch)
+                if len(batch) == 1:
+                    results = [_classify(exc, batch[0][0][1])]
+                else:
+                    # Not the store being down: one odd item must not fail the requests it was grouped with.
+                    # Type name only: a database error message may quote the payload (personal data).
+                    log.warning(
+                        "Group commit of %d events failed (%s); storing them one by one",
+                        len(batch),
+                        type(exc).__name__,
+                    )
+                    results = await self._one_by_one(batch)
             else:
                 self.batches += 1
                 self.committed += len(batch)
@@ -88,23 +95,66 @@ class GroupCommitter:
                 if future.done():
                     continue
                 if isinstance(result, BaseException):
-                    future.set_exception(
-                        StoreUnavailable(str(result)) if not isinstance(result, StoreUnavailable) else result
-                    )
+                    future.set_exception(result)
                 else:
                     future.set_result(result)
+
+    def _insert(self, items: list[_Item]) -> list[tuple[int, bool] | BaseException]:
+        """``insert_many``, except deliveries that may replay a purged event (see ``purge_horizon``).
+
+        Runs in the writer thread: one small read of the horizon per group, not per request.
+        """
+        horizon = self.store.purge_horizon()
+        old = [i for i, item in enumerate(items) if horizon is not None and _utc(item[1].time) < horizon]
+        if not old:
+            return list(self.store.insert_many(items))
+        stored = self.store.stored_ids([items[i][1].id for i in old])
+        refused = {i for i in old if items[i][1].id not in stored}  # a stored id is a plain duplicate
+        keep = [item for i, item in enumerate(items) if i not in refused]
+        inserted = iter(self.store.insert_many(keep))
+        assert horizon is not None
+        return [
+            EventRejected(
+                f"time is before the store's purge horizon {horizon.isoformat()}: a replay of a purged "
+                "event is not stored again",
+                items[i][1].id,
+                "time",
+            )
+            if i in refused
+            else next(inserted)
+            for i in range(len(items))
+        ]
 
     async def _one_by_one(self, batch: Sequence[tuple[_Item, Any]]) -> list[Any]:
         loop = asyncio.get_running_loop()
         out: list[Any] = []
         for item, _ in batch:
             try:
-                out.append(await loop.run_in_executor(self._executor, self.store.insert, *item))
+                [result] = await loop.run_in_executor(self._executor, self._insert, [item])
+                out.append(_classify(result, item[1]) if isinstance(result, BaseException) else result)
             except Exception as exc:
-                out.append(exc)
+                out.append(_classify(exc, item[1]))
         return out
 
     def close(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._executor.shutdown(wait=False)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+def _classify(exc: BaseException, event: WebhookEvent) -> BaseException:
+    """What a request learns about its event: refused (4xx), or the store failed (503, Carerix retries).
+
+    An unexpected error is treated as a store failure: a retry later may succeed, a 4xx would make Carerix
+    drop the event. It is logged by type and event id only, never with its message (it may quote the payload).
+    """
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    if isinstance(exc, EventRejected):
+        return exc if exc.event_id == event.id else EventRejected(str(exc), event.id, exc.field)
+    log.error("Event %s could not be stored: unexpected %s", event.id, type(exc).__name__)
+    return StoreUnavailable(f"event store failed: {type(exc).__name__}")

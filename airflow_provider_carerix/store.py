@@ -65,6 +65,7 @@ __all__ = [
     "NOTIFY_CHANNEL",
     "SCHEMA_VERSION",
     "ConsumerOwned",
+    "EventRejected",
     "EventStore",
     "Lease",
     "Provenance",
@@ -163,6 +164,17 @@ class Lease:
     acquired: bool
     holder: str | None
     until: datetime | None
+
+
+class EventRejected(Exception):
+    """The store refused an event because of the event itself (a value no column can hold): retrying cannot
+    help, so the receiver answers 4xx. The message names the event id and the error type, never a value.
+    """
+
+    def __init__(self, message: str, event_id: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.event_id = event_id
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -359,8 +371,26 @@ def _migration_5(conn: Connection) -> None:
         conn.execute(sa.text(f"ALTER TABLE {consumers.name} ADD COLUMN filter TEXT"))
 
 
+# What retention removed: the horizon below which a delivery may be a replay of a purged event.
+purges = sa.Table(
+    "carerix_purges",
+    metadata,
+    sa.Column("id", _BigInt, primary_key=True, autoincrement=True),
+    sa.Column("purged_at", _UTCDateTime, nullable=False),
+    # Rows received AND timed before this were deleted (the newest row excepted).
+    sa.Column("horizon", _UTCDateTime, nullable=False),
+    sa.Column("deleted", sa.BigInteger, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+
+def _migration_6(conn: Connection) -> None:
+    """The purge log: its horizon refuses replays of purged events."""
+    purges.create(conn, checkfirst=True)
+
+
 # Append steps, never edit shipped ones: version N means steps 1..N ran.
-_MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5]
+_MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -459,20 +489,23 @@ _PG_IN_FLIGHT_KEYS = sa.text(
 )
 
 
-def _known_sequences(conn: Connection, ids: Sequence[str]) -> dict[str, int]:
+def _known_sequences(
+    conn: Connection, ids: Sequence[str], payloads: dict[str, str] | None = None
+) -> dict[str, int]:
+    """Sequences of the ids already stored; their stored bodies go to ``payloads`` when given."""
     known: dict[str, int] = {}
+    columns = [events.c.event_id, events.c.sequence] + ([events.c.payload] if payloads is not None else [])
     for start in range(0, len(ids), 500):
-        found = conn.execute(
-            sa.select(events.c.event_id, events.c.sequence).where(
-                events.c.event_id.in_(ids[start : start + 500])
-            )
-        )
-        known.update({row.event_id: int(row.sequence) for row in found})
+        found = conn.execute(sa.select(*columns).where(events.c.event_id.in_(ids[start : start + 500])))
+        for row in found:
+            known[row.event_id] = int(row.sequence)
+            if payloads is not None:
+                payloads[row.event_id] = row.payload
     return known
 
 
 def _plan_group(
-    items: Sequence[_Item], known: dict[str, int]
+    items: Sequence[_Item], known: dict[str, int], known_payloads: dict[str, str] | None = None
 ) -> tuple[list[tuple[int, bool]], list[dict[str, Any]], list[int], list[tuple[int, int]]]:
     """Results so far, new rows (without received_at), result slot of each row, (repeat, first) slots."""
     results: list[tuple[int, bool]] = []
@@ -480,17 +513,22 @@ def _plan_group(
     slots: list[int] = []  # index into results of each new row, in insertion order
     pending: dict[str, int] = {}  # event id -> result index of its first occurrence in this group
     repeats: list[tuple[int, int]] = []  # (result index, result index of the first occurrence)
+    first_raw: dict[str, bytes | str] = {}
     for item in items:
         raw, event = item[0], item[1]
         provenance = item[2] if len(item) > 2 else _DELIVERED  # type: ignore[misc]
         if event.id in known:
+            if known_payloads is not None and event.id in known_payloads:
+                _warn_if_body_differs(event.id, known_payloads[event.id], raw)
             results.append((known[event.id], False))
             continue
         if event.id in pending:
+            _warn_if_body_differs(event.id, first_raw[event.id], raw)
             repeats.append((len(results), pending[event.id]))
             results.append((0, False))  # sequence filled in after the insert
             continue
         pending[event.id] = len(results)
+        first_raw[event.id] = raw
         slots.append(len(results))
         results.append((0, True))
         rows.append(
@@ -571,6 +609,7 @@ class EventStore:
         self._pg_announce_in_flight = True
         self._schema_ready = False
         self._schema_lock = threading.Lock()
+        self._file_identity: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
         return f"EventStore({make_url(self.url).render_as_string(hide_password=True)!r})"
@@ -584,7 +623,8 @@ class EventStore:
             kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
             if memory:
                 kwargs["poolclass"] = sa.pool.StaticPool
-            engine = sa.create_engine(url, **kwargs)
+            # hide_parameters: errors must never carry the payload (personal data) into a log.
+            engine = sa.create_engine(url, hide_parameters=True, **kwargs)
 
             @sa_event.listens_for(engine, "connect")
             def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -593,6 +633,10 @@ class EventStore:
                 cur = dbapi_conn.cursor()
                 cur.execute("PRAGMA busy_timeout=30000")
                 if not memory:
+                    # A new, empty file only (before WAL and the first table; elsewhere the pragma may need
+                    # the write lock): lets purge hand freed pages back to the file system in small steps.
+                    if cur.execute("PRAGMA page_count").fetchone()[0] == 0:
+                        cur.execute("PRAGMA auto_vacuum=INCREMENTAL")
                     _enable_wal(cur)
                 cur.execute("PRAGMA synchronous=FULL")
                 cur.close()
@@ -616,6 +660,7 @@ class EventStore:
             pool_recycle=1800,
             connect_args=_pg_connect_args(url),
             isolation_level="READ COMMITTED",
+            hide_parameters=True,
         )
 
     def _prepare_sqlite_dir(self) -> None:
@@ -642,6 +687,10 @@ class EventStore:
             if self._schema_ready:
                 return
             self._prepare_sqlite_dir()
+            if self._schema_current():
+                self._file_identity = self._stat_file()
+                self._schema_ready = True
+                return
             with self._guard(), self._write() as conn:
                 if self.dialect == "postgresql":
                     # A migration may rewrite a large table: not bounded like the hot path. Receivers and
@@ -665,7 +714,17 @@ class EventStore:
                     log.info("Migrating the Carerix event store to schema version %d", step + 1)
                     _MIGRATIONS[step](conn)
                     conn.execute(schema_version.update().values(version=step + 1))
+            self._file_identity = self._stat_file()
             self._schema_ready = True
+
+    def _schema_current(self) -> bool:
+        """A read, no lock: an up-to-date store is ready without waiting for the writers' lock (which a
+        busy or stuck writer may hold; /health must then answer 503 quickly, not wait for it)."""
+        with self._guard(), self._engine.connect() as conn:
+            if not sa.inspect(conn).has_table(schema_version.name):
+                return False
+            current = conn.execute(sa.select(schema_version.c.version)).scalar_one_or_none()
+        return current == SCHEMA_VERSION
 
     class _guard:
         """Connection problems and lock timeouts become ``StoreUnavailable``; programming errors stay loud."""
@@ -682,6 +741,14 @@ class EventStore:
                 raise StoreUnavailable(f"event store unavailable: {type(exc.orig).__name__}") from exc
             if isinstance(exc, (OSError, sa.exc.InterfaceError)):
                 raise StoreUnavailable(f"event store unavailable: {type(exc).__name__}") from exc
+            # The values themselves: a constraint or type the database refuses, or a value the driver cannot
+            # bind. ``from None``: the database's own message may quote the row (personal data).
+            if isinstance(exc, (sa.exc.DataError, sa.exc.IntegrityError)):
+                raise EventRejected(f"event store refused the event: {type(exc.orig).__name__}") from None
+            if isinstance(exc, sa.exc.StatementError) and isinstance(
+                exc.orig, (ValueError, OverflowError, TypeError)
+            ):
+                raise EventRejected(f"event store refused the event: {type(exc.orig).__name__}") from None
             return False
 
     # -- writes ---------------------------------------------------------------------------------------------
@@ -705,13 +772,15 @@ class EventStore:
         if not items:
             return []
         self._ensure_schema()
+        self._check_file_identity()
         if self.dialect == "postgresql":
             return self._insert_many_pg(items)
         with self._guard(), self._write() as conn:
             # Stamped once the write lock is held, so received_at follows commit (and sequence) order.
             received_at = _utcnow()  # inside BEGIN IMMEDIATE: writers on this file are serialised
-            known = _known_sequences(conn, list(dict.fromkeys(item[1].id for item in items)))
-            results, rows, slots, repeats = _plan_group(items, known)
+            payloads: dict[str, str] = {}
+            known = _known_sequences(conn, list(dict.fromkeys(item[1].id for item in items)), payloads)
+            results, rows, slots, repeats = _plan_group(items, known, payloads)
             if rows:
                 for row in rows:
                     row["received_at"] = received_at
@@ -722,6 +791,9 @@ class EventStore:
                     results[slot] = (sequence, True)
                 for index, first in repeats:
                     results[index] = (results[first][0], False)
+        # Committed, but to the file this store opened: if that is no longer the file at the path, the rows
+        # live in an orphan and would vanish on restart. Not acknowledged, so Carerix delivers them again.
+        self._check_file_identity()
         return results
 
     def _insert_many_pg(self, items: Sequence[_Item]) -> list[tuple[int, bool]]:
@@ -732,8 +804,9 @@ class EventStore:
                 with conn.begin():
                     # Before the lock: a plain read. An id stored by a writer still in flight is not seen here
                     # and is caught by ON CONFLICT below.
-                    known = _known_sequences(conn, ids)
-                    results, rows, slots, repeats = _plan_group(items, known)
+                    payloads: dict[str, str] = {}
+                    known = _known_sequences(conn, ids, payloads)
+                    results, rows, slots, repeats = _plan_group(items, known, payloads)
                     if not rows:
                         return results
                     # received_at is the database clock under the lock: it follows sequence order fleet-wide.
@@ -945,22 +1018,102 @@ class EventStore:
             return conn.execute(sa.select(consumers.c.owner).where(consumers.c.name == name)).scalar()
 
     @_retry_on_disconnect
-    def purge(self, older_than: timedelta) -> int:
-        """Delete events received before now - older_than; returns how many.
+    def purge(self, older_than: timedelta, *, batch_size: int = 2000, vacuum: bool = False) -> int:
+        """Delete events received and timed before now - older_than; returns how many.
 
-        The newest event is always kept, so ``last_sequence()`` never goes backwards for a consumer that
-        starts "from now".
+        * In batches of ``batch_size`` rows, each its own short transaction, so receivers keep committing
+          between batches instead of stalling behind one long delete.
+        * The newest event is always kept, so ``last_sequence()`` never goes backwards for a consumer that
+          starts "from now".
+        * The cutoff is recorded as the purge horizon (:meth:`purge_horizon`): a delivery timed before it
+          whose id is not stored may be a replay of a purged event and is refused by the receiver. Rows are
+          deleted only when both their receipt and their own ``time`` are before the cutoff, so every purged
+          event is below the horizon whatever the clock skew between Carerix and this machine.
+        * SQLite: freed pages are returned to the file system (incremental vacuum, in small steps). A store
+          created before incremental vacuum existed needs one full ``VACUUM`` (``vacuum=True``), which locks
+          the file for its duration.
         """
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
         self._ensure_schema()
-        cutoff = _utcnow() - older_than
-        with self._guard(), self._write() as conn:
-            newest = conn.execute(sa.select(sa.func.max(events.c.sequence))).scalar()
-            if newest is None:
-                return 0
-            result = conn.execute(
-                events.delete().where(events.c.received_at < cutoff, events.c.sequence < newest)
-            )
-            return int(result.rowcount or 0)
+        self._check_file_identity()
+        try:
+            cutoff = _utcnow() - older_than
+        except OverflowError:
+            raise ValueError(
+                f"retention {older_than} reaches before year 1: nothing could be purged"
+            ) from None
+        deleted = 0
+        while True:
+            with self._guard(), self._write() as conn:
+                newest = conn.execute(sa.select(sa.func.max(events.c.sequence))).scalar()
+                if newest is None:
+                    break
+                batch = (
+                    sa.select(events.c.sequence)
+                    .where(events.c.received_at < cutoff, events.c.time < cutoff, events.c.sequence < newest)
+                    .order_by(events.c.sequence)
+                    .limit(batch_size)
+                    .scalar_subquery()
+                )
+                count = int(conn.execute(events.delete().where(events.c.sequence.in_(batch))).rowcount or 0)
+                if deleted == 0:
+                    conn.execute(purges.insert().values(purged_at=_utcnow(), horizon=cutoff, deleted=0))
+                deleted += count
+                if count < batch_size:
+                    conn.execute(
+                        purges.update()
+                        .where(purges.c.id == sa.select(sa.func.max(purges.c.id)).scalar_subquery())
+                        .values(deleted=deleted)
+                    )
+                    break
+        if self.dialect == "sqlite":
+            self._reclaim_sqlite_space(full=vacuum)
+        return deleted
+
+    def _reclaim_sqlite_space(self, *, full: bool) -> None:
+        """Give freed pages back: small incremental steps (each a short write), or one full VACUUM."""
+        with self._guard(), self._engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            mode = raw.execute("PRAGMA auto_vacuum").fetchone()[0]
+            if full or mode != 2:
+                if not full:
+                    if raw.execute("PRAGMA freelist_count").fetchone()[0]:
+                        log.warning(
+                            "The Carerix event store keeps its freed space (created before incremental "
+                            "vacuum): run `carerix-receiver purge --vacuum` once in a quiet moment"
+                        )
+                    return
+                raw.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                raw.execute("VACUUM")
+            else:
+                while raw.execute("PRAGMA freelist_count").fetchone()[0]:
+                    raw.execute("PRAGMA incremental_vacuum(512)").fetchall()
+            raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    @_retry_on_disconnect
+    def stored_ids(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of these event ids are stored."""
+        self._ensure_schema()
+        found: set[str] = set()
+        with self._guard(), self._engine.connect() as conn:
+            for start in range(0, len(event_ids), 500):
+                chunk = list(event_ids[start : start + 500])
+                found.update(
+                    conn.execute(sa.select(events.c.event_id).where(events.c.event_id.in_(chunk))).scalars()
+                )
+        return found
+
+    @_retry_on_disconnect
+    def purge_horizon(self) -> datetime | None:
+        """Events timed before this were purged (None: never purged); one indexed read."""
+        self._ensure_schema()
+        with self._guard(), self._engine.connect() as conn:
+            horizon = conn.execute(sa.select(sa.func.max(purges.c.horizon))).scalar()
+        if horizon is not None and horizon.tzinfo is None:
+            horizon = horizon.replace(tzinfo=timezone.utc)
+        return horizon
 
     # -- reads ----------------------------------------------------------------------------------------------
 
@@ -1135,6 +1288,7 @@ class EventStore:
         """Raise ``StoreUnavailable`` unless the store answers a query (and its schema is in place)."""
         try:
             self._ensure_schema()
+            self._check_file_identity()
             with self._guard(), self._engine.connect() as conn:
                 conn.execute(sa.select(events.c.sequence).limit(1)).all()
         except StoreUnavailable:
@@ -1146,6 +1300,85 @@ class EventStore:
     def engine(self) -> Engine:
         """For read-only views that need their own queries (the UI page); writers use the methods above."""
         return self._engine
+
+    @_retry_on_disconnect
+    def probe_write(self, timeout: float = 1.0) -> None:
+        """Raise ``StoreUnavailable`` unless an insert would be accepted now; writes nothing.
+
+        Takes the same write lock an insert takes (waiting at most ``timeout``) and changes a row in a
+        transaction that is rolled back: a read-only or immutable file, a full or read-only database, a write
+        lock held elsewhere or a replaced SQLite file all fail here, as they would fail an insert. Readers
+        are never blocked; writers wait at most for this rollback.
+        """
+        try:
+            self._ensure_schema()
+            self._check_file_identity()
+            millis = max(1, int(timeout * 1000))
+            with self._guard(), self._engine.execution_options(carerix_write=True).connect() as conn:
+                raw = conn.connection.dbapi_connection
+                if self.dialect == "sqlite":
+                    raw.execute(f"PRAGMA busy_timeout={millis}")  # type: ignore[union-attr]
+                try:
+                    transaction = conn.begin()  # BEGIN IMMEDIATE on SQLite: the writers' lock
+                    try:
+                        if self.dialect == "postgresql":
+                            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {millis}")
+                            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_INSERT_LOCK)))
+                        conn.execute(
+                            schema_version.update()
+                            .where(schema_version.c.id == 1)
+                            .values(version=schema_version.c.version)
+                        )
+                    finally:
+                        transaction.rollback()
+                finally:
+                    if self.dialect == "sqlite":
+                        raw.execute("PRAGMA busy_timeout=30000")  # type: ignore[union-attr]
+        except StoreUnavailable:
+            raise
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"event store unavailable: {type(exc).__name__}") from exc
+
+    # -- SQLite file identity -------------------------------------------------------------------------------
+
+    def _sqlite_file(self) -> Path | None:
+        if self.dialect != "sqlite":
+            return None
+        database = make_url(self.url).database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        return Path(database).expanduser()
+
+    def _stat_file(self) -> tuple[int, int] | None:
+        path = self._sqlite_file()
+        if path is None:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def _check_file_identity(self) -> None:
+        """``StoreUnavailable`` when the SQLite file was removed or replaced since the store opened it.
+
+        SQLite keeps writing to the file it has open, even once it is unlinked or renamed over: events would
+        be acknowledged into a file nobody will read again (after a restart they are gone and sequences
+        restart at 1). One ``stat`` per group of inserts detects it. Nothing reopens the new file by itself:
+        a replaced store is an operator's decision (restore, then restart the receiver).
+        """
+        if self._file_identity is None:
+            return
+        current = self._stat_file()
+        if current is None:
+            raise StoreUnavailable(
+                "the SQLite event store file was removed while in use; restore it and restart"
+            )
+        if current != self._file_identity:
+            raise StoreUnavailable(
+                "the SQLite event store file was replaced while in use (another file is at its path now); "
+                "restart to use it"
+            )
 
     def close(self) -> None:
         self._engine.dispose()
@@ -1167,6 +1400,26 @@ def key_fingerprint(public_key: str) -> str:
     return hashlib.sha256(body.encode("ascii", "replace")).hexdigest()
 
 
+def _digest(raw: bytes | str) -> str:
+    data = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _warn_if_body_differs(event_id: str, stored: bytes | str, new: bytes | str) -> None:
+    """Same id, different body: Carerix should never do that. Keep the first, say so (hashes, no values)."""
+    stored_b = stored.encode("utf-8") if isinstance(stored, str) else bytes(stored)
+    new_b = new.encode("utf-8") if isinstance(new, str) else bytes(new)
+    if stored_b != new_b:
+        log.warning(
+            "Event %s delivered again with a different body (stored sha256 %s, new sha256 %s); keeping the "
+            "stored one",
+            event_id,
+            _digest(stored_b),
+            _digest(new_b),
+        )
+
+
+_MAX_DURATION_SECONDS = 36500 * 86400
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
 
 
@@ -1176,4 +1429,7 @@ def parse_duration(text: str) -> timedelta:
     if not match:
         raise ValueError(f"invalid duration {text!r}: use a number with s, m, h, d or w, e.g. 30d")
     amount, unit = int(match.group(1)), match.group(2).lower()
-    return timedelta(seconds=amount * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit])
+    seconds = amount * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
+    if seconds > _MAX_DURATION_SECONDS:
+        raise ValueError(f"duration {text.strip()!r} too large: at most 36500d (100 years)")
+    return timedelta(seconds=seconds)

@@ -10,6 +10,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -382,6 +383,9 @@ class _GatedStore:
     def insert(self, raw: bytes, event: WebhookEvent) -> tuple[int, bool]:
         return self.insert_many([(raw, event)])[0]
 
+    def purge_horizon(self) -> None:
+        return None
+
 
 def test_group_commit_batches_waiting_requests() -> None:
     gated = _GatedStore()
@@ -413,6 +417,9 @@ def test_group_commit_one_bad_item_does_not_fail_the_group() -> None:
             if raw == b"bad":
                 raise RuntimeError("bad item")
             return (1, True)
+
+        def purge_horizon(self) -> None:
+            return None
 
     committer = GroupCommitter(Flaky(), max_batch=100)  # type: ignore[arg-type]
     event = WebhookEvent.model_validate_json(event_body())
@@ -602,3 +609,270 @@ def test_receiver_auth_without_a_web_framework() -> None:
     with pytest.raises(ValueError, match="no receiver secret"):
         ReceiverAuth([])
     ReceiverAuth([], insecure=True).verify(body, {})
+
+
+# -- poison events: 4xx naming the field, never 503 ---------------------------------------------------------------
+
+PERSONAL = "Jane Marker-" + uuid.uuid4().hex[:8]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"time": "9999-12-31T23:00:00-05:00"}, "time"),
+        ({"time": "0001-01-01T00:00:00+05:00"}, "time"),
+        ({"id": "poison\u0000id"}, "id"),
+        ({"type": "cremployee\u0000:updated"}, "type"),
+        ({"tenant": "demo\u0000"}, "tenant"),
+        ({"webhookId": "\u0000"}, "webhookId"),
+    ],
+)
+def test_poison_event_is_422_naming_the_field_and_nothing_leaks(
+    url: str, store: EventStore, caplog: pytest.LogCaptureFixture, overrides: dict[str, str], field: str
+) -> None:
+    body = json.loads(event_body())
+    body["data"]["name"] = PERSONAL
+    body.update(overrides)
+    with caplog.at_level(logging.DEBUG):
+        response = post(url, json.dumps(body).encode())
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field
+    assert store.events_after(0) == []
+    assert post(url, event_body()).status_code == 201  # the receiver is fine afterwards
+    assert PERSONAL not in caplog.text
+
+
+def test_event_the_database_refuses_is_422_naming_the_id_and_the_group_is_stored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A constraint the event violates (here a trigger) is the event's fault: 4xx, its id named, no values."""
+    import sqlite3
+
+    path = tmp_path / "events.db"
+    with EventStore(f"sqlite:///{path}") as setup:
+        setup.ping()  # schema in place
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON carerix_events WHEN NEW.tenant = 'refused' "
+        "BEGIN SELECT RAISE(ABORT, 'refused tenant'); END"
+    )
+    conn.commit()
+    conn.close()
+    base, stop = start_receiver(f"sqlite:///{path}", SECRET)
+    bad_id = "refused-" + uuid.uuid4().hex
+    bad = json.loads(event_body(bad_id, tenant="refused"))
+    bad["data"]["name"] = PERSONAL
+    good = [event_body() for _ in range(20)]
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(f"{base}/events", content=b, headers=HEADERS)
+                    for b in [*good[:10], json.dumps(bad).encode(), *good[10:]]
+                )
+            )
+
+    try:
+        with caplog.at_level(logging.DEBUG):
+            responses = asyncio.run(send_all())
+    finally:
+        stop()
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(201) == 20 and statuses[10] == 422, statuses
+    assert bad_id in responses[10].json()["detail"]
+    assert PERSONAL not in caplog.text and "parameters" not in caplog.text
+    with EventStore(f"sqlite:///{path}") as check:
+        assert len(check.events_after(0)) == 20
+
+
+# -- the SQLite file removed or replaced under a running receiver -------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["file-removed", "file-replaced", "directory-removed"])
+def test_sqlite_file_removed_or_replaced_is_503_and_reported(tmp_path: Path, how: str) -> None:
+    import shutil
+
+    directory = tmp_path / "store"
+    path = directory / "events.db"
+    base, stop = start_receiver(f"sqlite:///{path}", SECRET)
+    try:
+        assert post(base, event_body()).status_code == 201
+        if how == "file-removed":
+            path.unlink()
+        elif how == "file-replaced":
+            shutil.copy(path, tmp_path / "copy.db")
+            (tmp_path / "copy.db").replace(path)  # same content, another file
+        else:
+            shutil.rmtree(directory)
+        response = post(base, event_body())
+        assert response.status_code == 503, response.text
+        health = httpx.get(f"{base}/health", timeout=30)
+        assert health.status_code == 503
+        assert ("removed" if how != "file-replaced" else "replaced") in health.json()["reason"]
+        assert httpx.get(f"{base}/health/live", timeout=30).status_code == 200
+    finally:
+        stop()
+
+
+# -- /health: would a write succeed now? --------------------------------------------------------------------------
+
+
+def test_health_is_503_while_the_write_lock_is_held_elsewhere(
+    url: str, store_url: str, store: EventStore
+) -> None:
+    store.ping()
+    if store_url.startswith("sqlite"):
+        import sqlite3
+
+        holder: Any = sqlite3.connect(store_url.removeprefix("sqlite:///"), isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        release = lambda: holder.execute("ROLLBACK")  # noqa: E731
+    else:
+        import psycopg
+
+        from airflow_provider_carerix.store import _PG_INSERT_LOCK
+
+        holder = psycopg.connect(store_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+        holder.execute("SELECT pg_advisory_lock(%s)", (_PG_INSERT_LOCK,))
+        release = lambda: holder.execute("SELECT pg_advisory_unlock(%s)", (_PG_INSERT_LOCK,))  # noqa: E731
+    try:
+        assert httpx.get(f"{url}/health", timeout=30).status_code == 503
+        assert httpx.get(f"{url}/health/live", timeout=30).status_code == 200
+    finally:
+        release()
+        holder.close()
+    assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+    assert store.events_after(0) == []  # the probe wrote nothing
+
+
+# -- smaller ones ---------------------------------------------------------------------------------------------------
+
+
+def test_same_id_different_body_warns_with_both_hashes_and_keeps_the_first(
+    url: str, store: EventStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    import hashlib
+
+    first, second = event_body("same"), event_body("same", tenant="other-" + PERSONAL)
+    with caplog.at_level(logging.WARNING):
+        assert post(url, first).status_code == 201
+        assert post(url, second).status_code == 200
+        assert post(url, first).status_code == 200  # same body again: no warning
+    warnings = [r.getMessage() for r in caplog.records if "different body" in r.getMessage()]
+    assert len(warnings) == 1
+    assert hashlib.sha256(first).hexdigest()[:16] in warnings[0]
+    assert hashlib.sha256(second).hexdigest()[:16] in warnings[0]
+    assert "same" in warnings[0] and PERSONAL not in caplog.text
+    [stored] = store.events_after(0)
+    assert stored.raw.encode() == first
+
+
+def test_two_secret_headers_are_refused(url: str, store: EventStore) -> None:
+    for values in ((SECRET, "wrong"), (SECRET, SECRET), ("wrong", SECRET)):
+        headers = [("Content-Type", "application/json"), *(("X-Carerix-Secret", v) for v in values)]
+        response = httpx.post(f"{url}/events", content=event_body(), headers=headers, timeout=30)
+        assert response.status_code == 401, values
+    assert store.events_after(0) == []
+
+
+def test_surrounding_whitespace_is_never_part_of_the_secret(url: str, store: EventStore) -> None:
+    body = event_body()
+    for value in (f"  {SECRET}", f"{SECRET}  ", f"\t{SECRET} \t", f"{SECRET[:5]} {SECRET[5:]}"):
+        head = (
+            b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            + b"X-Carerix-Secret:"
+            + value.encode()
+            + b"\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        answer = _raw_http(url, head + body)
+        expected = b"HTTP/1.1 401" if " " in value.strip() else b"HTTP/1.1 201"
+        assert answer.startswith(expected), (value, answer[:40])
+        body = event_body()
+
+
+def test_too_deeply_nested_json_says_so(url: str, store: EventStore) -> None:
+    body = json.loads(event_body())
+    body["data"]["deep"] = "@"
+    text = json.dumps(body).replace('"@"', "[" * 250 + "]" * 250)
+    response = post(url, text.encode())
+    assert response.status_code == 422
+    assert "nested too deeply" in response.json()["detail"]
+    shallow = json.dumps(body).replace('"@"', "[" * 150 + "]" * 150)
+    assert post(url, shallow.encode()).status_code == 201
+
+
+def test_compressed_body_is_415_with_a_clear_message(url: str, store: EventStore) -> None:
+    import gzip
+
+    response = post(url, gzip.compress(event_body()), {**HEADERS, "Content-Encoding": "gzip"})
+    assert response.status_code == 415
+    assert "Content-Encoding" in response.json()["detail"]
+    assert post(url, event_body(), {**HEADERS, "Content-Encoding": "identity"}).status_code == 201
+
+
+def test_purge_with_an_absurd_duration_is_a_clean_error(
+    store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli("purge", "--older-than", "1000000000w", "--store", store_url) == 2
+    err = capsys.readouterr().err
+    assert "too large" in err and "Traceback" not in err
+
+
+# -- retention: replays of purged events, batched purge, space returned ---------------------------------------------
+
+
+def _age_all_rows(store_url: str, when: str = "2020-01-02 00:00:00") -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE carerix_events SET received_at = :when"), {"when": when})
+    engine.dispose()
+
+
+def test_signed_replay_after_purge_is_refused(url: str, store_url: str, store: EventStore) -> None:
+    replayed = event_body("purged-1", time="2020-01-01T00:00:00Z")
+    kept = event_body("kept-newest", time="2020-01-01T00:00:01Z")
+    assert post(url, replayed).status_code == 201
+    assert post(url, kept).status_code == 201
+    _age_all_rows(store_url)
+    assert store.purge(timedelta(days=30)) == 1  # the newest is always kept
+    response = post(url, replayed)
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "time" and "purge" in response.json()["detail"]
+    assert post(url, kept).status_code == 200  # still stored: an ordinary duplicate
+    now = datetime.now(timezone.utc).isoformat()
+    assert post(url, event_body(time=now)).status_code == 201  # a current event
+    assert next(e.event_id for e in store.events_after(0)) == "kept-newest"
+
+
+def test_purge_is_batched_and_returns_space_on_sqlite(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    path = tmp_path / "events.db"
+    store_url = f"sqlite:///{path}"
+    filler = "x" * 2000
+    with EventStore(store_url) as store:
+        for start in range(0, 3000, 500):
+            items = []
+            for n in range(start, start + 500):
+                raw = event_body(f"e{n}", tenant=None, data={"entityId": "1", "note": filler})
+                items.append((raw, WebhookEvent.model_validate_json(raw)))
+            store.insert_many(items)
+        _age_all_rows(store_url)
+        before = path.stat().st_size
+        deletes: list[int] = []
+        sa.event.listen(
+            store._engine,
+            "after_cursor_execute",
+            lambda conn, cur, statement, *rest: (
+                deletes.append(cur.rowcount) if statement.lstrip().upper().startswith("DELETE") else None
+            ),
+        )
+        assert store.purge(timedelta(days=30), batch_size=400) == 2999
+        assert len(deletes) >= 8 and max(deletes) <= 400
+        assert store.last_sequence() == 3000
+    after = path.stat().st_size
+    assert after < before / 4, (before, after)

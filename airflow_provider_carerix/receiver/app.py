@@ -27,13 +27,14 @@ from airflow_provider_carerix.receiver.auth import (
 from airflow_provider_carerix.receiver.validation import (
     DEFAULT_MAX_BODY,
     DeliveryRejected,
+    check_content_encoding,
     check_declared_length,
     is_json_media_type,
     parse_event,
     read_body,
 )
 from airflow_provider_carerix.signing import SigningKeyCache, StoreKeyVerifier
-from airflow_provider_carerix.store import EventStore, Provenance, StoreUnavailable
+from airflow_provider_carerix.store import EventRejected, EventStore, Provenance, StoreUnavailable
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # Carerix gives up on a delivery after about 10 s; answer 503 before that so it retries rather than times out.
 DEFAULT_ACK_TIMEOUT = 8.0
+# How long /health waits for the writers' lock: a load balancer's probe must answer well within its timeout.
+HEALTH_PROBE_TIMEOUT = 1.0
 
 
 def create_app(
@@ -123,6 +126,7 @@ def create_app(
             check_declared_length(request.headers.get("content-length"), max_body)
             body = await read_body(request.stream(), max_body)
             auth.verify(body, request.headers)
+            check_content_encoding(request.headers.get("content-encoding"))
             if not is_json_media_type(request.headers.get("content-type")):
                 raise DeliveryRejected(415, "Content-Type must be application/json (UTF-8)")
             event = parse_event(body)
@@ -139,6 +143,8 @@ def create_app(
                 sequence, inserted = await asyncio.wait_for(
                     committer.enqueue(body, event, provenance), ack_timeout
                 )
+            except EventRejected as exc:
+                raise DeliveryRejected(422, f"event {event.id} cannot be stored: {exc}", exc.field) from None
             except (StoreUnavailable, asyncio.TimeoutError) as exc:
                 raise DeliveryRejected(
                     503, f"event store unavailable ({type(exc).__name__}); retry later"
@@ -154,10 +160,21 @@ def create_app(
 
     @app.get("/health", response_model=None)
     async def health() -> Response:
+        """Ready: would an event be stored now? A rolled-back write under the writers' lock, not a read."""
         try:
-            await run_in_threadpool(event_store.ping)
-        except StoreUnavailable:
-            return JSONResponse({"status": "unavailable"}, status_code=503)
+            await run_in_threadpool(event_store.probe_write, HEALTH_PROBE_TIMEOUT)
+        except StoreUnavailable as exc:
+            log.warning("Carerix receiver not ready (store %r): %s", event_store, exc)
+            return JSONResponse(
+                {"status": "unavailable", "store": event_store.dialect, "reason": str(exc)},
+                status_code=503,
+                headers={"Retry-After": "5"},
+            )
         return JSONResponse({"status": "ok", "store": event_store.dialect})
+
+    @app.get("/health/live", response_model=None)
+    async def live() -> Response:
+        """Alive: the process serves requests (for restart decisions; says nothing about the store)."""
+        return JSONResponse({"status": "alive"})
 
     return app

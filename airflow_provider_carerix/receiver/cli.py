@@ -115,8 +115,22 @@ def purge(
     store: Annotated[
         str | None, typer.Option(help="Event store URL (default: resolved as everywhere).")
     ] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Rows per delete transaction (receivers commit in between).")
+    ] = 2000,
+    vacuum: Annotated[
+        bool,
+        typer.Option(
+            help="SQLite: one full VACUUM (locks the file while it runs); needed once for stores created "
+            "before incremental space reclaim."
+        ),
+    ] = False,
 ) -> None:
-    """Apply retention: delete old events (the newest one is always kept)."""
+    """Apply retention: delete old events (the newest one is always kept) and give the space back.
+
+    Deliveries timed before the cutoff whose id is no longer stored are refused from then on (a replay of a
+    purged event must not come back as a new one).
+    """
     try:
         age = parse_duration(older_than)
     except ValueError as exc:
@@ -124,7 +138,7 @@ def purge(
         raise typer.Exit(2) from None
     with EventStore(store) as event_store:
         try:
-            deleted = event_store.purge(age)
+            deleted = event_store.purge(age, batch_size=batch_size, vacuum=vacuum)
         except StoreUnavailable as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None

@@ -7,7 +7,9 @@ tells Carerix that retrying the same delivery cannot help. Messages never repeat
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterable
+from datetime import timezone
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,6 +20,7 @@ from airflow_provider_carerix.models import WebhookEvent
 __all__ = [
     "DEFAULT_MAX_BODY",
     "DeliveryRejected",
+    "check_content_encoding",
     "check_declared_length",
     "is_json_media_type",
     "parse_event",
@@ -26,6 +29,7 @@ __all__ = [
 
 DEFAULT_MAX_BODY = 1024 * 1024
 _ID_MAX = 255
+_POSITION = re.compile(r"line \d+ column \d+")
 _UNION_TAGS = frozenset({"str", "int", "float", "bool", "none", "datetime", "list", "dict"})
 
 
@@ -72,8 +76,18 @@ def parse_event(body: bytes) -> WebhookEvent:
         event = WebhookEvent.model_validate_json(text)
     except ValidationError as exc:
         errors = exc.errors(include_input=False, include_url=False)
-        if any(e.get("type") == "json_invalid" for e in errors):
-            raise DeliveryRejected(400, "body is not valid JSON") from None
+        for error in errors:
+            if error.get("type") == "json_invalid":
+                reason = str((error.get("ctx") or {}).get("error", ""))
+                if "recursion limit" in reason:
+                    # Valid JSON, but deeper than the parser goes: say so, "not valid JSON" would mislead.
+                    raise DeliveryRejected(
+                        422, "body: JSON nested too deeply (more than about 200 levels)", "body"
+                    ) from None
+                where = _POSITION.search(reason)
+                raise DeliveryRejected(
+                    400, "body is not valid JSON" + (f" (at {where.group(0)})" if where else "")
+                ) from None
         first = errors[0]
         field = _field_of(first)
         if first.get("type") == "model_type" and not first.get("loc"):
@@ -93,9 +107,44 @@ def parse_event(body: bytes) -> WebhookEvent:
         ("webhookId", event.webhook_id),
         ("data.entityId", None if event.data is None else event.data.entity_id),
     ):
-        if value is not None and len(str(value)) > _ID_MAX:
+        if value is None:
+            continue
+        text = str(value)
+        if len(text) > _ID_MAX:
             raise DeliveryRejected(422, f"{name}: longer than {_ID_MAX} characters", name)
+        if "\x00" in text:
+            # Stored in its own column; PostgreSQL text cannot hold NUL, so no store would keep it.
+            raise DeliveryRejected(422, f"{name}: contains a NUL character", name)
+    _check_time(event)
     return event
+
+
+def _check_time(event: WebhookEvent) -> None:
+    """The store keeps UTC: a time that has no UTC equivalent (year 9999 west of UTC) cannot be stored."""
+    time = event.time
+    if time.tzinfo is None:
+        return  # read as UTC
+    try:
+        time.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        raise DeliveryRejected(
+            422, "time: out of the representable range once converted to UTC", "time"
+        ) from None
+
+
+def check_content_encoding(content_encoding: str | None) -> None:
+    """Compressed bodies are refused with a clear 415 rather than misread as "not valid JSON".
+
+    Decoding them would need a second size limit (a small gzip body can expand a thousandfold) for no gain:
+    Carerix sends plain JSON.
+    """
+    if content_encoding is None:
+        return
+    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
+    if any(c != "identity" for c in codings):
+        raise DeliveryRejected(
+            415, "Content-Encoding is not supported: send the JSON body uncompressed (no gzip/deflate/br)"
+        )
 
 
 def check_declared_length(content_length: str | None, limit: int) -> None:
