@@ -8,6 +8,7 @@ import json
 import logging
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -876,3 +877,101 @@ def test_purge_is_batched_and_returns_space_on_sqlite(tmp_path: Path) -> None:
         assert store.last_sequence() == 3000
     after = path.stat().st_size
     assert after < before / 4, (before, after)
+
+
+# -- the standalone server's limits for unauthenticated clients ---------------------------------------------------
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bytes | None:
+    """What the server sent before closing, or None if it kept the connection open for ``seconds``."""
+    sock.settimeout(seconds)
+    data = b""
+    try:
+        while True:
+            part = sock.recv(65536)
+            if not part:
+                return data
+            data += part
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        return data
+
+
+@pytest.fixture
+def limited(tmp_path: Path) -> Iterator[Any]:
+    process = start_receiver_process(
+        f"sqlite:///{tmp_path / 'events.db'}",
+        secrets=[SECRET],
+        log_dir=tmp_path,
+        extra_args=["--header-timeout", "1", "--idle-timeout", "1", "--max-connections", "20"],
+    )
+    process.store_url = f"sqlite:///{tmp_path / 'events.db'}"  # type: ignore[attr-defined]
+    yield process
+    process.stop()
+
+
+def test_never_ending_request_head_is_refused_without_being_buffered(limited: Any) -> None:
+    head = (
+        b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"X-Carerix-Secret: {SECRET}\r\nX-Pad: ".encode()
+    )
+    # A header that never ends: the server answers once the head passes its limit and stops reading.
+    assert _raw_http(limited.url, head, iter([b"a" * 8192] * 64)).startswith(b"HTTP/1.1 400")
+    assert post(limited.url, event_body()).status_code == 201  # ordinary requests unaffected
+
+
+def test_half_open_connections_are_closed_after_the_header_timeout(limited: Any) -> None:
+    silent = _connect(limited.url)
+    partial = _connect(limited.url)
+    partial.sendall(b"POST /events HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+    try:
+        assert _closed_within(silent, 15) is not None
+        assert _closed_within(partial, 15) is not None
+    finally:
+        silent.close()
+        partial.close()
+
+
+def test_idle_keep_alive_connections_are_closed(limited: Any) -> None:
+    sock = _connect(limited.url)
+    try:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = _closed_within(sock, 15)
+        assert answer is not None and answer.startswith(b"HTTP/1.1 200")
+    finally:
+        sock.close()
+
+
+def test_connections_beyond_the_limit_get_503_and_health_recovers(limited: Any) -> None:
+    held = [_connect(limited.url) for _ in range(20)]
+    try:
+        time.sleep(0.2)
+        extra = _connect(limited.url)
+        answer = _closed_within(extra, 15)
+        extra.close()
+        assert answer is not None and answer.startswith(b"HTTP/1.1 503"), answer
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 15
+    while httpx.get(f"{limited.url}/health", timeout=30).status_code != 200:
+        assert time.monotonic() < deadline
+
+
+def test_x_forwarded_for_is_believed_only_from_configured_proxies(tmp_path: Path) -> None:
+    store_url = f"sqlite:///{tmp_path / 'events.db'}"
+    headers = {**HEADERS, "X-Carerix-Secret": "wrong", "X-Forwarded-For": "203.0.113.66"}
+    for extra, expected in (([], "127.0.0.1"), (["--trusted-proxy", "127.0.0.1"], "203.0.113.66")):
+        process = start_receiver_process(store_url, secrets=[SECRET], log_dir=tmp_path, extra_args=extra)
+        try:
+            assert post(process.url, event_body(), headers).status_code == 401
+        finally:
+            process.stop()
+        [line] = [ln for ln in process.log.splitlines() if "Rejected Carerix delivery" in ln]
+        assert f"from {expected}:" in line, line

@@ -16,6 +16,7 @@ from airflow_provider_carerix.receiver.auth import (
     ENV_SECRET_HEADER,
     load_secrets,
 )
+from airflow_provider_carerix.receiver.server import ServerLimits
 from airflow_provider_carerix.receiver.validation import DEFAULT_MAX_BODY
 from airflow_provider_carerix.signing import SigningKeyCache
 from airflow_provider_carerix.store import EventStore, StoreUnavailable, parse_duration, resolve_store_url
@@ -63,11 +64,31 @@ def serve(
     max_body: Annotated[int, typer.Option(help="Largest accepted body in bytes.")] = DEFAULT_MAX_BODY,
     log_level: Annotated[str, typer.Option()] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn access log).")] = False,
+    max_header_bytes: Annotated[
+        int, typer.Option(min=1024, help="Largest request head (request line + headers) in bytes.")
+    ] = ServerLimits.max_header_bytes,
+    header_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a connection has to send a complete request head.")
+    ] = ServerLimits.header_timeout,
+    idle_timeout: Annotated[
+        int, typer.Option(min=1, help="Seconds an idle keep-alive connection is kept open.")
+    ] = ServerLimits.idle_timeout,
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="Open connections at most (further ones get 503 and are closed).")
+    ] = ServerLimits.max_connections,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="CARERIX_RECEIVER_TRUSTED_PROXIES",
+            help="Address (or CIDR) of a proxy whose X-Forwarded-For is believed; repeatable. None by default.",
+        ),
+    ] = None,
 ) -> None:
     """Run the receiver. Secrets come from env CARERIX_RECEIVER_SECRET (comma-separated) or --secret-file."""
     import uvicorn
 
     from airflow_provider_carerix.receiver.app import create_app
+    from airflow_provider_carerix.receiver.server import build_config
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     secrets = load_secrets(secret_file)
@@ -104,7 +125,17 @@ def serve(
     # Startup objects never die: keep them out of the collector so full collections stay short (p99).
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=access_log)
+    limits = ServerLimits(
+        max_header_bytes=max_header_bytes,
+        header_timeout=header_timeout,
+        idle_timeout=idle_timeout,
+        max_connections=max_connections,
+        trusted_proxies=tuple(p for value in trusted_proxy or () for p in value.split(",") if p.strip()),
+    )
+    config = build_config(
+        app, host=host, port=port, limits=limits, log_level=log_level.lower(), access_log=access_log
+    )
+    uvicorn.Server(config).run()
 
 
 @cli.command()
