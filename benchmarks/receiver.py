@@ -1,219 +1,278 @@
-"""What durability costs: the receiver's ``POST /events`` against a no-op endpoint of the same app and process.
+"""What durability costs the receiver, measured with a load generator that is not the bottleneck (``wrk``).
 
-Scenarios, each with N concurrent senders (default 32) on loopback:
+Each scenario runs in its own server process on the standalone receiver's server (uvicorn, h11, the limits of
+``carerix-receiver serve``), loaded by ``wrk`` with 1 thread and 32 keep-alive connections posting the guide's
+payload with a new event id per request:
 
-(a) ``no-op``: ``POST /_bench/noop`` reads the body and answers 204 (HTTP + framework floor),
-(b) ``sqlite``: the real ``POST /events``, SQLite WAL, synchronous=FULL (same server process as (a)),
-(c) ``postgresql``: the real ``POST /events`` on a throwaway PostgreSQL cluster (fsync on).
+(a) ``bare``: a FastAPI endpoint that reads and parses the body and answers 201 (HTTP + framework floor),
+(b) ``no-op``: the receiver's own app (same secret check, signature lookup, validation, group commit) on a
+    store whose ``insert_many`` keeps nothing,
+(c) ``sqlite``: the receiver, SQLite WAL, synchronous=FULL (durable on 2xx),
+(d) ``postgresql`` (``--postgres``): the receiver on a throwaway PostgreSQL cluster, fsync on.
 
-The server is ``uvicorn`` in a child process; this process is the load generator (async httpx), bounded by a
-request count and a time limit. Prints events/s, p50 and p99 latency per scenario and durable/no-op ratios.
+Printed per scenario: events/s, p50/p99 latency, non-2xx answers, CPU seconds of the server and of wrk (so a
+saturated load generator or machine is visible); then durable/no-op and no-op/bare ratios. The target is
+sqlite/no-op >= 0.6 with p99 < 50 ms. ``--profile`` adds a cProfile of the sqlite server (top functions).
 
-    .venv/bin/python benchmarks/receiver.py [--senders 32] [--requests 4000] [--seconds 30] [--no-postgres]
+Needs ``wrk`` (Debian/Ubuntu: ``apt-get install wrk``).
+
+    .venv/bin/python benchmarks/receiver.py [--seconds 15] [--connections 32] [--postgres] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import json
 import os
-import statistics
+import re
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from fastapi import Request, Response
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SECRET = "bench-" + uuid.uuid4().hex
-PAYLOAD = {
-    "time": "2024-02-14T14:24:40Z",
-    "type": "cremployee:updated",
-    "applicationId": "192e953d-1e3a-4513-b14c-a66bca4be005",
-    "webhookId": "4c3174c9-deab-426a-8d26-23bbc89e461e",
-    "tenant": "cxdev50streamer",
-    "data": {
-        "entityId": "1",
-        "changedFields": [
-            "touser.attributechanges",
-            "touser",
-            "touser.lastname",
-            "modificationdate",
-            "touser.modificationdate",
-        ],
-    },
-}
+from fastapi import FastAPI, Request, Response  # noqa: E402
+
+from tests.guide import GUIDE_EVENT  # noqa: E402
+
+# The server processes inherit it through the environment.
+SECRET = os.environ.setdefault("CARERIX_BENCH_SECRET", "bench-" + uuid.uuid4().hex)
+
+# One wrk thread, so one Lua state: a run prefix plus a counter gives every request a new event id.
+WRK_SCRIPT = r"""
+local seq = 0
+local run = os.getenv("BENCH_RUN")
+local template = os.getenv("BENCH_TEMPLATE")
+local headers = {["Content-Type"] = "application/json", ["X-Carerix-Secret"] = os.getenv("BENCH_SECRET")}
+
+function request()
+  seq = seq + 1
+  return wrk.format("POST", "/events", headers, string.format(template, run .. "-" .. seq))
+end
+
+function done(summary, latency, requests)
+  io.write(string.format("BENCH requests=%d duration_us=%d non2xx=%d socket_errors=%d p50_us=%d p99_us=%d\n",
+    summary.requests, summary.duration, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
 
 
-def serve(store_url: str, port: int) -> None:
-    """Child process: the receiver app plus the no-op endpoint, one uvicorn worker."""
+def _template() -> str:
+    body = json.dumps({**GUIDE_EVENT, "id": "@ID@"}, separators=(",", ":"))
+    return body.replace("%", "%%").replace("@ID@", "%s")
+
+
+# -- server side (child process) ---------------------------------------------------------------------------------
+
+
+def _bare_app() -> Any:
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.post("/events", response_model=None)
+    async def events(request: Request) -> Response:
+        json.loads(await request.body())
+        return Response(b'{"ok":true}', status_code=201, media_type="application/json")
+
+    return app
+
+
+def _noop_store(url: str) -> Any:
+    from airflow_provider_carerix.store import EventStore
+
+    class NoopStore(EventStore):
+        """Everything the receiver reads is real; inserts keep nothing."""
+
+        counter = 0
+
+        def insert_many(self, items: Sequence[Any]) -> list[tuple[int, bool]]:
+            out = []
+            for _ in items:
+                self.counter += 1
+                out.append((self.counter, True))
+            return out
+
+    return NoopStore(url)
+
+
+def serve(kind: str, store_url: str, port: int, profile: Path | None) -> None:
     import uvicorn
 
-    from airflow_provider_carerix.receiver import create_app
+    from airflow_provider_carerix.receiver.app import create_app
+    from airflow_provider_carerix.receiver.server import ServerLimits, build_config
+    from airflow_provider_carerix.store import EventStore
 
-    app = create_app(store_url, secrets=[os.environ["CARERIX_RECEIVER_SECRET"]])
-
-    @app.post("/_bench/noop", response_model=None)
-    async def noop(request: Request) -> Response:
-        async for _ in request.stream():
-            pass
-        return Response(status_code=204)
-
+    if kind == "bare":
+        app = _bare_app()
+    else:
+        store = _noop_store(store_url) if kind == "no-op" else EventStore(store_url)
+        store.ping()
+        app = create_app(store, secrets=[SECRET])
+    config = build_config(
+        app, host="127.0.0.1", port=port, limits=ServerLimits(), log_level="warning", access_log=False
+    )
     gc.collect()
     gc.freeze()  # as ``carerix-receiver serve`` does
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    if profile is None:
+        server.run()
+        return
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        server.run()
+    finally:
+        profiler.disable()
+        pstats.Stats(profiler, stream=open(profile, "w")).sort_stats("cumulative").print_stats(40)  # noqa: SIM115
+
+
+# -- load side ------------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Result:
     name: str
     ok: int
-    failed: int
+    non2xx: int
     seconds: float
-    latencies: list[float]
+    p50_ms: float
+    p99_ms: float
+    cpu_server: float
+    cpu_wrk: float
 
     @property
     def rate(self) -> float:
         return self.ok / self.seconds if self.seconds else 0.0
 
-    def pct(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
     def line(self) -> str:
         return (
-            f"{self.name:<11} {self.rate:9.0f} events/s   p50 {self.pct(0.50):6.1f} ms   "
-            f"p99 {self.pct(0.99):6.1f} ms   ({self.ok} ok, {self.failed} failed, {self.seconds:.1f} s)"
+            f"{self.name:<11} {self.rate:8.0f} {self.p50_ms:8.1f} {self.p99_ms:8.1f} {self.non2xx:8d}"
+            f"   {self.cpu_server:6.1f} ({self.cpu_server / self.seconds:4.0%})"
+            f"   {self.cpu_wrk:5.1f} ({self.cpu_wrk / self.seconds:4.0%})"
         )
 
 
-async def load(url: str, path: str, *, senders: int, requests: int, seconds: float, name: str) -> Result:
-    import httpx
-
-    headers = {"X-Carerix-Secret": SECRET, "Content-Type": "application/json"}
-    latencies: list[float] = []
-    failed = 0
-    issued = 0
-    deadline = time.monotonic() + seconds
-    # One client (one keep-alive connection) per sender: a shared httpx pool of 32 connections costs more
-    # client CPU per request than the server spends, and would measure the load generator instead.
-    clients = [
-        httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=1), timeout=30)
-        for _ in range(senders)
-    ]
-
-    async def sender(client: httpx.AsyncClient) -> None:
-        nonlocal issued, failed
-        while issued < requests and time.monotonic() < deadline:
-            issued += 1
-            body = json.dumps({"id": str(uuid.uuid4()), **PAYLOAD}).encode()
-            start = time.perf_counter()
-            try:
-                response = await client.post(path, content=body, headers=headers)
-                good = 200 <= response.status_code < 300
-            except Exception:
-                good = False
-            if good:
-                latencies.append(time.perf_counter() - start)
-            else:
-                failed += 1
-
-    try:
-        # Warm-up: connections open, code paths and caches hot; not measured.
-        total = requests
-        requests = min(200, total)
-        await asyncio.gather(*(sender(c) for c in clients))
-        latencies.clear()
-        failed, issued, requests = 0, 0, total
-        # The load generator's own collector pauses would show up as server latency: keep them short.
-        gc.collect()
-        gc.freeze()
-        deadline = time.monotonic() + seconds
-        start = time.perf_counter()
-        await asyncio.gather(*(sender(c) for c in clients))
-        elapsed = time.perf_counter() - start
-    finally:
-        for client in clients:
-            await client.aclose()
-    return Result(name, len(latencies), failed, elapsed, latencies)
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
-def start_server(store_url: str) -> tuple[subprocess.Popen[bytes], str]:
+def _wrk(script: Path, port: int, seconds: float, connections: int, run_id: str) -> dict[str, int]:
+    env = {**os.environ, "BENCH_RUN": run_id, "BENCH_SECRET": SECRET, "BENCH_TEMPLATE": _template()}
+    args = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--timeout", "20s"]
+    args += ["-s", str(script), f"http://127.0.0.1:{port}/events"]
+    out = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"^BENCH (.*)$", out, re.MULTILINE)
+    if not match:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    return {key: int(value) for key, value in (pair.split("=") for pair in match.group(1).split())}
+
+
+def scenario(
+    kind: str, store_url: str, script: Path, args: argparse.Namespace, profile: Path | None = None
+) -> Result:
+    import psutil
+
     from tests.fixtures.receiver import free_port, wait_for_port
 
     port = free_port()
-    env = {**os.environ, "CARERIX_RECEIVER_SECRET": SECRET, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", store_url, "--port", str(port)], env=env, cwd=ROOT
-    )
-    wait_for_port(port, proc=proc)
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
+    cmd = [sys.executable, __file__, "--serve", kind, "--store", store_url, "--port", str(port)]
+    if profile is not None:
+        cmd += ["--profile-to", str(profile)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        wait_for_port(port, proc=proc)
+        _wrk(script, port, 2, args.connections, f"warm-{kind}-{uuid.uuid4().hex[:6]}")  # not measured
+        server = psutil.Process(proc.pid)
+        before_server, before_wrk = sum(server.cpu_times()[:2]), _children_cpu()
+        figures = _wrk(script, port, args.seconds, args.connections, f"{kind}-{uuid.uuid4().hex[:6]}")
+        cpu_server = sum(server.cpu_times()[:2]) - before_server
+        cpu_wrk = _children_cpu() - before_wrk
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return Result(
+        name=kind,
+        ok=figures["requests"] - figures["non2xx"],
+        non2xx=figures["non2xx"] + figures["socket_errors"],
+        seconds=figures["duration_us"] / 1e6,
+        p50_ms=figures["p50_us"] / 1000,
+        p99_ms=figures["p99_us"] / 1000,
+        cpu_server=cpu_server,
+        cpu_wrk=cpu_wrk,
+    )
 
 
 def run(args: argparse.Namespace) -> None:
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: apt-get install wrk (Debian/Ubuntu)")
     results: list[Result] = []
-    kwargs = {"senders": args.senders, "requests": args.requests, "seconds": args.seconds}
     with tempfile.TemporaryDirectory(prefix="carerix-bench-") as tmp:
-        proc, url = start_server(f"sqlite:///{Path(tmp) / 'events.db'}")
-        try:
-            results.append(asyncio.run(load(url, "/_bench/noop", name="no-op", **kwargs)))
-            results.append(asyncio.run(load(url, "/events", name="sqlite", **kwargs)))
-        finally:
-            stop_server(proc)
-    if not args.no_postgres:
-        from tests.fixtures.postgres import PostgresCluster
+        script = Path(tmp) / "receiver.lua"
+        script.write_text(WRK_SCRIPT)
+        results.append(scenario("bare", "", script, args))
+        results.append(scenario("no-op", f"sqlite:///{Path(tmp) / 'noop.db'}", script, args))
+        profile = Path(tmp) / "sqlite.prof.txt" if args.profile else None
+        results.append(scenario("sqlite", f"sqlite:///{Path(tmp) / 'events.db'}", script, args, profile))
+        if args.postgres:
+            from tests.fixtures.postgres import PostgresCluster
 
-        with PostgresCluster(fsync=True) as cluster:
-            proc, url = start_server(cluster.create_database())
-            try:
-                results.append(asyncio.run(load(url, "/events", name="postgresql", **kwargs)))
-            finally:
-                stop_server(proc)
-
-    print(f"\nreceiver benchmark: {args.senders} concurrent senders, {os.cpu_count()} CPUs, loopback")
+            with PostgresCluster(fsync=True) as cluster:
+                results.append(scenario("postgresql", cluster.create_database(), script, args))
+        profile_text = profile.read_text() if profile is not None and profile.exists() else ""
+    load = os.getloadavg()[0]
+    print(
+        f"\nreceiver benchmark: wrk 1 thread, {args.connections} connections, {args.seconds:g} s per scenario, "
+        f"{os.cpu_count()} CPUs (load average {load:.1f} at the end)"
+    )
+    print("scenario    events/s   p50 ms   p99 ms  non-2xx   CPU s server      CPU s wrk")
     for result in results:
         print(result.line())
-    noop = results[0]
-    for result in results[1:]:
-        ratio = result.rate / noop.rate if noop.rate else float("nan")
-        verdict = "ok" if ratio >= 0.6 and result.pct(0.99) < 50 else "MISSED"
-        print(f"ratio {result.name}/no-op: {ratio:.2f}  (target >= 0.60 and p99 < 50 ms: {verdict})")
-    median = statistics.median(noop.latencies) * 1000 if noop.latencies else float("nan")
-    print(f"(no-op median {median:.1f} ms)")
+    by_name = {r.name: r for r in results}
+    bare, noop = by_name["bare"], by_name["no-op"]
+    print(f"ratio no-op/bare: {noop.rate / bare.rate:.2f}")
+    for name in ("sqlite", "postgresql"):
+        if name in by_name:
+            durable = by_name[name]
+            ratio = durable.rate / noop.rate
+            verdict = "ok" if ratio >= 0.6 and durable.p99_ms < 50 else "MISSED"
+            print(f"ratio {name}/no-op: {ratio:.2f}  (target >= 0.60 and p99 < 50 ms: {verdict})")
+    if profile_text:
+        print("\nsqlite server profile (cumulative, top 40):\n" + profile_text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--senders", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=4000, help="per scenario (after 200 warm-up)")
-    parser.add_argument("--seconds", type=float, default=30.0, help="time limit per scenario")
-    parser.add_argument("--no-postgres", action="store_true")
-    parser.add_argument("--serve", metavar="STORE_URL", help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured time per scenario")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--postgres", action="store_true", help="also run on a throwaway PostgreSQL")
+    parser.add_argument("--profile", action="store_true", help="cProfile the sqlite server")
+    parser.add_argument("--serve", metavar="KIND", help=argparse.SUPPRESS)
+    parser.add_argument("--store", default="", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--profile-to", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.port)
+        serve(args.serve, args.store, args.port, args.profile_to)
     else:
         run(args)
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from airflow_provider_carerix.group_commit import GroupCommitter
 from airflow_provider_carerix.receiver.auth import (
@@ -124,7 +125,12 @@ def create_app(
     async def post_event(request: Request) -> Response:
         try:
             check_declared_length(request.headers.get("content-length"), max_body)
-            body = await read_body(request.stream(), max_body)
+            try:
+                body = await read_body(request.stream(), max_body)
+            except ClientDisconnect:
+                # Nobody is left to answer; not an error of the receiver (no traceback in the log).
+                log.info("Carerix delivery abandoned by the client before its body was complete")
+                return Response(status_code=400)
             auth.verify(body, request.headers)
             check_content_encoding(request.headers.get("content-encoding"))
             if not is_json_media_type(request.headers.get("content-type")):
