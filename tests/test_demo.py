@@ -104,6 +104,7 @@ def is_loopback(address: str) -> bool:
 
 
 @pytest.mark.airflow_e2e
+@pytest.mark.timeout(900)
 def test_demo_runs_the_story_listens_on_loopback_only_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     state_dir = tmp_path / "demo"
     proc, out = start_demo(state_dir)
@@ -149,6 +150,7 @@ def test_demo_runs_the_story_listens_on_loopback_only_and_ctrl_c_stops_everythin
 
 
 @pytest.mark.airflow_e2e
+@pytest.mark.timeout(600)
 def test_sigterm_while_airflow_starts_stops_everything(tmp_path: Path) -> None:
     state_dir = tmp_path / "demo"
     proc, out = start_demo(state_dir, "--headless")

@@ -93,6 +93,7 @@ def processed(stack: AirflowStack) -> list[dict[str, Any]]:
     return events
 
 
+@pytest.mark.timeout(900)  # starts Airflow, restarts the triggerer
 def test_event_driven_dag_end_to_end_with_triggerer_restart(airflow_stack: Any, tmp_path: Path) -> None:
     store_url = f"sqlite:///{tmp_path / 'carerix_events.db'}"
     store = EventStore(store_url)

@@ -61,6 +61,7 @@ def api_server(
         stack.stop()
 
 
+@pytest.mark.timeout(600)
 def test_post_to_the_running_api_server_is_stored(api_server: tuple[AirflowStack, str]) -> None:
     stack, store_url = api_server
     event_id = str(uuid.uuid4())
