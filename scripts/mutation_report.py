@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -54,6 +55,16 @@ def _line(name: str, statuses: Counter[str]) -> str:
     return f"{name:<48} {killed:>4}/{total:<4} {score}" + (f"  ({rest})" if rest else "")
 
 
+def _read_results(meta: Path) -> dict[str, int | None]:
+    """A module's results; a running mutmut rewrites the file, so a half-written one is read again."""
+    for _ in range(20):
+        try:
+            return json.loads(meta.read_text())["exit_code_by_key"]
+        except json.JSONDecodeError:
+            time.sleep(0.1)
+    return json.loads(meta.read_text())["exit_code_by_key"]
+
+
 def _statuses(modules: list[str]) -> list[tuple[str, dict[str, str]]]:
     """``(module, {mutant: status})`` for each mutated module (all, or those named)."""
     found = []
@@ -61,7 +72,7 @@ def _statuses(modules: list[str]) -> list[tuple[str, dict[str, str]]]:
         module = meta.relative_to(MUTANTS / PACKAGE).as_posix().removesuffix(".py.meta").replace("/", ".")
         if modules and module not in modules:
             continue
-        results = json.loads(meta.read_text())["exit_code_by_key"]
+        results = _read_results(meta)
         found.append((module, {name: status_by_exit_code[code] for name, code in results.items()}))
     return found
 
