@@ -125,6 +125,13 @@ def served_hook_meta(airflow_db: None) -> list[dict[str, Any]]:
     """``GET /ui/connections/hook_meta`` from Airflow's own API server app (in process, all users admin)."""
     from fastapi.testclient import TestClient
 
+    from airflow_provider_carerix.version_compat import AIRFLOW_V_3_2_PLUS
+
+    if not AIRFLOW_V_3_2_PLUS:
+        # Airflow 3.1 answers this in-process call with 401 even in all-admins mode, and builds the connection
+        # form from the hook instead (checked by test_airflow_serves_the_connection_form).
+        pytest.skip("Airflow 3.1 builds the connection form from the hook, not from served provider info")
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
         from airflow.api_fastapi.app import create_app
@@ -192,5 +199,10 @@ def test_airflow_connections_test_from_the_cli(emulator: Any, tmp_path: Any) -> 
     conn["extra"]["client_secret"] = "wrong-secret-for-this-test"
     env["AIRFLOW_CONN_CARERIX_DEFAULT"] = json.dumps(conn)
     bad = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert bad.returncode != 0, bad.stdout
+    from airflow_provider_carerix.version_compat import AIRFLOW_V_3_3_PLUS
+
+    if AIRFLOW_V_3_3_PLUS:
+        assert bad.returncode != 0, bad.stdout
+    else:  # before 3.3 the command reports the failure but exits 0
+        assert "Connection success!" not in bad.stdout and "invalid_client" in bad.stdout, bad.stdout
     assert "wrong-secret-for-this-test" not in bad.stdout + bad.stderr
