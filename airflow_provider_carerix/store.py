@@ -741,6 +741,12 @@ class EventStore:
                 raise StoreUnavailable(f"event store unavailable: {type(exc.orig).__name__}") from exc
             if isinstance(exc, (OSError, sa.exc.InterfaceError)):
                 raise StoreUnavailable(f"event store unavailable: {type(exc).__name__}") from exc
+            # A unique key taken by a concurrent writer is a race, not the event's fault: retrying stores it
+            # (or finds it as a duplicate), so it must be a 503 for Carerix, never a 4xx that drops the event.
+            if isinstance(exc, sa.exc.IntegrityError) and (
+                type(exc.orig).__name__ == "UniqueViolation" or "UNIQUE constraint failed" in str(exc.orig)
+            ):
+                raise StoreUnavailable(f"event store busy: {type(exc.orig).__name__}") from None
             # The values themselves: a constraint or type the database refuses, or a value the driver cannot
             # bind. ``from None``: the database's own message may quote the row (personal data).
             if isinstance(exc, (sa.exc.DataError, sa.exc.IntegrityError)):
