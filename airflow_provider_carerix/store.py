@@ -592,6 +592,25 @@ def _retry_on_disconnect(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+def _stored_event(row: Any) -> StoredEvent:
+    """One row of the events table as the readers see it."""
+    return StoredEvent(
+        sequence=row.sequence,
+        event_id=row.event_id,
+        type=row.type,
+        time=row.time,
+        tenant=row.tenant,
+        application_id=row.application_id,
+        webhook_id=row.webhook_id,
+        entity_id=row.entity_id,
+        received_at=row.received_at,
+        payload=json.loads(row.payload),
+        raw=row.payload,
+        signature_verified=row.signature_verified,
+        recovered=bool(row.recovered),
+    )
+
+
 class EventStore:
     """Thread-safe handle on the store; the schema is created or migrated on first use, not at construction.
 
@@ -942,21 +961,16 @@ class EventStore:
     def describe_consumer(self, name: str, filter_json: str) -> None:
         """Record which events a consumer takes (JSON of its filter), for people looking at its lag."""
         self._ensure_schema()
-        now = _utcnow()
+        dialect_insert: Any
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        # One upsert: two runs claiming a new consumer at once must not both try to insert its row.
+        stmt = dialect_insert(consumers).values(name=name, filter=filter_json, updated_at=_utcnow())
+        stmt = stmt.on_conflict_do_update(index_elements=[consumers.c.name], set_={"filter": filter_json})
         with self._guard(), self._write() as conn:
-            changed = conn.execute(
-                consumers.update()
-                .where(
-                    consumers.c.name == name,
-                    sa.or_(consumers.c.filter.is_(None), consumers.c.filter != filter_json),
-                )
-                .values(filter=filter_json)
-            ).rowcount
-            if (
-                not changed
-                and conn.execute(sa.select(consumers.c.name).where(consumers.c.name == name)).first() is None
-            ):
-                conn.execute(consumers.insert().values(name=name, filter=filter_json, updated_at=now))
+            conn.execute(stmt)
 
     @_retry_on_disconnect
     def renew_lease(self, name: str, holder: str, ttl: float) -> bool:
@@ -1001,21 +1015,7 @@ class EventStore:
             row = conn.execute(sa.select(events).where(events.c.event_id == event_id)).first()
         if row is None:
             return None
-        return StoredEvent(
-            sequence=row.sequence,
-            event_id=row.event_id,
-            type=row.type,
-            time=row.time,
-            tenant=row.tenant,
-            application_id=row.application_id,
-            webhook_id=row.webhook_id,
-            entity_id=row.entity_id,
-            received_at=row.received_at,
-            payload=json.loads(row.payload),
-            raw=row.payload,
-            signature_verified=row.signature_verified,
-            recovered=bool(row.recovered),
-        )
+        return _stored_event(row)
 
     @_retry_on_disconnect
     def consumer_owner(self, name: str) -> str | None:
@@ -1157,24 +1157,7 @@ class EventStore:
             if self.dialect == "postgresql" and self._pg_announce_in_flight:
                 stmt = stmt.where(events.c.sequence <= self._pg_read_bound(conn))
             rows = conn.execute(stmt).all()
-        return [
-            StoredEvent(
-                sequence=row.sequence,
-                event_id=row.event_id,
-                type=row.type,
-                time=row.time,
-                tenant=row.tenant,
-                application_id=row.application_id,
-                webhook_id=row.webhook_id,
-                entity_id=row.entity_id,
-                received_at=row.received_at,
-                payload=json.loads(row.payload),
-                raw=row.payload,
-                signature_verified=row.signature_verified,
-                recovered=bool(row.recovered),
-            )
-            for row in rows
-        ]
+        return [_stored_event(row) for row in rows]
 
     @_retry_on_disconnect
     def last_sequence(self) -> int:
