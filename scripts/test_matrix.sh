@@ -14,7 +14,7 @@ E2E_VERSIONS="${AIRFLOW_E2E_VERSIONS-3.1.8 3.3.2}"
 # Every test that starts real Airflow processes, but the demo (a developer tool; `make test` runs it).
 E2E_TESTS=(-m airflow_e2e --ignore=tests/test_demo.py)
 
-declare -a summary=()
+declare -a summary=() failed_logs=()
 failed=0
 
 run_leg() {  # run_leg <airflow version> <label> <pytest args...>
@@ -25,15 +25,18 @@ run_leg() {  # run_leg <airflow version> <label> <pytest args...>
   log="$(mktemp -t "carerix-matrix-$version-$label-XXXX.log")"
   echo "==> Airflow $version: $label tests ($venv)"
   set +e
-  PATH="$PWD/$venv/bin:$PATH" "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$log" | grep -E '^(FAILED|ERROR)|^=+ .*(passed|failed|error|no tests ran).* =+$'
+  # pytest -q prints its last line bare ("12 passed in 3.4s"), without the ===== frame of the default mode.
+  PATH="$PWD/$venv/bin:$PATH" "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$log" |
+    grep -E '^(FAILED|ERROR)|(passed|failed|error|no tests ran).* in [0-9.]+s'
   rc=${PIPESTATUS[0]}
   set -e
   local counts
-  counts="$(grep -E '^=+ .* in [0-9.]+s' "$log" | tail -1 | sed -E 's/^=+ (.*) =+$/\1/')"
+  counts="$(grep -E '(passed|failed|error|no tests ran).* in [0-9.]+s' "$log" | tail -1 | sed -E 's/^=+ (.*) =+$/\1/' || true)"
   [ "$rc" -eq 5 ] && counts="no tests collected"
   if [ "$rc" -ne 0 ]; then
     failed=1
     summary+=("FAIL  Airflow $version  $label: ${counts:-pytest exit $rc} (log: $log)")
+    failed_logs+=("$log")
   else
     summary+=("ok    Airflow $version  $label: $counts")
     rm -f "$log"
@@ -54,4 +57,10 @@ done
 echo
 echo "==> Airflow test matrix ($(( $(date +%s) - start ))s)"
 printf '  %s\n' "${summary[@]}"
+# CI keeps only the end of the output: the end of each failed leg's log goes last.
+for log in "${failed_logs[@]}"; do
+  echo
+  echo "==> last 60 lines of $log"
+  tail -60 "$log"
+done
 exit "$failed"
