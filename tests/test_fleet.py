@@ -168,6 +168,55 @@ def test_paused_writer_holds_back_readers_not_writers(postgres_database: str) ->
     other.close()
 
 
+def test_writer_starting_after_the_reader_looked_is_held_back(postgres_database: str) -> None:
+    """The readers' bound starts at the last sequence handed out *before* they look for inserts in flight.
+
+    Deterministic interleaving: right after the reader has read the in-flight announcements (none), writer A
+    hands out its sequence and stays uncommitted, then writer B stores a later one and commits, all before the
+    reader's query takes its snapshot. That snapshot shows B and not A; showing B would move a reader's cursor
+    past A for good. The bound read first (the last sequence handed out then) keeps both out.
+    """
+    reader, writer_a, writer_b = (EventStore(postgres_database) for _ in range(3))
+    for store in (reader, writer_a, writer_b):
+        store.ping()
+    first, _ = writer_b.insert(*make_event(event_id="first"))  # a sequence has been handed out before
+    a_in_flight, release_a, interleaved = threading.Event(), threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
+
+    @sa_event.listens_for(writer_a._engine, "after_cursor_execute")
+    def _pause_a(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "pg_advisory_lock(" in statement and not release_a.is_set():
+            a_in_flight.set()
+            release_a.wait(60)
+
+    def write_a() -> None:
+        outcome["a"] = writer_a.insert(*make_event(event_id="a"))
+
+    thread = threading.Thread(target=write_a)
+
+    @sa_event.listens_for(reader._engine, "after_cursor_execute")
+    def _interleave(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM pg_locks" in statement and not interleaved.is_set():
+            interleaved.set()
+            thread.start()
+            assert a_in_flight.wait(30)
+            outcome["b"] = writer_b.insert(*make_event(event_id="b"))
+
+    try:
+        shown = [e.event_id for e in reader.events_after(first)]
+        assert interleaved.is_set() and outcome["b"][1]
+        assert outcome["b"][0] > 0 and in_flight(postgres_database) == 1
+        assert shown == [], "the reader was shown an event while an earlier sequence could still commit"
+    finally:
+        release_a.set()
+        if thread.is_alive() or interleaved.is_set():
+            thread.join(60)
+    assert outcome["a"][0] < outcome["b"][0]
+    assert [e.event_id for e in reader.events_after(first)] == ["a", "b"]
+    for store in (reader, writer_a, writer_b):
+        store.close()
+
+
 class _Sender:
     """Background senders to one receiver; remembers every event id acknowledged with 2xx."""
 
