@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import requests
 import structlog.testing
 from airflow.sdk import Connection
 
@@ -340,6 +341,21 @@ def test_token_without_the_management_scope_gets_403(
     assert "urn:cx/webhooks:data:manage" in str(info.value)
 
 
+def test_a_refused_token_does_not_evict_the_newer_one_another_call_fetched(emulator: CarerixEmulator) -> None:
+    # A 401 on a call that carried an old token must not throw away the token a concurrent call already
+    # renewed: every thread would otherwise fetch its own.
+    hook = make_hook()
+    old = hook.get_access_token()
+    new = hook.get_access_token(refresh=True)
+    hook._invalidate_token(old)
+    assert hook.get_access_token() == new and emulator.token_requests == 2
+    hook._invalidate_token(new)  # the cached token itself refused: dropped, the next call fetches one
+    assert hook.get_access_token() not in (old, new) and emulator.token_requests == 3
+    carerix_module.clear_token_cache()
+    hook._invalidate_token(new)  # nothing cached: nothing to drop, no error
+    assert emulator.token_requests == 3
+
+
 # ------------------------------------------------------------------------------------------ retries
 
 
@@ -489,6 +505,12 @@ def test_create_is_retried_when_the_connection_was_never_opened(
         make_hook("carerix_dead_api", retry_attempts=3).create_application("never-sent")
     assert info.value.status_code is None
     assert len(sleeps) == 2  # refused connections cannot have created anything, so they were retried
+
+
+def test_a_connection_error_without_details_is_not_taken_for_an_unsent_request() -> None:
+    # Only a connection error that proves the request never left makes a create safe to repeat.
+    assert carerix_module._should_retry(requests.ConnectionError(), idempotent=False) is False
+    assert carerix_module._should_retry(requests.ConnectionError(), idempotent=True) is True
 
 
 # ------------------------------------------------------------------------------------------ API shapes
@@ -670,3 +692,11 @@ def test_webhooks_of_a_missing_application_are_not_found(emulator: CarerixEmulat
     with pytest.raises(CarerixNotFoundError):
         hook.create_webhook("no-such-application", WEBHOOK)
     assert emulator.webhooks("no-such-application") == []
+
+
+def test_graphql_goes_to_the_endpoint_beside_the_management_api(emulator: CarerixEmulator) -> None:
+    hook = make_hook()
+    data = hook.graphql("{ webhookDeliveryJobPage { totalPages } }")
+    assert isinstance(data["webhookDeliveryJobPage"], dict)
+    [graphql] = [r for r in emulator.requests if "graphql" in r.path]
+    assert (graphql.method, graphql.path, graphql.status) == ("POST", carerix_module.GRAPHQL_PATH, 200)
