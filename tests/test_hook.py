@@ -665,6 +665,7 @@ def test_no_secret_or_token_in_logs_or_errors(
     text = caplog.text + hook_text
     assert "Obtained a Carerix access token" in hook_text  # the hook's own logs were captured
     assert "retrying" in hook_text
+    assert "Carerix refused the access token (HTTP 401); fetching a new one" in hook_text  # says why
     assert "openid-connect/token" in caplog.text
     tokens = emulator.issued_tokens
     assert len(tokens) == 2

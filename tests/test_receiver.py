@@ -612,6 +612,74 @@ def test_receiver_auth_without_a_web_framework() -> None:
     ReceiverAuth([], insecure=True).verify(body, {})
 
 
+def test_receiver_auth_signatures_rotation_and_ambiguity() -> None:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    from airflow_provider_carerix.receiver.auth import AuthenticationError, ReceiverAuth
+
+    old, new = (rsa.generate_private_key(public_exponent=65537, key_size=size) for size in (1024, 2048))
+    pems = [
+        k.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        for k in (old, new)
+    ]
+    body = event_body()
+    signed = base64.b64encode(new.sign(body, padding.PKCS1v15(), hashes.SHA256())).decode()
+    # Keys only (no secret): the second key matches although the first, of another size, cannot.
+    auth = ReceiverAuth([], public_keys=[pems[0].decode(), pems[1]])
+    assert (auth.enabled, auth.has_secrets, auth.has_static_keys) == (True, False, True)
+    auth.verify(body, {"Cx-Signature": f" {signed}\t"})  # surrounding whitespace is not part of it
+    auth.verify(body, [(b"cx-signature", signed.encode())])
+    refusals = {
+        "two signatures": [("Cx-Signature", signed), ("Cx-Signature", signed)],
+        "none": [],
+        "another body's": [("Cx-Signature", signed)],
+    }
+    for what, headers in refusals.items():
+        with pytest.raises(AuthenticationError) as excinfo:
+            auth.verify(body if what != "another body's" else event_body(), headers)
+        assert excinfo.value.status_code == 401, what
+        assert "Cx-Signature" in excinfo.value.detail and signed not in excinfo.value.detail, what
+    with pytest.raises(AuthenticationError, match="more than one Cx-Signature"):
+        auth.verify(body, refusals["two signatures"])
+    # The old key still verifies what it signed (rotation), with either padding.
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
+    auth.verify(body, {"Cx-Signature": base64.b64encode(old.sign(body, pss, hashes.SHA256())).decode()})
+    with pytest.raises(ValueError, match="RSA"):
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        ec_pem = (
+            ec.generate_private_key(ec.SECP256R1())
+            .public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
+        ReceiverAuth([], public_keys=[ec_pem])
+
+
+def test_receiver_auth_secrets_are_all_checked_and_never_echoed() -> None:
+    from airflow_provider_carerix.receiver.auth import AuthenticationError, ReceiverAuth
+
+    auth = ReceiverAuth(["first", " second\t", "  "], secret_header="X-Hook-Secret")
+    assert (auth.enabled, auth.has_secrets, auth.has_static_keys) == (True, True, False)
+    assert auth.challenge == 'Secret header="X-Hook-Secret"'
+    assert "first" not in repr(auth) and "secrets=2" in repr(auth)
+    body = event_body()
+    for given in ("first", "second", "\tsecond ", "first "):
+        auth.verify(body, {"X-Hook-Secret": given})
+    for headers in ({"X-Hook-Secret": "third"}, {"X-Hook-Secret": ""}, {"X-Carerix-Secret": "first"}):
+        with pytest.raises(AuthenticationError) as excinfo:
+            auth.verify(body, headers)
+        assert excinfo.value.detail == "missing or wrong X-Hook-Secret header"
+    with pytest.raises(AuthenticationError) as excinfo:
+        auth.verify(body, [("X-Hook-Secret", "first"), ("x-hook-secret", "first")])
+    assert excinfo.value.detail == "more than one X-Hook-Secret header"
+    insecure = ReceiverAuth([], insecure=True)
+    assert (insecure.enabled, insecure.has_secrets, insecure.has_static_keys) == (False, False, False)
+    assert ReceiverAuth([], keys_per_application=True).enabled
+
+
 # -- poison events: 4xx naming the field, never 503 ---------------------------------------------------------------
 
 PERSONAL = "Jane Marker-" + uuid.uuid4().hex[:8]
