@@ -6,14 +6,22 @@ once chunked (refused while reading), so both checks are pinned to ``>``, not ``
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from airflow_provider_carerix.receiver.validation import (
+    DeliveryRejected,
+    check_content_encoding,
+    check_declared_length,
+    is_json_media_type,
+    read_body,
+)
 from airflow_provider_carerix.store import EventStore
 from tests.fixtures.receiver import start_receiver
 
@@ -72,3 +80,76 @@ def test_a_body_of_exactly_the_limit_is_stored_and_one_byte_more_is_413(
     assert f"larger than {LIMIT} bytes" in response.text
     assert [e.event_id for e in store.events_after(0)] == [at_limit_id]
     assert store.event_by_id(over_id) is None
+
+
+# -- the checks before and while reading, as the receiver (and any other server) calls them --------------
+
+
+def test_declared_length_is_refused_from_the_header_alone() -> None:
+    check_declared_length(None, LIMIT)  # chunked: checked while reading
+    check_declared_length(str(LIMIT), LIMIT)
+    with pytest.raises(DeliveryRejected) as info:
+        check_declared_length(str(LIMIT + 1), LIMIT)
+    assert (info.value.status_code, info.value.detail) == (413, f"body larger than {LIMIT} bytes")
+    with pytest.raises(DeliveryRejected) as info:
+        check_declared_length("12 bytes", LIMIT)
+    assert (info.value.status_code, info.value.detail) == (400, "invalid Content-Length")
+
+
+def test_reading_stops_at_the_first_chunk_past_the_limit() -> None:
+    taken: list[int] = []
+
+    async def chunks(sizes: list[int]) -> AsyncIterator[bytes]:
+        for i, size in enumerate(sizes):
+            taken.append(i)
+            yield b"x" * size
+
+    assert asyncio.run(read_body(chunks([LIMIT - 1, 1]), LIMIT)) == b"x" * LIMIT
+    assert asyncio.run(read_body(chunks([]), LIMIT)) == b""
+    taken.clear()
+    with pytest.raises(DeliveryRejected) as info:
+        asyncio.run(read_body(chunks([LIMIT, 1, 10, 10]), LIMIT))
+    assert (info.value.status_code, info.value.detail) == (413, f"body larger than {LIMIT} bytes")
+    assert taken == [0, 1]  # the rest of the body is never read
+
+
+@pytest.mark.parametrize(
+    ("content_encoding", "refused"),
+    [
+        (None, False),
+        ("identity", False),
+        (" Identity , ", False),
+        ("", False),
+        ("gzip", True),
+        ("identity, br", True),
+    ],
+)
+def test_only_uncompressed_bodies_are_read(content_encoding: str | None, refused: bool) -> None:
+    if not refused:
+        check_content_encoding(content_encoding)
+        return
+    with pytest.raises(DeliveryRejected) as info:
+        check_content_encoding(content_encoding)
+    assert info.value.status_code == 415 and "Content-Encoding" in info.value.detail
+
+
+@pytest.mark.parametrize(
+    ("content_type", "json"),
+    [
+        ("application/json", True),
+        (' Application/JSON ; Charset="UTF-8"', True),
+        ("application/json; charset=utf8; profile=x", True),
+        ("application/cloudevents+json", True),
+        ("application/problem+json;charset=utf-8", True),
+        ("application/json; foo", True),
+        (None, False),
+        ("", False),
+        ("application/json; charset=latin-1", False),
+        ("application/jsonp", False),
+        ("text/json", False),
+        ("text/x+json", False),
+        ("application/json+xml", False),
+    ],
+)
+def test_json_media_types(content_type: str | None, json: bool) -> None:
+    assert is_json_media_type(content_type) is json
