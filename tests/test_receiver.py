@@ -647,7 +647,7 @@ def test_receiver_auth_signatures_rotation_and_ambiguity() -> None:
     # The old key still verifies what it signed (rotation), with either padding.
     pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
     auth.verify(body, {"Cx-Signature": base64.b64encode(old.sign(body, pss, hashes.SHA256())).decode()})
-    with pytest.raises(ValueError, match="RSA"):
+    with pytest.raises(ValueError, match=r"^the Cx-Signature public key must be an RSA key \(PEM\)$"):
         from cryptography.hazmat.primitives.asymmetric import ec
 
         ec_pem = (
@@ -656,6 +656,42 @@ def test_receiver_auth_signatures_rotation_and_ambiguity() -> None:
             .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         )
         ReceiverAuth([], public_keys=[ec_pem])
+
+
+def test_receiver_auth_reads_either_base64_alphabet_with_or_without_padding_and_nothing_else() -> None:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    from airflow_provider_carerix.receiver.auth import AuthenticationError, ReceiverAuth
+
+    # A 1024-bit key: 128-byte signatures end in one "=", so unpadded ones need exactly one put back.
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    auth = ReceiverAuth([], public_keys=[pem])
+    body = event_body()
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
+    # PSS signatures are salted: sign until each URL-safe character appears without the other one.
+    wanted = {"-": None, "_": None}
+    for _ in range(5000):
+        text = base64.urlsafe_b64encode(key.sign(body, pss, hashes.SHA256())).decode()
+        for char, other in (("-", "_"), ("_", "-")):
+            if wanted[char] is None and char in text and other not in text:
+                wanted[char] = text
+        if all(wanted.values()):
+            break
+    assert all(wanted.values())
+    for text in wanted.values():
+        assert text.endswith("=") and not text.endswith("==")
+        auth.verify(body, {"Cx-Signature": text})
+        auth.verify(body, {"Cx-Signature": text.rstrip("=")})
+    standard = base64.b64encode(key.sign(body, padding.PKCS1v15(), hashes.SHA256())).decode()
+    auth.verify(body, {"Cx-Signature": standard})
+    # Not base64 although every base64 character of a valid signature is there: refused, not cleaned up.
+    for bad in (standard[:40] + "*" + standard[40:], standard[:40] + " " + standard[40:], standard + "=="):
+        with pytest.raises(AuthenticationError):
+            auth.verify(body, {"Cx-Signature": bad})
 
 
 def test_receiver_auth_secrets_are_all_checked_and_never_echoed() -> None:
