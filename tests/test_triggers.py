@@ -586,6 +586,47 @@ def test_watcher_never_refires_the_event_at_its_cursor(store: EventStore, store_
         hook.close()
 
 
+def test_a_batch_the_watcher_fired_from_always_carries_its_cursor_idle_ones_now_and_then(
+    store: EventStore, store_url: str
+) -> None:
+    """What the producer may commit for a watcher: its position after every batch it fired from (or a
+    restart re-fires those events), and for a watcher that fired nothing, its position once a refresh interval
+    (so an idle watcher does not write every poll, nor keep the log from being purged forever)."""
+    from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
+    from airflow_provider_carerix.triggers.events import IDLE_CURSOR_REFRESH
+    from airflow_provider_carerix.triggers.shared_stream import StoreBatch
+
+    trigger = CarerixEventTrigger(event_types=["cremployee:updated"], consumer="dc", store_url=store_url)
+    hook = CarerixEventStoreHook(store_url=store_url)
+
+    async def handle(
+        after: int, upto: int, *sequences: int, done: dict[str, int] | None = None
+    ) -> StoreBatch:
+        rows = tuple(e for e in store.events_after(after) if e.sequence in sequences)
+        batch = StoreBatch(after, upto, rows, dict(done or {}))
+        [_ async for _ in trigger._handle(batch, hook)]
+        return batch
+
+    async def scenario() -> None:
+        start = put(store, payload("crjob:created"))
+        await trigger._start(hook)
+        assert (await handle(start, start)).done == {"dc": start}  # the first batch records where it starts
+        a, b = put(store, payload()), put(store, payload())
+        assert (await handle(start, a, a)).done == {"dc": a}
+        assert (await handle(a, b, b, done={"other": 1})).done == {"other": 1, "dc": b}  # right after: still
+        other = put(store, payload("crjob:created"))
+        assert (await handle(b, other, other)).done == {}  # nothing fired, recorded a moment ago
+        assert (await handle(other, other)).done == {}
+        trigger._last_done_at -= IDLE_CURSOR_REFRESH  # a refresh interval later
+        assert (await handle(other, other)).done == {"dc": other}
+        assert (await handle(other, other)).done == {}
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        hook.close()
+
+
 @needs_shared
 def test_cursor_never_passes_a_batch_whose_persistence_failed(store: EventStore, store_url: str) -> None:
     """Event 1's asset event is never confirmed persisted (Airflow fails it at the ack timeout) while event 2's
