@@ -704,7 +704,14 @@ def test_receiver_auth_secrets_are_all_checked_and_never_echoed() -> None:
     body = event_body()
     for given in ("first", "second", "\tsecond ", "first "):
         auth.verify(body, {"X-Hook-Secret": given})
-    for headers in ({"X-Hook-Secret": "third"}, {"X-Hook-Secret": ""}, {"X-Carerix-Secret": "first"}):
+    refused = (
+        {"X-Hook-Secret": "third"},
+        {"X-Hook-Secret": ""},
+        {"X-Carerix-Secret": "first"},
+        {"X-Hook-Secret": "first\n"},  # only spaces and tabs are taken off
+        {"X-Hook-Secret": "fïrst€"},  # not Latin-1 (a caller's own decoding): refused, not an encoding error
+    )
+    for headers in refused:
         with pytest.raises(AuthenticationError) as excinfo:
             auth.verify(body, headers)
         assert excinfo.value.detail == "missing or wrong X-Hook-Secret header"
