@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 from airflow_provider_carerix.conditions import ConditionSyntaxError
 from airflow_provider_carerix.hooks.event_store import cursor_names
 from airflow_provider_carerix.models import WebhookEvent
-from airflow_provider_carerix.store import EventStore, StoredEvent
+from airflow_provider_carerix.store import EventStore, StoredEvent, cursors
 from airflow_provider_carerix.triggers.events import (
     HAS_SHARED_STREAMS,
     CarerixEventSensorTrigger,
@@ -80,13 +81,26 @@ def stored(body: dict[str, Any], sequence: int = 1) -> StoredEvent:
     )
 
 
-async def wait_until(predicate: Callable[[], bool], what: str, limit: float = 20.0) -> None:
-    """Progress-based wait (no timed assertion): fails only when nothing happens for a long time."""
+async def wait_until(
+    predicate: Callable[[], bool],
+    what: str,
+    limit: float = 60.0,
+    progress: Callable[[], object] | None = None,
+) -> None:
+    """Wait for a state, not for a time: fails only when nothing happens for ``limit`` seconds.
+
+    ``limit`` is a "never happens" bound, far above what a loaded machine needs. With ``progress`` (a value
+    that changes while the work advances, e.g. a count), the bound applies to the time since it last changed,
+    so a long but advancing setup is never cut off on a slow machine.
+    """
     loop = asyncio.get_running_loop()
     end = loop.time() + limit
+    seen = progress() if progress is not None else None
     while not predicate():
+        if progress is not None and (now := progress()) != seen:
+            seen, end = now, loop.time() + limit
         if loop.time() > end:
-            raise AssertionError(f"gave up waiting for {what}")
+            raise AssertionError(f"gave up waiting for {what} (nothing happened for {limit:.0f} s)")
         await asyncio.sleep(0.01)
 
 
@@ -315,8 +329,12 @@ def test_permanent_store_errors_fail_the_trigger_naming_the_setting(
 class MiniTriggerer:
     """The part of Airflow's TriggerRunner that drives shared streams, with persistence under test control."""
 
-    def __init__(self, ack_timeout: float = 60.0) -> None:
-        from airflow.triggers.shared_stream import SharedStreamManager
+    def __init__(self, ack_timeout: float | None = None) -> None:
+        # Airflow's own default unless a test is about the timeout: starting a thousand watchers on a loaded
+        # machine can take longer than a short ack timeout, which would then fail the late ones.
+        from airflow.triggers.shared_stream import DEFAULT_ACK_TIMEOUT, SharedStreamManager
+
+        ack_timeout = DEFAULT_ACK_TIMEOUT if ack_timeout is None else ack_timeout
 
         self.manager = SharedStreamManager(ack_timeout=ack_timeout)
         self.events: list[tuple[int, dict[str, Any], int | None]] = []
@@ -450,6 +468,12 @@ def test_thousand_watchers_share_one_query_per_interval(store: EventStore, store
         created.append(producer)
         return producer
 
+    def started() -> int:
+        """Watchers whose consumer exists in the store (its origin marker is written last)."""
+        with store.engine.connect() as conn:
+            query = sa.select(sa.func.count()).where(cursors.c.name.like("w%:origin"))
+            return int(conn.execute(query).scalar_one())
+
     async def scenario() -> None:
         runner = MiniTriggerer()
         for i in range(1000):
@@ -462,7 +486,9 @@ def test_thousand_watchers_share_one_query_per_interval(store: EventStore, store
                     poll_interval=0.2,
                 ),
             )
-        await wait_until(lambda: store.get_cursor("w999:origin") > 0, "1000 consumers", limit=120)
+        # Each watcher writes its cursors on start: minutes on a loaded machine, so wait for the count to stop
+        # moving, not for a fixed time.
+        await wait_until(lambda: started() == 1000, "1000 consumers", progress=started)
         await asyncio.sleep(0.5)
         before = created[0].queries
         loop = asyncio.get_running_loop()
