@@ -27,6 +27,8 @@ from tests.fixtures.receiver import start_receiver, start_receiver_process
 from tests.test_store import GUIDE_PAYLOAD
 
 SECRET = "s3cret-" + uuid.uuid4().hex
+# A deadline that only a hung receiver reaches, for tests whose subject is not the deadline itself.
+NEVER = 300.0
 HEADERS = {"X-Carerix-Secret": SECRET, "Content-Type": "application/json"}
 
 
@@ -109,7 +111,15 @@ def test_health(url: str) -> None:
     assert response.status_code == 200 and response.json()["status"] == "ok"
 
 
-def test_concurrent_senders_all_stored(url: str, store: EventStore) -> None:
+def test_concurrent_senders_all_stored(
+    store_url: str, store: EventStore, receiver: Callable[..., tuple[str, Callable[[], None]]]
+) -> None:
+    """300 deliveries over 32 keep-alive connections: every one answered 201 and stored once.
+
+    The receiver's ack deadline (503 when a commit takes 8 s, so Carerix retries) is about a slow store, not
+    about concurrency: on a loaded machine a commit can take that long, so here it is a "never happens" bound.
+    """
+    url, _ = receiver(store_url, [SECRET], ack_timeout=NEVER)
     ids = [str(uuid.uuid4()) for _ in range(300)]
 
     async def send_all() -> list[int]:
@@ -1057,6 +1067,32 @@ def test_idle_keep_alive_connections_are_closed(limited: Any) -> None:
         assert answer is not None and answer.startswith(b"HTTP/1.1 200")
     finally:
         sock.close()
+
+
+def test_idle_connection_outlives_the_senders_pool(tmp_path: Path) -> None:
+    """The server keeps an idle keep-alive connection open longer than a sender's pool keeps it (httpx, like
+    Node, 5 s), so the sender retires it first: a server closing it while the sender reuses it would lose that
+    request in flight (``ReadError``). uvicorn's own default is exactly those 5 s."""
+    pool_expiry = httpx.Limits().keepalive_expiry
+    assert pool_expiry is not None
+    base, stop = start_receiver(f"sqlite:///{tmp_path / 'events.db'}", SECRET)
+    sock = _connect(base)
+    try:
+        request = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+        sock.sendall(request)
+        answer = b""
+        while b'"alive"' not in answer:
+            part = sock.recv(65536)
+            assert part, answer
+            answer += part
+        assert answer.startswith(b"HTTP/1.1 200")
+        # Idle for as long as the sender's pool would still reuse it, and a second more.
+        assert _closed_within(sock, pool_expiry + 1) is None, "the server closed an idle connection first"
+        sock.sendall(request)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        sock.close()
+        stop()
 
 
 def test_connections_beyond_the_limit_get_503_and_health_recovers(limited: Any) -> None:

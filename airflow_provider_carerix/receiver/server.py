@@ -8,8 +8,12 @@ unauthenticated client can hold:
 * **Header timeout** (``header_timeout``, default 10 s): a connection that has not completed its request line
   and headers within that time after connecting (or after its previous response) is closed. uvicorn has no such
   timer: a half-open connection would otherwise be kept forever.
-* **Idle timeout** (``idle_timeout``, default 5 s): a keep-alive connection with no new request is closed
-  (uvicorn's ``timeout_keep_alive``).
+* **Idle timeout** (``idle_timeout``, default 75 s): a keep-alive connection with no new request is closed
+  (uvicorn's ``timeout_keep_alive``). Longer than the idle timeout of the connection pools and proxies that
+  deliver to it (httpx and Node 5 s, the JDK 30 s, nginx and AWS load balancers 60 s), so the sender always
+  retires an idle connection first: a server that closes first races a sender reusing the connection at that
+  moment, and the request is lost in flight (a ``ReadError`` for the sender, a failed delivery for Carerix).
+  uvicorn's own default, 5 s, is exactly httpx's expiry.
 * **Connection limit** (``max_connections``, default 256, capped below the process's file-descriptor limit):
   connections beyond it get ``503`` and are closed at once, so the store, logs and ``/health`` keep the
   descriptors they need.
@@ -43,7 +47,7 @@ _FD_RESERVE = 64
 class ServerLimits:
     max_header_bytes: int = 16 * 1024
     header_timeout: float = 10.0
-    idle_timeout: int = 5
+    idle_timeout: int = 75
     max_connections: int = 256
     trusted_proxies: tuple[str, ...] = ()
 
