@@ -222,7 +222,7 @@ async def cancel(task: asyncio.Future[Any]) -> None:
         await task
 
 
-async def next_event(gen: AsyncIterator[TriggerEvent], limit: float = 20.0) -> TriggerEvent:
+async def next_event(gen: AsyncIterator[TriggerEvent], limit: float = 60.0) -> TriggerEvent:
     return await asyncio.wait_for(gen.__anext__(), timeout=limit)
 
 
@@ -329,14 +329,17 @@ def test_permanent_store_errors_fail_the_trigger_naming_the_setting(
 class MiniTriggerer:
     """The part of Airflow's TriggerRunner that drives shared streams, with persistence under test control."""
 
-    def __init__(self, ack_timeout: float | None = None) -> None:
+    def __init__(self, ack_timeout: float | None = None, clock: Callable[[], float] | None = None) -> None:
         # Airflow's own default unless a test is about the timeout: starting a thousand watchers on a loaded
-        # machine can take longer than a short ack timeout, which would then fail the late ones.
+        # machine can take longer than a short ack timeout, which would then fail the late ones. A test about
+        # the timeout passes ``clock`` (the manager's ack-timeout clock) and moves it past the timeout itself.
         from airflow.triggers.shared_stream import DEFAULT_ACK_TIMEOUT, SharedStreamManager
 
         ack_timeout = DEFAULT_ACK_TIMEOUT if ack_timeout is None else ack_timeout
-
-        self.manager = SharedStreamManager(ack_timeout=ack_timeout)
+        if clock is None:
+            self.manager = SharedStreamManager(ack_timeout=ack_timeout)
+        else:
+            self.manager = SharedStreamManager(ack_timeout=ack_timeout, _now=clock)
         self.events: list[tuple[int, dict[str, Any], int | None]] = []
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.keys: dict[int, Any] = {}
@@ -654,18 +657,35 @@ def test_a_batch_the_watcher_fired_from_always_carries_its_cursor_idle_ones_now_
 
 
 @needs_shared
-def test_cursor_never_passes_a_batch_whose_persistence_failed(store: EventStore, store_url: str) -> None:
+def test_cursor_never_passes_a_batch_whose_persistence_failed(
+    store: EventStore, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Event 1's asset event is never confirmed persisted (Airflow fails it at the ack timeout) while event 2's
-    is: the watcher's cursor must stay before event 1, or event 1 would never fire again."""
+    is: the watcher's cursor must stay before event 1, or event 1 would never fire again.
+
+    Airflow's ack-timeout clock is the manager's own injectable one, moved by the test once event 2 is settled:
+    with a real 1 s timeout, a loaded machine could time event 1 out before event 2 even fired.
+    """
+    from airflow_provider_carerix.triggers.shared_stream import CarerixStoreProducer, StoreBatch
+
+    finished: list[StoreBatch] = []  # batches of every advance() that returned or raised
+    original_advance = CarerixStoreProducer.advance
+
+    async def recording_advance(self: Any, batch: Any) -> None:
+        try:
+            await original_advance(self, batch)
+        finally:
+            finished.extend(item.broker_payload for item in batch)
+
+    monkeypatch.setattr(CarerixStoreProducer, "advance", recording_advance)
+    clock = [0.0]
 
     async def scenario() -> None:
-        runner = MiniTriggerer(ack_timeout=1.0)
-        runner.add(
-            1,
-            CarerixEventTrigger(
-                event_types=["cremployee:updated"], consumer="pf", store_url=store_url, poll_interval=0.05
-            ),
+        runner = MiniTriggerer(ack_timeout=1.0, clock=lambda: clock[0])
+        trigger = CarerixEventTrigger(
+            event_types=["cremployee:updated"], consumer="pf", store_url=store_url, poll_interval=0.05
         )
+        runner.add(1, trigger)
         await wait_until(lambda: store.get_cursor("pf:origin") > 0, "consumer")
         start = store.get_cursor("pf")
         lost = put(store, payload())
@@ -673,14 +693,16 @@ def test_cursor_never_passes_a_batch_whose_persistence_failed(store: EventStore,
         later = put(store, payload())
         await wait_until(lambda: runner.sequences(1) == [lost, later], "second event fired")
         runner.manager.confirm_persisted([seq for _, p, seq in runner.events if p["sequence"] == later])
-        put(store, payload("crjob:created"))  # moves the watcher past `later`: resolved clean
-        await asyncio.sleep(
-            2.5
-        )  # past the ack timeout of `lost`, and rounds in which a wrong commit would land
+        # Moves the watcher past `later`, so `later` is resolved clean before anything times out.
+        moved = put(store, payload("crjob:created"))
+        await wait_until(lambda: (trigger._position or 0) >= moved, "the watcher past the second event")
+        clock[0] += 2.0  # past the ack timeout of `lost` (and of whatever else is still open)
+        await wait_until(lambda: runner.tasks[1].done(), "the watcher failed by the ack timeout")
+        assert "did not finish processing" in str(runner.tasks[1].exception())
+        # Every batch up to `later` went through advance(): a wrong commit would have landed by now.
+        await wait_until(lambda: any(b.upto >= later for b in finished), "advance() of the settled batches")
         assert store.get_cursor("pf") < lost, "the cursor moved past a batch Airflow never persisted"
         assert store.get_cursor("pf") == start
-        for task in runner.tasks.values():
-            task.cancel()
         await asyncio.gather(*runner.tasks.values(), return_exceptions=True)
         await runner.manager.stop_all()
 
