@@ -210,11 +210,13 @@ def test_concurrent_hooks_fetch_one_token(emulator: CarerixEmulator) -> None:
     assert emulator.token_requests == 1
 
 
-def test_token_is_renewed_before_it_expires(emulator_factory: Callable[..., CarerixEmulator]) -> None:
-    emulator = emulator_factory(token_lifetime=1)
+def test_token_is_renewed_before_it_expires(emulator: CarerixEmulator, clock: _Clock) -> None:
     hook = make_hook()
     hook.list_applications()
-    time.sleep(1.1)  # past the lifetime: the cached token is stale on both sides
+    # Past the lifetime: the cached token is stale on both sides, the hook's clock and Carerix's (which forgets
+    # it). Moved by hand: a real 1 s lifetime could also run out during the first call on a loaded machine.
+    clock.now += emulator.token_lifetime + 1
+    emulator.expire_tokens()
     hook.list_applications()
     assert emulator.token_requests == 2
     # Renewed up front, so the API never saw the expired token.
