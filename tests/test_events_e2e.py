@@ -121,6 +121,42 @@ class Env:
         doubled = {k: v for k, v in self.counts().items() if v != 1}
         assert doubled == {}, f"processed more than once: {doubled}"
 
+    def retried_tries(self) -> set[tuple[str, int]]:
+        """(run id, try number) of every try of the task that ended without success and got a next try.
+
+        Airflow moves such a try to ``task_instance_history`` the moment it ends; ``task_instance.try_number``
+        moves on only when the scheduler schedules the next try, ``retry_delay`` and a scheduler loop later.
+        """
+        rows = self.stack.query(
+            "SELECT run_id, try_number FROM task_instance_history WHERE dag_id = ? AND task_id = ?",
+            DAG_ID,
+            TASK_ID,
+        )
+        return {(r["run_id"], r["try_number"]) for r in rows}
+
+    def succeeded_after(self, run_id: str, try_number: int) -> bool:
+        """Whether a later try of the task in this run succeeded."""
+        return bool(
+            self.stack.query(
+                "SELECT 1 FROM task_instance WHERE dag_id = ? AND task_id = ? AND run_id = ? AND try_number > ?"
+                " AND state = 'success'",
+                DAG_ID,
+                TASK_ID,
+                run_id,
+                try_number,
+            )
+        )
+
+    def how_try_ended(self, run_id: str, try_number: int) -> str:
+        """'failed' (the forced exception), 'killed' (SIGKILL) or 'other', from the try's own task log."""
+        log = self.stack.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / f"task_id={TASK_ID}"
+        text = (log / f"attempt={try_number}.log").read_text()
+        if '"SIGKILL"' in text:  # the supervisor's line: "Process terminated by signal", signal_name
+            return "killed"
+        if "forced failure in the middle of the batch" in text:
+            return "failed"
+        return "other"
+
     def delays(self, ids: set[str]) -> list[float]:
         result = []
         for event_id, done in self.processed():
@@ -219,15 +255,22 @@ def test_a_try_failing_or_killed_mid_batch_is_retried_without_loss_or_doubles(en
         _event(f"kill-{uuid.uuid4().hex[:6]}"),
         _event(f"after-{uuid.uuid4().hex[:6]}"),
     ]
+    retried_before = env.retried_tries()
     for body in batch:
         env.post(body)
     ids = {b["id"] for b in batch}
     env.wait_processed(ids, "every event of the failing batch processed")
     env.assert_exactly_once()
-    tries = env.stack.query(
-        "SELECT max(try_number) AS n FROM task_instance WHERE dag_id = ? AND task_id = ?", DAG_ID, TASK_ID
-    )[0]["n"]
-    assert tries >= 2, "the forced failures never happened"
+    # Whichever run waits for the lease takes the batch over, so it may be done before the failed runs'
+    # retries are even scheduled: the failed tries are read from the history, then their retries awaited.
+    wait_for(
+        lambda: len(env.retried_tries() - retried_before) >= 2, "the failed and the killed try in history"
+    )
+    failed = env.retried_tries() - retried_before
+    assert sorted(env.how_try_ended(*t) for t in failed) == ["failed", "killed"], failed
+    for run_id, try_number in failed:
+        wait_for(lambda t=(run_id, try_number): env.succeeded_after(*t), f"a successful retry of {run_id}")
+    env.assert_exactly_once()  # the retries found nothing left to process
 
 
 @pytest.mark.timeout(900)
