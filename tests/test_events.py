@@ -46,21 +46,6 @@ def put(store: EventStore, event_type: str = "cremployee:updated") -> str:
     return body["id"]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'events.db'}"
-    return request.getfixturevalue("postgres_database")
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[EventStore]:
-    s = EventStore(store_url)
-    s.ping()
-    yield s
-    s.close()
-
-
 @pytest.fixture
 def hook(store_url: str) -> Iterator[CarerixEventStoreHook]:
     h = CarerixEventStoreHook(store_url=store_url)

@@ -31,6 +31,7 @@ from airflow_provider_carerix.store import (
     StoreUnavailable,
 )
 from tests.fixtures.receiver import ReceiverProcess, start_receiver_process
+from tests.fixtures.store import FollowingReader
 from tests.test_store import make_event
 
 pytestmark = pytest.mark.postgres
@@ -336,24 +337,7 @@ def test_three_receivers_reader_sees_every_acknowledged_event(
 ) -> None:
     """Three receiver processes under concurrent load; a reader polling "after my cursor" misses nothing."""
     reader_store = EventStore(postgres_database)
-    seen: list[int] = []
-    done = threading.Event()
-
-    def read() -> None:
-        cursor = 0
-        while True:
-            finished = done.is_set()
-            batch = reader_store.events_after(cursor, limit=100)
-            for event in batch:
-                seen.append(event.sequence)
-                cursor = event.sequence
-            if finished and not batch:
-                return
-            if not batch:
-                time.sleep(0.005)
-
-    reader = threading.Thread(target=read)
-    reader.start()
+    reader = FollowingReader(reader_store, limit=100, idle_sleep=0.005)
     senders = [_Sender(r.url, threads=3) for r in receivers]
     time.sleep(4)  # the load lasts at least this long
     # ... and until every receiver has acknowledged events (a loaded machine acknowledges fewer per second).
@@ -362,8 +346,7 @@ def test_three_receivers_reader_sees_every_acknowledged_event(
         time.sleep(0.1)
     for sender in senders:
         sender.stop()
-    done.set()
-    reader.join(60)
+    seen = reader.finish()
     stored = reader_store.events_after(0, limit=100_000)
     reader_store.close()
     acked = {event_id for sender in senders for event_id in sender.acked}
@@ -399,34 +382,19 @@ def test_concurrent_writers_reader_never_skips(postgres_database: str, protected
     for store in stores:
         _slow_commits(store, rng)
     acked: list[int] = []
-    seen: list[int] = []
-    done = threading.Event()
 
     def write(store: EventStore) -> None:
         for _ in range(groups):
             results = store.insert_many([make_event() for _ in range(rng.randint(1, 4))])
             acked.extend(sequence for sequence, _ in results)
 
-    def read() -> None:
-        cursor = 0
-        while True:
-            finished = done.is_set()
-            batch = reader_store.events_after(cursor, limit=50)
-            for event in batch:
-                seen.append(event.sequence)
-                cursor = event.sequence
-            if finished and not batch:
-                return
-
-    reader = threading.Thread(target=read)
-    reader.start()
+    reader = FollowingReader(reader_store)
     threads = [threading.Thread(target=write, args=(s,)) for s in stores]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    done.set()
-    reader.join()
+    seen = reader.finish()
     stored = [e.sequence for e in reader_store.events_after(0, limit=100_000)]
     assert sorted(acked) == stored  # every acknowledged event stored, once
     missed = sorted(set(stored) - set(seen))

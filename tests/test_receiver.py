@@ -46,20 +46,6 @@ def event_body(event_id: str | None = None, type_: str = "cremployee:updated", *
     return json.dumps(body).encode()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'events.db'}"
-    return request.getfixturevalue("postgres_database")
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[EventStore]:
-    s = EventStore(store_url)
-    yield s
-    s.close()
-
-
 @pytest.fixture
 def url(store_url: str) -> Iterator[str]:
     base, stop = start_receiver(store_url, [SECRET, "previous-secret"])

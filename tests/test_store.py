@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from airflow_provider_carerix.store import (
     parse_duration,
     resolve_store_url,
 )
+from tests.fixtures.store import FollowingReader
 
 GUIDE_PAYLOAD = (
     b'{\n"id": "8469bf71-4942-45ea-98b8-393077288785",\n"time": "2024-02-14T14:24:40Z",\n'
@@ -52,17 +52,6 @@ def make_event(
     }
     raw = json.dumps(body).encode()
     return raw, WebhookEvent.model_validate_json(raw)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'events.db'}"
-    else:
-        url = request.getfixturevalue("postgres_database")
-    s = EventStore(url)
-    yield s
-    s.close()
 
 
 def test_guide_payload_stored_byte_for_byte(store: EventStore) -> None:
@@ -276,33 +265,18 @@ def test_postgres_concurrent_writers_reader_never_skips(postgres_database: str) 
     writers, per_writer = 4, 40
     store = EventStore(postgres_database)
     store.ping()
-    seen: list[int] = []
-    done = threading.Event()
 
     def write() -> None:
         for _ in range(per_writer):
             store.insert_many([make_event(), make_event()])
 
-    def read() -> None:
-        cursor = 0
-        while True:
-            finished = done.is_set()
-            batch = store.events_after(cursor, limit=50)
-            for event in batch:
-                seen.append(event.sequence)
-                cursor = event.sequence
-            if finished and not batch:
-                return
-
-    reader = threading.Thread(target=read)
-    reader.start()
+    reader = FollowingReader(store)
     threads = [threading.Thread(target=write) for _ in range(writers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    done.set()
-    reader.join()
+    seen = reader.finish()
     all_sequences = [e.sequence for e in store.events_after(0, limit=10_000)]
     assert len(all_sequences) == writers * per_writer * 2
     assert seen == all_sequences
