@@ -9,18 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_carerix.version_compat import BaseOperator
+from airflow_provider_carerix.operators.base import CarerixBaseOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_carerix.hooks.carerix import CarerixHook
 
-
-class CarerixRecoverEventsOperator(BaseOperator):
+class CarerixRecoverEventsOperator(CarerixBaseOperator):
     """Store every delivery-log payload since ``since`` that the event store does not hold yet.
 
     :param since: jobs queued since then: a datetime, an ISO 8601 time, a duration back from now (``"2h"``),
@@ -43,7 +40,6 @@ class CarerixRecoverEventsOperator(BaseOperator):
         event_store_url: str | None = None,
         page_size: int = 100,
         fail_on_invalid: bool = True,
-        carerix_conn_id: str = "carerix_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -52,13 +48,6 @@ class CarerixRecoverEventsOperator(BaseOperator):
         self.event_store_url = event_store_url
         self.page_size = page_size
         self.fail_on_invalid = fail_on_invalid
-        self.carerix_conn_id = carerix_conn_id
-
-    @cached_property
-    def hook(self) -> CarerixHook:
-        from airflow_provider_carerix.hooks.carerix import CarerixHook
-
-        return CarerixHook(carerix_conn_id=self.carerix_conn_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_carerix.operators.webhooks import _as_bool

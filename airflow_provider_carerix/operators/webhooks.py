@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -23,6 +22,7 @@ from airflow.sdk.log import mask_secret
 
 from airflow_provider_carerix.conditions import parse
 from airflow_provider_carerix.exceptions import CarerixNotFoundError
+from airflow_provider_carerix.operators.base import CarerixBaseOperator
 from airflow_provider_carerix.spec import Spec, load_spec
 from airflow_provider_carerix.sync import SyncError, sync
 from airflow_provider_carerix.validation import (
@@ -31,13 +31,11 @@ from airflow_provider_carerix.validation import (
     targets_public_carerix,
     validate_webhook,
 )
-from airflow_provider_carerix.version_compat import AirflowFailException, BaseOperator
+from airflow_provider_carerix.version_compat import AirflowFailException
 
 if TYPE_CHECKING:
     import jinja2
     from airflow.sdk import Context
-
-    from airflow_provider_carerix.hooks.carerix import CarerixHook
 
 SPEC_EXTENSIONS = (".yaml", ".yml", ".json")
 
@@ -98,18 +96,7 @@ def mask_spec_headers(spec: object) -> None:
             mask_spec_headers(item)
 
 
-class _CarerixOperator(BaseOperator):
-    def __init__(self, *, carerix_conn_id: str = "carerix_default", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.carerix_conn_id = carerix_conn_id
-
-    @cached_property
-    def hook(self) -> CarerixHook:
-        # Imported when a task runs, not when a DAG file is parsed: requests and tenacity are run-time needs.
-        from airflow_provider_carerix.hooks.carerix import CarerixHook
-
-        return CarerixHook(carerix_conn_id=self.carerix_conn_id)
-
+class _CarerixOperator(CarerixBaseOperator):
     def _require_public_urls(self, allow_unreachable_urls: bool) -> bool:
         """Whether webhook URLs must be reachable from the internet: the connection is Carerix itself."""
         return not allow_unreachable_urls and targets_public_carerix(self.hook.settings.api_url)
