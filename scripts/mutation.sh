@@ -4,6 +4,8 @@
 #   make mutation                          # every module in [tool.mutmut] only_mutate; resumes where it stopped
 #   make mutation MODULES="conditions spec" # just these (dotted under airflow_provider_carerix), re-run
 #   MUTATION_JOBS=1 make mutation           # workers (default 2; each runs pytest on one mutant)
+#   make mutation NAMES='airflow_provider_carerix.triggers.events.xǁCarerixEventTriggerǁ_handle__mutmut_*'
+#                                           # only these mutants (mutmut name globs: one function), re-run
 #
 # mutmut copies the project into mutants/, and for each mutant runs the tests that reached the mutated
 # function, from the fast test files in [tool.mutmut] pytest_add_cli_args_test_selection. It runs niced:
@@ -21,6 +23,11 @@ names=()
 for module in ${MODULES:-}; do
   names+=("airflow_provider_carerix.${module}.*")
 done
+set -f  # the globs are mutmut's, not the shell's
+for name in ${NAMES:-}; do
+  names+=("$name")
+done
+set +f
 set +e
 nice -n "${MUTATION_NICE:-10}" "$VENV/bin/mutmut" run --max-children "${MUTATION_JOBS:-2}" "${names[@]}"
 rc=$?

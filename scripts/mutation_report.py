@@ -37,7 +37,19 @@ GROUPS = {
             "_send",
             "_call",
         )
-    }
+    },
+    "receiver.validation": {
+        "limits": ("check_declared_length", "read_body", "check_content_encoding", "is_json_media_type")
+    },
+    "triggers.events": {
+        "cursor logic": (
+            "CarerixEventTrigger._handle",
+            "CarerixEventTrigger._start",
+            "CarerixEventTrigger.run",
+        )
+    },
+    "triggers.shared_stream": {"cursor logic": ("StorePoller.open_stream", "StorePoller.commit")},
+    "utils.event_filter": {"matching": ("EventFilter.matches", "EventFilter.query_kwargs")},
 }
 
 
@@ -45,6 +57,13 @@ def _function(mutant: str) -> str:
     """``pkg.mod.xǁClassǁmethod__mutmut_3`` -> ``method``; ``pkg.mod.x_func__mutmut_3`` -> ``func``."""
     mangled = mutant.rsplit(".", 1)[-1].rsplit("__mutmut_", 1)[0]
     return mangled.rsplit("ǁ", 1)[-1] if "ǁ" in mangled else mangled.removeprefix("x_")
+
+
+def _in(mutant: str, functions: tuple[str, ...]) -> bool:
+    """Whether a mutant is in one of ``functions`` (``name`` or ``Class.method``)."""
+    mangled = mutant.rsplit(".", 1)[-1].rsplit("__mutmut_", 1)[0]
+    qualified = ".".join(mangled.split("ǁ")[1:]) if "ǁ" in mangled else _function(mutant)
+    return _function(mutant) in functions or qualified in functions
 
 
 def _line(name: str, statuses: Counter[str]) -> str:
@@ -96,7 +115,7 @@ def main() -> None:
             functions = GROUPS.get(module, {}).get(args.group) if args.group else None
             for name, s in sorted(status.items()):
                 if s in ("survived", "no tests", "not checked") and (
-                    functions is None or _function(name) in functions
+                    functions is None or _in(name, functions)
                 ):
                     print(name)
         return
@@ -105,7 +124,7 @@ def main() -> None:
     for module, status in _statuses(args.modules):
         print(_line(module, Counter(status.values())))
         for group, functions in GROUPS.get(module, {}).items():
-            part = Counter(s for name, s in status.items() if _function(name) in functions)
+            part = Counter(s for name, s in status.items() if _in(name, functions))
             print(_line(f"  {group}", part))
         if args.survivors:
             for name, s in sorted(status.items()):
