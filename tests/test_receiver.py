@@ -685,7 +685,12 @@ def test_receiver_auth_reads_either_base64_alphabet_with_or_without_padding_and_
     standard = base64.b64encode(key.sign(body, padding.PKCS1v15(), hashes.SHA256())).decode()
     auth.verify(body, {"Cx-Signature": standard})
     # Not base64 although every base64 character of a valid signature is there: refused, not cleaned up.
-    for bad in (standard[:40] + "*" + standard[40:], standard[:40] + " " + standard[40:], standard + "=="):
+    for bad in (
+        standard[:40] + "*" + standard[40:],
+        standard[:40] + " " + standard[40:],
+        standard + "==",
+        standard + "\n",  # only spaces and tabs around it are taken off
+    ):
         with pytest.raises(AuthenticationError):
             auth.verify(body, {"Cx-Signature": bad})
 
