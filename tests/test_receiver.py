@@ -719,6 +719,8 @@ def test_receiver_auth_secrets_are_all_checked_and_never_echoed() -> None:
     with pytest.raises(AuthenticationError) as excinfo:
         auth.verify(body, [("X-Hook-Secret", "first"), ("x-hook-secret", "first")])
     assert excinfo.value.detail == "more than one X-Hook-Secret header"
+    with pytest.raises(AuthenticationError):  # a configured newline is not whitespace taken off either
+        ReceiverAuth(["nl\n"]).verify(body, {"X-Carerix-Secret": "nl"})
     insecure = ReceiverAuth([], insecure=True)
     assert (insecure.enabled, insecure.has_secrets, insecure.has_static_keys) == (False, False, False)
     assert ReceiverAuth([], keys_per_application=True).enabled
