@@ -603,8 +603,12 @@ def test_receiver_auth_without_a_web_framework() -> None:
         with pytest.raises(AuthenticationError) as excinfo:
             auth.verify(body, headers)
         assert excinfo.value.status_code == 401 and SECRET not in str(excinfo.value)
-    with pytest.raises(ValueError, match="no receiver secret"):
+    with pytest.raises(ValueError) as refused:
         ReceiverAuth([])
+    assert str(refused.value) == (
+        "no receiver secret configured (env CARERIX_RECEIVER_SECRET or --secret-file); refusing to accept "
+        "unauthenticated events (pass insecure=True / --insecure for local experiments only)"
+    )
     ReceiverAuth([], insecure=True).verify(body, {})
 
 
