@@ -293,7 +293,9 @@ def test_unreachable_store_is_waited_for_not_an_event(caplog: pytest.LogCaptureF
     async def scenario() -> None:
         gen = trigger.run()
         task = asyncio.ensure_future(next_event(gen, 60))
-        await asyncio.sleep(3.0)  # many retries' worth: never an event
+        # The watcher has met the outage (a loaded machine may take a while to get there) ...
+        await wait_until(lambda: "unavailable" in caplog.text, "the watcher meeting the outage")
+        await asyncio.sleep(3.0)  # ... and then retries for a while: never an event
         assert not task.done(), task.result()
         await cancel(task)
         await gen.aclose()
