@@ -20,7 +20,6 @@ import httpx
 import psycopg
 import pytest
 from sqlalchemy import event as sa_event
-from sqlalchemy.engine import make_url
 
 from airflow_provider_carerix.receiver import DEFAULT_ACK_TIMEOUT
 from airflow_provider_carerix.store import (
@@ -31,18 +30,12 @@ from airflow_provider_carerix.store import (
     StoreUnavailable,
 )
 from tests.fixtures.receiver import ReceiverProcess, start_receiver_process
-from tests.fixtures.store import FollowingReader
+from tests.fixtures.store import PATIENT, FollowingReader, run_in_threads, with_options
 from tests.test_store import make_event
 
 pytestmark = pytest.mark.postgres
 
 SECRET = "fleet-" + uuid.uuid4().hex
-
-
-def with_options(url: str, **settings: str) -> str:
-    """The store URL with libpq ``options`` (they override the store's own session settings)."""
-    options = " ".join(f"-c {name}={value}" for name, value in settings.items())
-    return make_url(url).update_query_dict({"options": options}).render_as_string(hide_password=False)
 
 
 def dsn(url: str) -> str:
@@ -374,7 +367,7 @@ def test_concurrent_writers_reader_never_skips(postgres_database: str, protected
     """
     writers, groups = 6, 30
     rng = random.Random(18)
-    stores = [EventStore(postgres_database) for _ in range(writers)]
+    stores = [EventStore(with_options(postgres_database, **PATIENT)) for _ in range(writers)]
     reader_store = EventStore(postgres_database)
     for store in [*stores, reader_store]:
         store._pg_announce_in_flight = protected
@@ -389,11 +382,7 @@ def test_concurrent_writers_reader_never_skips(postgres_database: str, protected
             acked.extend(sequence for sequence, _ in results)
 
     reader = FollowingReader(reader_store)
-    threads = [threading.Thread(target=write, args=(s,)) for s in stores]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(write, [(s,) for s in stores])
     seen = reader.finish()
     stored = [e.sequence for e in reader_store.events_after(0, limit=100_000)]
     assert sorted(acked) == stored  # every acknowledged event stored, once
@@ -413,23 +402,13 @@ def test_received_at_follows_sequence_order(postgres_database: str) -> None:
     what a receiver needs to answer 503 in time, not what this test is about: on a loaded machine a writer
     can wait that long for the insert lock, so here they are "never happens" bounds.
     """
-    url = with_options(postgres_database, lock_timeout="120s", statement_timeout="180s")
-    stores = [EventStore(url) for _ in range(4)]
-    errors: list[BaseException] = []
+    stores = [EventStore(with_options(postgres_database, **PATIENT)) for _ in range(4)]
 
     def write(store: EventStore) -> None:
-        try:
-            for _ in range(40):
-                store.insert_many([make_event() for _ in range(3)])
-        except BaseException as exc:  # reported by the test, not lost in a thread
-            errors.append(exc)
+        for _ in range(40):
+            store.insert_many([make_event() for _ in range(3)])
 
-    threads = [threading.Thread(target=write, args=(s,)) for s in stores]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    run_in_threads(write, [(s,) for s in stores])
     stored = stores[0].events_after(0, limit=10_000)
     assert len(stored) == 4 * 40 * 3
     backwards = [

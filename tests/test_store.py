@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -19,7 +18,7 @@ from airflow_provider_carerix.store import (
     parse_duration,
     resolve_store_url,
 )
-from tests.fixtures.store import FollowingReader
+from tests.fixtures.store import PATIENT, FollowingReader, run_in_threads, with_options
 
 GUIDE_PAYLOAD = (
     b'{\n"id": "8469bf71-4942-45ea-98b8-393077288785",\n"time": "2024-02-14T14:24:40Z",\n'
@@ -263,7 +262,7 @@ def test_postgres_notify_inside_transaction(postgres_database: str) -> None:
 def test_postgres_concurrent_writers_reader_never_skips(postgres_database: str) -> None:
     """A reader that advances past what it saw must see every event: sequence order == commit order."""
     writers, per_writer = 4, 40
-    store = EventStore(postgres_database)
+    store = EventStore(with_options(postgres_database, **PATIENT))
     store.ping()
 
     def write() -> None:
@@ -271,11 +270,7 @@ def test_postgres_concurrent_writers_reader_never_skips(postgres_database: str) 
             store.insert_many([make_event(), make_event()])
 
     reader = FollowingReader(store)
-    threads = [threading.Thread(target=write) for _ in range(writers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(write, [()] * writers)
     seen = reader.finish()
     all_sequences = [e.sequence for e in store.events_after(0, limit=10_000)]
     assert len(all_sequences) == writers * per_writer * 2
@@ -292,11 +287,7 @@ def test_sqlite_concurrent_writers_from_two_handles(tmp_path: Path) -> None:
         for _ in range(30):
             store.insert_many([make_event() for _ in range(3)])
 
-    threads = [threading.Thread(target=write, args=(s,)) for s in (a, b, a, b)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(write, [(a,), (b,), (a,), (b,)])
     sequences = [e.sequence for e in a.events_after(0, limit=10_000)]
     assert len(sequences) == 4 * 30 * 3
     assert sequences == sorted(set(sequences))
