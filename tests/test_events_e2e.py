@@ -227,9 +227,15 @@ def test_a_burst_in_waves_makes_several_runs_and_each_event_is_processed_once(en
     runs_before = len(env.stack.dag_runs(DAG_ID))
     burst = [_event(f"burst-{i}") for i in range(50)]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        for wave in range(5):  # five waves of ten, 1.5 s apart: runs are created while others still work
+        for wave in range(5):
+            # Five waves of ten, each once the previous one has made a run (not a fixed 1.5 s apart: on a loaded
+            # machine one scheduler loop could take in every wave), so runs are created while others still work.
+            runs_now = len(env.stack.dag_runs(DAG_ID))
             list(pool.map(env.post, burst[wave * 10 : (wave + 1) * 10]))
-            time.sleep(1.5)
+            wait_for(
+                lambda before=runs_now: len(env.stack.dag_runs(DAG_ID)) > before,
+                f"a DAG run for wave {wave + 1}",
+            )
     ids = {b["id"] for b in burst}
     env.wait_processed(ids, "every event of the burst processed")
     env.assert_exactly_once()
