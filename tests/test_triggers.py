@@ -658,6 +658,36 @@ def test_a_batch_the_watcher_fired_from_always_carries_its_cursor_idle_ones_now_
         hook.close()
 
 
+def test_poller_commits_cursors_forward_and_writes_only_those_that_moved(store_url: str) -> None:
+    """A watcher's first event in an empty log is sequence 1: that commit must land (or it fires again after a
+    restart); a cursor that did not move costs no write (a thousand idle watchers would write every poll)."""
+    from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
+    from airflow_provider_carerix.triggers.shared_stream import StorePoller
+
+    hook = CarerixEventStoreHook(store_url=store_url)
+    poller = StorePoller(hook, poll_interval=0.05)
+
+    async def scenario() -> list[tuple[str, int]]:
+        real = await hook.astore()
+        writes: list[tuple[str, int]] = []
+
+        def advance_cursor(name: str, sequence: int) -> int:
+            writes.append((name, sequence))
+            return EventStore.advance_cursor(real, name, sequence)
+
+        real.advance_cursor = advance_cursor  # type: ignore[method-assign]  # counts, then writes for real
+        await poller.commit({"a": 1, "b": 0})
+        await poller.commit({"a": 1, "b": 0})  # nothing moved: no write
+        await poller.commit({"a": 0, "b": 2})  # `a` behind what was committed: not written back
+        assert (real.get_cursor("a"), real.get_cursor("b")) == (1, 2)
+        return writes
+
+    try:
+        assert asyncio.run(scenario()) == [("a", 1), ("b", 0), ("b", 2)]
+    finally:
+        asyncio.run(poller.aclose())
+
+
 @needs_shared
 def test_cursor_never_passes_a_batch_whose_persistence_failed(
     store: EventStore, store_url: str, monkeypatch: pytest.MonkeyPatch
