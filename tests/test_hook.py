@@ -253,6 +253,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
         (300, 270.0),  # the 30 s margin
         (120, 108.0),  # a tenth of the lifetime when that is shorter than 30 s
         (20, 18.0),
+        (1, 0.9),  # a lifetime shorter than a second: renewed at 0.9 s, not at some minimum
     ],
 )
 def test_token_is_renewed_a_margin_before_it_expires(
@@ -262,11 +263,12 @@ def test_token_is_renewed_a_margin_before_it_expires(
     hook = make_hook()
     hook.list_applications()
     assert emulator.token_requests == 1
-    clock.now += renew_after - 0.5  # still inside the margin's safe side: the cached token is used
+    fetched_at = clock.now
+    clock.now = fetched_at + renew_after / 2  # still inside the margin's safe side: the cached token is used
     hook.list_applications()
     make_hook().list_applications()  # another hook in the same process shares it
     assert emulator.token_requests == 1
-    clock.now += 1.0  # past the refresh point, still before Carerix's expiry: renewed up front
+    clock.now = fetched_at + renew_after  # exactly the refresh point, before Carerix's expiry: renewed
     hook.list_applications()
     assert emulator.token_requests == 2
     hook.list_applications()  # and the new token is cached for its own lifetime
