@@ -360,6 +360,16 @@ def test_a_refused_token_does_not_evict_the_newer_one_another_call_fetched(emula
     assert emulator.token_requests == 3
 
 
+def test_the_call_repeated_after_a_401_keeps_the_retry_policy(
+    emulator: CarerixEmulator, sleeps: list[float]
+) -> None:
+    emulator.inject_fault(status=401, times=1, method="GET")
+    emulator.inject_fault(status=500, times=1, method="GET")  # a read: retried, also after the refresh
+    assert make_hook().list_applications() == []
+    assert statuses(emulator) == [("GET", 401), ("GET", 500), ("GET", 200)]
+    assert emulator.token_requests == 2 and len(sleeps) == 1
+
+
 # ------------------------------------------------------------------------------------------ retries
 
 
@@ -517,6 +527,14 @@ def test_a_connection_error_without_details_is_not_taken_for_an_unsent_request()
     # Only a connection error that proves the request never left makes a create safe to repeat.
     assert carerix_module._should_retry(requests.ConnectionError(), idempotent=False) is False
     assert carerix_module._should_retry(requests.ConnectionError(), idempotent=True) is True
+
+
+def test_a_400_is_an_api_error_at_once(emulator: CarerixEmulator, sleeps: list[float]) -> None:
+    emulator.inject_fault(status=400, times=1, method="GET")
+    with pytest.raises(CarerixApiError) as info:
+        make_hook().list_applications()
+    assert info.value.status_code == 400 and sleeps == []
+    assert statuses(emulator) == [("GET", 400)]
 
 
 # ------------------------------------------------------------------------------------------ API shapes
