@@ -530,11 +530,14 @@ def test_a_connection_error_without_details_is_not_taken_for_an_unsent_request()
 
 
 def test_a_400_is_an_api_error_at_once(emulator: CarerixEmulator, sleeps: list[float]) -> None:
-    emulator.inject_fault(status=400, times=1, method="GET")
+    hook = make_hook()
+    app = hook.create_application("kept")
+    emulator.inject_fault(status=400, times=1, method="DELETE")  # a call whose answer has no body to read
     with pytest.raises(CarerixApiError) as info:
-        make_hook().list_applications()
+        hook.delete_application(str(app.id))
     assert info.value.status_code == 400 and sleeps == []
-    assert statuses(emulator) == [("GET", 400)]
+    assert statuses(emulator) == [("POST", 201), ("DELETE", 400)]
+    assert [a["name"] for a in emulator.applications()] == ["kept"]
 
 
 # ------------------------------------------------------------------------------------------ API shapes
