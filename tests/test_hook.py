@@ -482,8 +482,9 @@ def test_create_is_not_retried_into_a_duplicate(
 
 def test_create_is_not_retried_after_a_read_timeout(emulator: CarerixEmulator, sleeps: list[float]) -> None:
     emulator.inject_fault(status=None, method="POST", path_contains="/applications", delay=1.0)
-    with pytest.raises(CarerixConnectionError):
+    with pytest.raises(CarerixConnectionError) as info:
         make_hook(timeout=0.3).create_application("slow")
+    assert "ReadTimeout: " in str(info.value)  # says what went wrong
     _wait_for(lambda: emulator.count(method="POST", path_contains="/applications") >= 1)
     assert sleeps == []
     assert emulator.count(method="POST", path_contains="/applications") == 1
