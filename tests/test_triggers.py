@@ -213,6 +213,21 @@ def test_id_and_condition_filters() -> None:
     assert not EventFilter(event_types=("*",), condition="data.statusinfo eq '999'").matches(event)
 
 
+def test_a_condition_that_raises_skips_the_event_and_logs_its_id(caplog: pytest.LogCaptureFixture) -> None:
+    """Conditions never raise by contract; if one did (a bug), the watcher skips the event and goes on."""
+
+    class Broken:
+        def matches(self, payload: Any) -> bool:
+            raise RuntimeError("bug")
+
+    flt = EventFilter(event_types=("*",), condition="data.statusinfo eq '1'")
+    object.__setattr__(flt, "_parsed", Broken())  # the parsed condition, as parsed_condition() caches it
+    event = stored(payload())
+    with caplog.at_level("ERROR", logger="airflow_provider_carerix.utils.event_filter"):
+        assert flt.matches(event) is False
+    assert f"Carerix condition failed on event {event.event_id}; skipped" in caplog.text
+
+
 # -- standalone run() (Airflow 3.0-3.2 path) ----------------------------------------------------------------
 
 
