@@ -225,7 +225,8 @@ def test_a_condition_that_raises_skips_the_event_and_logs_its_id(caplog: pytest.
     event = stored(payload())
     with caplog.at_level("ERROR", logger="airflow_provider_carerix.utils.event_filter"):
         assert flt.matches(event) is False
-    assert f"Carerix condition failed on event {event.event_id}; skipped" in caplog.text
+    messages = [r.getMessage() for r in caplog.records if r.name.endswith("event_filter")]
+    assert messages == [f"Carerix condition failed on event {event.event_id}; skipped"]
 
 
 # -- standalone run() (Airflow 3.0-3.2 path) ----------------------------------------------------------------
