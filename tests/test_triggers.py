@@ -24,6 +24,7 @@ from airflow_provider_carerix.triggers.events import (
     CarerixEventTrigger,
 )
 from airflow_provider_carerix.utils.event_filter import EventFilter
+from tests.fixtures.postgres import PostgresCluster, _require_postgres
 
 GUIDE_PAYLOAD = {
     "id": "8469bf71-4942-45ea-98b8-393077288785",
@@ -319,6 +320,53 @@ def test_unreachable_store_is_waited_for_not_an_event(caplog: pytest.LogCaptureF
     with caplog.at_level("WARNING"):
         asyncio.run(scenario())
     assert "unavailable" in caplog.text
+
+
+@pytest.mark.postgres
+def test_outage_after_the_watcher_started_is_waited_out_and_nothing_is_skipped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The database goes down under a running watcher (a restart, a failover) and comes back.
+
+    The watcher fires nothing for the outage, retries from where it was with backoff, and fires the event
+    stored after it, once: the sequence of fired events has no gap and no repeat.
+    """
+    _require_postgres()
+    pg = PostgresCluster(fsync=False).start()
+    try:
+        url = pg.create_database()
+        store = EventStore(url)
+        store.ping()
+        put(store, payload())  # history: a new consumer starts after it
+        trigger = CarerixEventTrigger(
+            event_types=["cremployee:updated"], consumer="c-outage", store_url=url, poll_interval=0.05
+        )
+
+        async def scenario() -> list[int]:
+            gen = trigger.run()
+            first_task = asyncio.ensure_future(next_event(gen))
+            await wait_until(lambda: store.get_cursor("c-outage:origin") > 0, "consumer creation")
+            first = put(store, payload())
+            fired = [(await first_task).payload["sequence"]]
+            assert fired == [first]
+            waiting = asyncio.ensure_future(next_event(gen, 120))
+            await asyncio.to_thread(pg.pause)
+            await wait_until(lambda: "unavailable" in caplog.text, "the watcher meeting the outage")
+            await asyncio.sleep(1.0)  # retrying with backoff meanwhile: never an event
+            assert not waiting.done(), waiting.result()
+            await asyncio.to_thread(pg.resume)
+            after = await asyncio.to_thread(put, store, payload())
+            fired.append((await waiting).payload["sequence"])
+            await gen.aclose()
+            assert fired == [first, after]
+            return fired
+
+        with caplog.at_level("INFO"):
+            asyncio.run(scenario())
+        assert "available again" in caplog.text
+        store.close()
+    finally:
+        pg.stop()
 
 
 @pytest.mark.parametrize(
