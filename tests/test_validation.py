@@ -12,6 +12,7 @@ from airflow_provider_carerix.validation import (
     Problem,
     SpecValidationError,
     explain_templates,
+    is_local_host,
     normalize_event_type,
     targets_public_carerix,
     validate_webhook,
@@ -39,6 +40,33 @@ def test_a_correct_webhook_has_no_problems() -> None:
     assert validate_webhook(webhook()) == []
     assert validate_webhook(Webhook.model_validate(webhook())) == []
     assert validate_webhook(webhook(customHeaders=...)) == []
+
+
+def test_every_problem_is_reported_at_its_path_in_the_document() -> None:
+    """A document's webhooks are validated with their path: each problem names where it is, and every one
+    is reported (not just the first of a list)."""
+    body = webhook(
+        kind="Application",  # Carerix's other spelling of _kind
+        _kind=...,
+        name=5,
+        url="receiver.example.com/events",  # no scheme
+        filters=[{"eventType": "nope"}, {"eventType": "crjob:updated"}, {"eventType": "alsonope"}],
+        customHeaders=[
+            {"name": "X-A", "value": ""},
+            {"name": "X-B", "value": "ok"},
+            {"name": "X-C", "value": " "},
+        ],
+    )
+    problems = validate_webhook(body, path="webhooks[3]")
+    paths = [p.path for p in problems]
+    assert all(path.startswith("webhooks[3].") for path in paths), paths
+    assert "webhooks[3]._kind" in paths
+    assert "webhooks[3].name" in paths
+    assert "webhooks[3].url" in paths
+    assert "webhooks[3].filters[0].eventType" in paths and "webhooks[3].filters[2].eventType" in paths
+    header_paths = [path for path in paths if path.startswith("webhooks[3].customHeaders")]
+    assert len(header_paths) == 2 and header_paths[0] != header_paths[1], header_paths
+    assert validate_webhook(webhook(kind="Webhook", _kind=...)) == []
 
 
 def test_python_field_names_are_accepted_too() -> None:
@@ -345,6 +373,27 @@ def test_template_notes_only_for_values_that_were_templates() -> None:
 )
 def test_which_connections_are_carerix_itself(api_url: str, public: bool) -> None:
     assert targets_public_carerix(api_url) is public
+
+
+@pytest.mark.parametrize(
+    ("host", "local"),
+    [
+        ("localhost.", True),  # a fully qualified name: the trailing dot changes nothing
+        ("receiver.", True),
+        ("api.carerix.io.", False),
+        ("LOCALHOST", True),
+        ("", True),
+        ("[]", True),
+        ("[::1]", True),
+        ("[2606:4700:4700::1111]", False),  # a public IPv6 address in URL brackets
+        (" 10.0.0.1 ", True),
+        ("8.8.8.8", False),
+        ("Receiver.Example.COM", False),
+        ("db.INTERNAL", True),
+    ],
+)
+def test_local_hosts_are_decided_from_the_text(host: str, local: bool) -> None:
+    assert is_local_host(host) is local
 
 
 @pytest.mark.parametrize(
