@@ -48,6 +48,7 @@ def test_every_problem_is_reported_at_its_path_in_the_document() -> None:
     body = webhook(
         kind="Application",  # Carerix's other spelling of _kind
         _kind=...,
+        colour="red",
         name=5,
         url="receiver.example.com/events",  # no scheme
         filters=[{"eventType": "nope"}, {"eventType": "crjob:updated"}, {"eventType": "alsonope"}],
@@ -60,13 +61,19 @@ def test_every_problem_is_reported_at_its_path_in_the_document() -> None:
     problems = validate_webhook(body, path="webhooks[3]")
     paths = [p.path for p in problems]
     assert all(path.startswith("webhooks[3].") for path in paths), paths
-    assert "webhooks[3]._kind" in paths
+    assert "webhooks[3]._kind" in paths and "webhooks[3].colour" in paths
     assert "webhooks[3].name" in paths
     assert "webhooks[3].url" in paths
     assert "webhooks[3].filters[0].eventType" in paths and "webhooks[3].filters[2].eventType" in paths
     header_paths = [path for path in paths if path.startswith("webhooks[3].customHeaders")]
     assert len(header_paths) == 2 and header_paths[0] != header_paths[1], header_paths
     assert validate_webhook(webhook(kind="Webhook", _kind=...)) == []
+    assert [p.path for p in validate_webhook(webhook(url="https:///events"))] == ["url"]  # a scheme, no host
+    assert messages(
+        webhook(url="receiver.example.com:8090/events")
+    ) == [  # no scheme: the host is taken for one
+        "url: url must be an absolute http(s) URL like https://host/path, got 'receiver.example.com:8090/events'"
+    ]
 
 
 def test_python_field_names_are_accepted_too() -> None:
