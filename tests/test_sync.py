@@ -145,11 +145,16 @@ def test_prune_decides_only_about_urls_the_spec_does_not_own() -> None:
         ("delete", "stale"),
         ("keep", "foreign"),
     ]
-    assert kinds(diff_webhooks(desired, actual, prune=True)) == [
+    pruned = diff_webhooks(desired, actual, prune=True)
+    assert kinds(pruned) == [
         ("unchanged", "1"),
         ("delete", "stale"),
         ("delete", "foreign"),
     ]
+    # The plan says why each one goes or stays (shown by `plan`, the operator's log and its XCom).
+    assert [a.reason for a in pruned[1:]] == ["not in spec, at a URL the spec manages", "not in spec"]
+    kept = diff_webhooks(desired, actual, prune=False)
+    assert kept[2].reason == "not in spec; prune is off"
 
 
 def test_identical_duplicates_keep_one_enabled_oldest_and_delete_the_rest() -> None:
