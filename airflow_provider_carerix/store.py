@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -592,6 +593,20 @@ def _retry_on_disconnect(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+def _unique_violation(orig: BaseException | None) -> bool:
+    """Whether the database refused a row for a unique key (a concurrent writer's), by error code.
+
+    psycopg carries the SQLSTATE (23505, unique_violation); sqlite3 the extended result code from Python
+    3.11 on. Python 3.10's sqlite3 has no code, only the message, which SQLite has worded the same since 3.8.
+    """
+    if getattr(orig, "sqlstate", None) == "23505":
+        return True
+    code = getattr(orig, "sqlite_errorname", None)
+    if code is not None:
+        return code in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY")
+    return isinstance(orig, sqlite3.IntegrityError) and "UNIQUE constraint failed" in str(orig)
+
+
 def _stored_event(row: Any) -> StoredEvent:
     """One row of the events table as the readers see it."""
     return StoredEvent(
@@ -762,9 +777,7 @@ class EventStore:
                 raise StoreUnavailable(f"event store unavailable: {type(exc).__name__}") from exc
             # A unique key taken by a concurrent writer is a race, not the event's fault: retrying stores it
             # (or finds it as a duplicate), so it must be a 503 for Carerix, never a 4xx that drops the event.
-            if isinstance(exc, sa.exc.IntegrityError) and (
-                type(exc.orig).__name__ == "UniqueViolation" or "UNIQUE constraint failed" in str(exc.orig)
-            ):
+            if isinstance(exc, sa.exc.IntegrityError) and _unique_violation(exc.orig):
                 raise StoreUnavailable(f"event store busy: {type(exc.orig).__name__}") from None
             # The values themselves: a constraint or type the database refuses, or a value the driver cannot
             # bind. ``from None``: the database's own message may quote the row (personal data).
@@ -889,14 +902,19 @@ class EventStore:
         with self._guard(), self._write() as conn:
             return int(conn.execute(self._advance_stmt(name, sequence)).scalar_one())
 
-    def _advance_stmt(self, name: str, sequence: int) -> Any:
-        dialect_insert: Any
+    def _upsert(self, table: sa.Table) -> Any:
+        """An INSERT that can say ``ON CONFLICT DO UPDATE``: both dialects have one, SQLAlchemy's core has not."""
         if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+
+    def _advance_stmt(self, name: str, sequence: int) -> Any:
         now = _utcnow()
-        stmt = dialect_insert(cursors).values(name=name, sequence=int(sequence), updated_at=now)
+        stmt = self._upsert(cursors).values(name=name, sequence=int(sequence), updated_at=now)
         stmt = stmt.on_conflict_do_update(
             index_elements=[cursors.c.name],
             set_={
@@ -961,13 +979,8 @@ class EventStore:
     def describe_consumer(self, name: str, filter_json: str) -> None:
         """Record which events a consumer takes (JSON of its filter), for people looking at its lag."""
         self._ensure_schema()
-        dialect_insert: Any
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
         # One upsert: two runs claiming a new consumer at once must not both try to insert its row.
-        stmt = dialect_insert(consumers).values(name=name, filter=filter_json, updated_at=_utcnow())
+        stmt = self._upsert(consumers).values(name=name, filter=filter_json, updated_at=_utcnow())
         stmt = stmt.on_conflict_do_update(index_elements=[consumers.c.name], set_={"filter": filter_json})
         with self._guard(), self._write() as conn:
             conn.execute(stmt)

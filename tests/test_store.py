@@ -293,3 +293,56 @@ def test_sqlite_concurrent_writers_from_two_handles(tmp_path: Path) -> None:
     assert sequences == sorted(set(sequences))
     a.close()
     b.close()
+
+
+def _integrity_error(engine_url: str, statements: list[str]) -> sa.exc.IntegrityError:
+    """The error SQLAlchemy raises for the last statement, from a real database."""
+    engine = sa.create_engine(engine_url)
+    try:
+        with engine.begin() as conn:
+            for statement in statements[:-1]:
+                conn.exec_driver_sql(statement)
+            with pytest.raises(sa.exc.IntegrityError) as caught:
+                conn.exec_driver_sql(statements[-1])
+        return caught.value
+    finally:
+        engine.dispose()
+
+
+def test_a_unique_key_race_is_retryable_other_refusals_are_not(tmp_path: Path) -> None:
+    """A unique key taken by a concurrent writer answers 503 (Carerix retries and the event is then found as a
+    duplicate); a value the database refuses is the event's fault (422), and the message quotes no row."""
+    import sqlite3
+
+    psycopg = pytest.importorskip("psycopg")
+    from airflow_provider_carerix.store import EventRejected
+
+    url = f"sqlite:///{tmp_path / 'errors.db'}"
+    table = "CREATE TABLE t (id INTEGER PRIMARY KEY, key TEXT UNIQUE, v TEXT NOT NULL CHECK (v != 'bad'))"
+    unique = _integrity_error(
+        url, [table, "INSERT INTO t VALUES (1, 'k', 'a')", "INSERT INTO t VALUES (2, 'k', 'a')"]
+    )
+    primary = _integrity_error(url, ["INSERT INTO t VALUES (1, 'other', 'a')"])
+    not_null = _integrity_error(url, ["INSERT INTO t VALUES (3, 'x', NULL)"])
+    check = _integrity_error(url, ["INSERT INTO t VALUES (4, 'secret-row', 'bad')"])
+    # Python 3.10's sqlite3 has no error code (nor has one built by hand): the message decides there.
+    by_text = sa.exc.IntegrityError("INSERT", {}, sqlite3.IntegrityError("UNIQUE constraint failed: t.key"))
+    other_text = sa.exc.IntegrityError(
+        "INSERT", {}, sqlite3.IntegrityError("NOT NULL constraint failed: t.v")
+    )
+    pg_unique = sa.exc.IntegrityError("INSERT", {}, psycopg.errors.UniqueViolation("duplicate key"))
+    pg_not_null = sa.exc.IntegrityError("INSERT", {}, psycopg.errors.NotNullViolation("null value"))
+    for race in (unique, primary, by_text):
+        with pytest.raises(StoreUnavailable, match="event store busy: IntegrityError"), EventStore._guard():
+            raise race
+    with pytest.raises(StoreUnavailable, match="event store busy: UniqueViolation"), EventStore._guard():
+        raise pg_unique
+    for refused in (not_null, check, other_text, pg_not_null):
+        with (
+            pytest.raises(
+                EventRejected, match=r"refused the event: (IntegrityError|NotNullViolation)$"
+            ) as caught,
+            EventStore._guard(),
+        ):
+            raise refused
+        assert "secret-row" not in str(caught.value) and caught.value.__cause__ is None
