@@ -681,6 +681,45 @@ def test_watcher_never_refires_the_event_at_its_cursor(store: EventStore, store_
         hook.close()
 
 
+def test_a_catch_up_read_that_meets_an_outage_is_retried_and_logged_by_watcher(
+    store: EventStore, store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outage in the middle of catching up: the watcher says which one it is and what it was doing (the
+    operator's only clue among a thousand watchers), waits, then fires what it missed, nothing skipped."""
+    from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
+    from airflow_provider_carerix.store import StoreUnavailable
+    from airflow_provider_carerix.triggers.shared_stream import StoreBatch
+
+    trigger = CarerixEventTrigger(event_types=["cremployee:updated"], consumer="cu", store_url=store_url)
+    hook = CarerixEventStoreHook(store_url=store_url)
+    real = hook.matching_after
+    outages = [StoreUnavailable("event store unavailable: OperationalError")]
+
+    def matching_after(*args: Any, **kwargs: Any) -> Any:
+        if outages:
+            raise outages.pop()
+        return real(*args, **kwargs)
+
+    hook.matching_after = matching_after  # type: ignore[method-assign]
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        await trigger._start(hook)
+        missed = [put(store, payload()), put(store, payload())]
+        head = StoreBatch(missed[-1], missed[-1])  # the stream is already past both: a catch-up read
+        return [e.payload["sequence"] async for e in trigger._handle(head, hook)], missed
+
+    try:
+        with caplog.at_level("WARNING", logger="airflow_provider_carerix.triggers.events"):
+            fired, missed = asyncio.run(scenario())
+    finally:
+        hook.close()
+    assert fired == missed and not outages
+    assert [r.getMessage() for r in caplog.records] == [
+        "Carerix event store unavailable while catching up Carerix watcher 'cu', retrying: "
+        "event store unavailable: OperationalError"
+    ]
+
+
 def test_a_batch_the_watcher_fired_from_always_carries_its_cursor_idle_ones_now_and_then(
     store: EventStore, store_url: str
 ) -> None:
