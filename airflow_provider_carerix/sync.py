@@ -169,13 +169,14 @@ def display_url(url: str | None) -> str:
         return "<no url>"
     try:
         parts = urlsplit(url)
+        port = parts.port  # parsed lazily: a port out of range or not a number raises here
     except ValueError:
         return "<invalid url>"
     netloc = parts.hostname or ""
     if ":" in netloc:  # an IPv6 address keeps its brackets
         netloc = f"[{netloc}]"
-    if parts.port:
-        netloc += f":{parts.port}"
+    if port:
+        netloc += f":{port}"
     if parts.username or parts.password:
         netloc = f"{MASK}@{netloc}"
     query = MASK if parts.query else ""
