@@ -532,3 +532,189 @@ def test_progress_goes_to_the_log_without_a_say_callback(caplog: pytest.LogCaptu
     with caplog.at_level(logging.INFO, logger="airflow_provider_carerix.sync"):
         sync(spec_of(DESIRED[1], name="logged"), FakeCarerix())
     assert "created application 'logged': app-1" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- texts people read
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://token@r.example.com/e", "https://***@r.example.com/e"),  # a user name alone is a secret too
+        ("https://:pw@r.example.com/e", "https://***@r.example.com/e"),
+        ("https://user:pw@r.example.com:8443/e?k=v#frag", "https://***@r.example.com:8443/e?***"),
+        ("https://[2001:db8::1]:8443/e", "https://[2001:db8::1]:8443/e"),
+        ("/events?token=abc", "/events?***"),  # no host: nothing is made up for it
+        ("https://[2001:db8::1/e", "<invalid url>"),
+        ("https://r.example.com:99999/e", "<invalid url>"),  # the port is parsed lazily: still no exception
+        ("https://r.example.com:https/e", "<invalid url>"),
+        ("", "<no url>"),
+        (None, "<no url>"),
+    ],
+)
+def test_display_url_hides_credentials_and_query_and_never_raises(url: str | None, shown: str) -> None:
+    assert display_url(url) == shown
+
+
+def test_plan_lines_of_webhooks_made_by_hand_in_carerix() -> None:
+    """Carerix may hold webhooks no spec made: unparsable conditions, no filters, odd URLs. Shown, never fatal."""
+    actual = [
+        wh(
+            url="https://hand.example.com/a",
+            filters=[("crjob:updated", "data.tostatusnode   equals   '1'"), ("CRMatch:Created", None)],
+            headers=[("X-One", SECRET), ("X-Two", SECRET)],
+            id="h1",
+        ),
+        Webhook(_id="h2", url="https://hand.example.com:99999/b"),
+        wh(url="https://hand.example.com/c", filters=[("", None)], id="h3"),
+    ]
+    assert [a.line() for a in diff_webhooks([], actual, prune=False)] == [
+        "? keep      h1 https://hand.example.com/a [crjob:updated if <unparsed> data.tostatusnode equals '1'; "
+        "crmatch:created] headers: X-One: ***, X-Two: ***  (not in spec; prune is off)",
+        "? keep      h2 <invalid url> [no filters]  (not in spec; prune is off)",
+        "? keep      h3 https://hand.example.com/c [no filters]  (not in spec; prune is off)",
+    ]
+
+
+def test_ambiguous_spec_error_lists_every_repeat_verbatim() -> None:
+    spec = FakeSpec(
+        FakeSpecApp("a", [DESIRED[1], DESIRED[2], DESIRED[1], DESIRED[2]]),
+        FakeSpecApp("a", []),
+    )
+    with pytest.raises(SyncError) as err:
+        plan(spec, FakeCarerix(), prune=True)
+    assert str(err.value) == (
+        "the spec is ambiguous:\n"
+        "  applications[0].webhooks[2]: identical to webhooks[0] (same url, filters and headers)\n"
+        "  applications[0].webhooks[3]: identical to webhooks[1] (same url, filters and headers)\n"
+        "  applications[1].name: application 'a' appears twice"
+    )
+
+
+def test_applications_sharing_the_spec_name_are_named_with_their_ids_verbatim() -> None:
+    carerix = FakeCarerix()
+    for _ in range(3):
+        carerix.create_application("airflow-carerix")
+    with pytest.raises(SyncError) as err:
+        plan(spec_of(*DESIRED), carerix, prune=True)
+    assert str(err.value) == (
+        "3 applications in Carerix are named 'airflow-carerix' (app-1, app-2, app-3); the sync will not guess "
+        "which one the spec means. Delete or rename the extra ones, then run again."
+    )
+
+
+# ---------------------------------------------------------------------------------------------- more diff rules
+
+
+def test_among_identical_copies_a_dated_one_is_kept_before_an_undated_one_then_the_smallest_id() -> None:
+    t = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    assert kinds(diff_webhooks([wh()], [wh(id="a"), wh(id="b", created=t)], prune=False)) == [
+        ("unchanged", "b"),
+        ("delete", "a"),
+    ]
+    assert kinds(diff_webhooks([wh()], [wh(id="d"), wh(id="c")], prune=False)) == [
+        ("unchanged", "c"),
+        ("delete", "d"),
+    ]
+
+
+def test_duplicates_of_every_desired_webhook_are_deleted_and_labels_reach_enable_steps() -> None:
+    desired = [wh(), wh(filters=[("crmatch:created", None)])]
+    actual = [
+        wh(id="1"),
+        wh(id="2"),
+        wh(filters=[("crmatch:created", None)], id="3", status="disabled"),
+        wh(filters=[("crmatch:created", None)], id="4", status="disabled"),
+    ]
+    actions = diff_webhooks(desired, actual, prune=False, labels=["jobs", "matches"])
+    assert kinds(actions) == [("unchanged", "1"), ("enable", "3"), ("delete", "2"), ("delete", "4")]
+    assert [a.label for a in actions] == ["jobs", "matches", None, None]
+    assert actions[1].line() == f"! enable    matches: 3 {URL} [crmatch:created]  (status disabled)"
+    assert [a.reason for a in actions[2:]] == ["duplicate of 1", "duplicate of 3"]
+
+
+def test_sync_prunes_unless_told_not_to_and_the_plan_records_the_choice() -> None:
+    carerix = FakeCarerix()
+    app_id = carerix.create_application("airflow-carerix").id or ""
+    foreign = carerix.create_webhook(app_id, wh(url="https://foreign.example.com/"))
+    assert plan(spec_of(*DESIRED), carerix, prune=False).prune is False
+    assert plan(spec_of(*DESIRED), carerix, prune=True).prune is True
+    result = sync(spec_of(*DESIRED), carerix, say=lambda _: None)
+    assert result.plan.prune is True
+    assert result.summary()["deleted"] == [foreign.id]
+    assert foreign.id not in carerix.hooks[app_id]
+
+
+def test_dry_run_says_so_first_and_returns_the_plan_it_printed() -> None:
+    carerix = FakeCarerix()
+    lines: list[str] = []
+    result = sync(spec_of(DESIRED[1], name="fresh"), carerix, dry_run=True, say=lines.append)
+    assert lines == [
+        "Plan (dry run, nothing will change):\n"
+        "+ create application 'fresh': 1 to create\n"
+        f"  + create    {URL} [crmatch:created]"
+    ]
+    assert result.plan.render() == lines[0].split("\n", 1)[1]
+    assert result.plan.prune is True and result.dry_run is True
+
+
+# ---------------------------------------------------------------------------------------------- snapshot
+
+
+def test_snapshot_is_what_the_plan_saw_per_existing_application_without_header_values() -> None:
+    """Recorded by the operator for the UI page: ids, masked URLs, filters, status and the step taken."""
+    carerix = FakeCarerix()
+    app_id = carerix.create_application("existing").id or ""
+    carerix.create_webhook(app_id, DESIRED[0])
+    disabled = carerix.create_webhook(app_id, DESIRED[1])
+    carerix.hooks[app_id][disabled.id or ""].status = "disabled"
+    foreign = carerix.create_webhook(
+        app_id, wh(url="https://user:pw@foreign.example.com/x?token=abc", headers=[("X-Secret", SECRET)])
+    )
+    carerix.hooks[app_id][foreign.id or ""].status = None
+    no_url = carerix.create_webhook(app_id, wh(url="https://foreign.example.com/y"))
+    carerix.hooks[app_id][no_url.id or ""].url = None
+    # A new application comes first and a create comes before the steps with a webhook: both are skipped.
+    spec = FakeSpec(
+        FakeSpecApp("new", [DESIRED[2]]),
+        FakeSpecApp("existing", [DESIRED[2], DESIRED[0], DESIRED[1]]),
+    )
+    snapshot = plan(spec, carerix, prune=False).snapshot()
+    event_filter = {"eventType": "crjob:updated"}
+    assert snapshot == {
+        app_id: [
+            {
+                "webhook_id": "wh-2",
+                "application_name": "existing",
+                "url": URL,
+                "filters": [{"eventType": "crjob:updated", "condition": "data.tostatusnode eq '1234'"}],
+                "status": "enabled",
+                "sync_action": "unchanged",
+            },
+            {
+                "webhook_id": "wh-3",
+                "application_name": "existing",
+                "url": URL,
+                "filters": [{"eventType": "crmatch:created"}],
+                "status": "disabled",
+                "sync_action": "enable",
+            },
+            {
+                "webhook_id": "wh-4",
+                "application_name": "existing",
+                "url": "https://***@foreign.example.com/x?***",
+                "filters": [event_filter],
+                "status": "enabled",
+                "sync_action": "keep",
+            },
+            {
+                "webhook_id": "wh-5",
+                "application_name": "existing",
+                "url": None,
+                "filters": [event_filter],
+                "status": "enabled",
+                "sync_action": "keep",
+            },
+        ]
+    }
+    assert SECRET not in json.dumps(snapshot)
