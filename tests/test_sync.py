@@ -90,6 +90,15 @@ def test_header_values_compare_exactly_and_never_show_in_repr() -> None:
     assert SECRET not in repr(webhook_key(a))
 
 
+def test_names_that_only_upper_casing_makes_equal_are_different_webhooks() -> None:
+    """Carerix stores webhook bodies unchecked: a dotless i or an eszett made by hand is not the spec's text."""
+    spec_side = webhook_key(wh(filters=[("crpublication:created", None)], headers=[("X-STRASSE", "1")]))
+    dotless_i = wh(filters=[("crpubl\u0131cat\u0131on:created", None)], headers=[("X-STRASSE", "1")])
+    eszett = wh(filters=[("crpublication:created", None)], headers=[("X-Stra\u00dfe", "1")])
+    assert webhook_key(dotless_i) != spec_side
+    assert webhook_key(eszett) != spec_side
+
+
 def test_unparsable_condition_from_carerix_never_equals_a_valid_one() -> None:
     broken = wh(filters=[("crjob:updated", "data.tostatusnode equals '1'")])
     valid = wh(filters=[("crjob:updated", "data.tostatusnode eq '1'")])
