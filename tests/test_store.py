@@ -106,6 +106,10 @@ def test_events_after_filters(store: EventStore) -> None:
         make_event("crmatch:updated", webhook_id="w1", application_id="a2", tenant="t2"),
         make_event("crjob:created", webhook_id="w3", application_id="a2", tenant="t2"),
         make_event("cr_x:updated", webhook_id="w3", application_id="a2", tenant="t2"),
+        # What "cr_x:*" and "*:re_sent" would match if "_" were read as LIKE's one-character wildcard.
+        make_event("crmx:updated", webhook_id="w4", application_id="a3", tenant="t3"),
+        make_event("crmx:re_sent", webhook_id="w4", application_id="a3", tenant="t3"),
+        make_event("crmx:rexsent", webhook_id="w4", application_id="a3", tenant="t3"),
     ]
     store.insert_many(rows)
 
@@ -119,15 +123,17 @@ def test_events_after_filters(store: EventStore) -> None:
     assert types(event_types=["*:*"]) == [r[1].type for r in rows]
     assert types(event_types="crmatch:updated") == ["crmatch:updated"]
     assert types(event_types=["crmatch:updated", "crjob:*"]) == ["crmatch:updated", "crjob:created"]
-    # "_" is a LIKE wildcard: "cr_x:*" must not match "crmx..." style types, only itself.
+    # "_" is a LIKE wildcard: "cr_x:*" must not match "crmx:updated", only itself; likewise for the action.
     assert types(event_types=["cr_x:*"]) == ["cr_x:updated"]
+    assert types(event_types=["*:re_sent"]) == ["crmx:re_sent"]
+    assert types(event_types=["cr%:*"]) == []
     assert types(event_types=[]) == []
     assert types(webhook_id="w1") == ["cremployee:updated", "crmatch:updated"]
     assert types(application_id="a2", event_types=["*:updated"]) == ["crmatch:updated", "cr_x:updated"]
     assert types(tenant="t1") == ["cremployee:updated", "cremployee:created"]
     assert types(limit=2) == ["cremployee:updated", "cremployee:created"]
     assert types(received_after=datetime.now(timezone.utc) + timedelta(minutes=1)) == []
-    assert len(types(received_after=datetime.now(timezone.utc) - timedelta(minutes=1))) == 5
+    assert len(types(received_after=datetime.now(timezone.utc) - timedelta(minutes=1))) == len(rows)
 
 
 def test_cursors_never_move_backwards(store: EventStore) -> None:
