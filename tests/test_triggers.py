@@ -709,7 +709,7 @@ def test_a_catch_up_read_that_meets_an_outage_is_retried_and_logged_by_watcher(
         return [e.payload["sequence"] async for e in trigger._handle(head, hook)], missed
 
     try:
-        with caplog.at_level("WARNING", logger="airflow_provider_carerix.triggers.events"):
+        with caplog.at_level("WARNING", logger="airflow_provider_carerix.triggers.shared_stream"):
             fired, missed = asyncio.run(scenario())
     finally:
         hook.close()
@@ -789,6 +789,45 @@ def test_poller_commits_cursors_forward_and_writes_only_those_that_moved(store_u
         assert asyncio.run(scenario()) == [("a", 1), ("b", 0), ("b", 2)]
     finally:
         asyncio.run(poller.aclose())
+
+
+def test_an_outage_while_committing_cursors_is_waited_out_not_a_failed_watcher(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store goes down right after the watchers fired a batch, as its cursors are written: the write is
+    retried until the store is back (giving up would re-fire the batch after a restart; raising ended the
+    standalone watcher, seen under load in the PostgreSQL outage test)."""
+    from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
+    from airflow_provider_carerix.store import StoreUnavailable
+    from airflow_provider_carerix.triggers.shared_stream import StorePoller
+
+    hook = CarerixEventStoreHook(store_url=store_url)
+    poller = StorePoller(hook, poll_interval=0.05)
+    outages = [StoreUnavailable("event store unavailable: OperationalError")] * 2
+
+    async def scenario() -> None:
+        real = await hook.astore()
+
+        def advance_cursor(name: str, sequence: int) -> int:
+            if outages:
+                raise outages.pop()
+            return EventStore.advance_cursor(real, name, sequence)
+
+        real.advance_cursor = advance_cursor  # type: ignore[method-assign]
+        await poller.commit({"a": 3, "b": 5})
+        assert (real.get_cursor("a"), real.get_cursor("b")) == (3, 5)
+        await poller.commit({"a": 3, "b": 5})  # committed: nothing left to write, so no outage met
+        assert not outages
+
+    try:
+        with caplog.at_level("WARNING", logger="airflow_provider_carerix.triggers.shared_stream"):
+            asyncio.run(scenario())
+    finally:
+        asyncio.run(poller.aclose())
+    assert [r.getMessage() for r in caplog.records] == [
+        "Carerix event store unavailable while committing the cursors of 2 Carerix watcher(s), retrying: "
+        "event store unavailable: OperationalError"
+    ]
 
 
 @needs_shared

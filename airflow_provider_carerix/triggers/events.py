@@ -44,6 +44,7 @@ from airflow_provider_carerix.triggers.shared_stream import (
     NotifyListener,
     StoreBatch,
     StorePoller,
+    retry_while_unavailable,
     stream_key,
 )
 from airflow_provider_carerix.utils.event_filter import (
@@ -73,21 +74,6 @@ IDLE_CURSOR_REFRESH = 60.0
 
 def _classpath(obj: object) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
-async def _retrying(what: str, call: Any, *args: Any) -> Any:
-    """Run a sync store call in a thread, retrying with backoff while the store is unavailable."""
-    delay = 0.25
-    warned = False
-    while True:
-        try:
-            return await asyncio.to_thread(call, *args)
-        except StoreUnavailable as exc:
-            if not warned:
-                log.warning("Carerix event store unavailable while %s, retrying: %s", what, exc)
-                warned = True
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
 
 
 class CarerixEventTrigger(BaseEventTrigger):
@@ -208,7 +194,7 @@ class CarerixEventTrigger(BaseEventTrigger):
         # message naming the setting. A store that is down is waited for.
         self.filter.parsed_condition()
         await hook.astore()
-        self._position = await _retrying(
+        self._position = await retry_while_unavailable(
             f"starting Carerix watcher {self.consumer!r}", hook.ensure_consumer, self.consumer
         )
 
@@ -219,7 +205,7 @@ class CarerixEventTrigger(BaseEventTrigger):
         if batch.after > self._position:
             # Joined late, or restarted: events between the cursor and the batch were broadcast before this
             # watcher subscribed. Read them with this watcher's own filters, inside this batch's ack window.
-            rows = await _retrying(
+            rows = await retry_while_unavailable(
                 f"catching up Carerix watcher {self.consumer!r}",
                 lambda: list(hook.matching_after(self.filter, self._position, upto=batch.after)),
             )

@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow_provider_carerix.store import StoredEvent, StoreUnavailable
 from airflow_provider_carerix.version_compat import HAS_SHARED_STREAMS, AdvanceItem, SharedStreamProducer
@@ -46,6 +46,27 @@ PAGE_SIZE = 1000
 # its cursor without waiting for the next stored event. Costs no query.
 HEAD_INTERVAL = 1.0
 RETRY_MAX = 30.0
+
+_T = TypeVar("_T")
+
+
+async def retry_while_unavailable(what: str, call: Callable[..., _T], *args: Any) -> _T:
+    """Run a sync store call in a thread, retrying with backoff while the store is unavailable.
+
+    An outage is no event (so no DAG run) and no failed trigger: the call is made again, from the same
+    position, until the store answers. Logged once per call, naming ``what`` was being done.
+    """
+    delay = 0.25
+    warned = False
+    while True:
+        try:
+            return await asyncio.to_thread(call, *args)
+        except StoreUnavailable as exc:
+            if not warned:
+                log.warning("Carerix event store unavailable while %s, retrying: %s", what, exc)
+                warned = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
 
 
 @dataclass(eq=False)
@@ -192,7 +213,12 @@ class StorePoller:
                 await asyncio.wait_for(wake.wait(), timeout=self.poll_interval)
 
     async def commit(self, updates: dict[str, int]) -> None:
-        """Write delivered cursors that moved (never backwards)."""
+        """Write delivered cursors that moved (never backwards).
+
+        An outage here comes right after the watchers fired the batch: the write is retried until the store
+        is back, because giving up would re-fire the whole batch after a restart (and failing would end the
+        watcher). Writing a cursor again is harmless: a cursor never moves backwards.
+        """
         todo = {c: v for c, v in updates.items() if v > self._committed.get(c, -1)}
         if not todo:
             return
@@ -202,7 +228,7 @@ class StorePoller:
             for consumer, value in todo.items():
                 store.advance_cursor(consumer, value)
 
-        await asyncio.to_thread(write)
+        await retry_while_unavailable(f"committing the cursors of {len(todo)} Carerix watcher(s)", write)
         self._committed.update(todo)
 
     async def aclose(self) -> None:
