@@ -199,6 +199,18 @@ def _yaml_syntax_problem(error: yaml.MarkedYAMLError, text: str, filename: str |
     )
 
 
+def _reader_problem(error: yaml.reader.ReaderError, text: str, filename: str | None) -> Problem:
+    """A control character (or a lone surrogate): PyYAML names its index, people need its line and column."""
+    at = error.position
+    return Problem(
+        "",
+        f"invalid YAML: unacceptable character #x{error.character:04x}: {error.reason}",
+        file=filename,
+        line=text.count("\n", 0, at) + 1,
+        column=at - (text.rfind("\n", 0, at) + 1) + 1,
+    )
+
+
 class _Positions:
     """Where each JSON path of a document is: the key node (for mapping entries) and the value node."""
 
@@ -295,7 +307,10 @@ def _parse_text(text: str, filename: str | None) -> tuple[Any, _Positions | None
         except yaml.YAMLError:  # valid JSON PyYAML cannot read (rare: tabs); no positions then
             return data, None, []
         return data, _Positions(root, text) if root is not None else None, []
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as error:  # a character YAML refuses anywhere, found before parsing
+        return None, None, [_reader_problem(error, text, filename)]
     try:
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None

@@ -428,3 +428,23 @@ def test_json_syntax_faults_stop_after_twenty() -> None:
 )
 def test_yaml_jinja_hint_on_any_line(text: str, expected: str) -> None:
     assert problems_of(text) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # PyYAML refuses these before parsing and names a character index: the problem gets line and column.
+        (
+            "application: a\x07\nwebhooks: []\n",
+            "spec.yaml:1:15: invalid YAML: unacceptable character #x0007: special characters are not allowed",
+        ),
+        (
+            "application: a\nwebhooks:\n  - url: 'https://x\x1b.example'\n",
+            "spec.yaml:3:20: invalid YAML: unacceptable character #x001b: special characters are not allowed",
+        ),
+    ],
+)
+def test_a_character_yaml_refuses_is_a_located_problem_not_a_crash(text: str, expected: str) -> None:
+    result = check_spec(text, filename="spec.yaml")
+    assert [str(p) for p in result.problems] == [expected]
+    assert (result.kind, result.spec, result.webhook_count, result.problems[0].path) == ("spec", None, 0, "")
