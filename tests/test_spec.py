@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from airflow_provider_carerix.models import Webhook
 from airflow_provider_carerix.spec import ApplicationSpec, Spec, check_spec, load_spec
@@ -448,3 +449,377 @@ def test_a_character_yaml_refuses_is_a_located_problem_not_a_crash(text: str, ex
     result = check_spec(text, filename="spec.yaml")
     assert [str(p) for p in result.problems] == [expected]
     assert (result.kind, result.spec, result.webhook_count, result.problems[0].path) == ("spec", None, 0, "")
+
+
+LOOPBACK_HOOK = "url: http://127.0.0.1:8090/events\n{indent}filters: [{{eventType: crjob:created}}]\n"
+UNREACHABLE = (
+    "url 'http://127.0.0.1:8090/events' cannot be reached by Carerix: 127.0.0.1 is a loopback address; "
+    "use a public https URL of your receiver, or allow such URLs explicitly (--allow-unreachable-urls, "
+    "or allow_unreachable_urls=True on the operator) if Carerix really reaches it"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "application: a\nwebhooks:\n  - " + LOOPBACK_HOOK.format(indent="    "),
+            f"spec.yaml:3:10: webhooks[0].url: {UNREACHABLE}",
+        ),
+        (
+            "applications:\n  - name: a\n    webhooks:\n      - " + LOOPBACK_HOOK.format(indent="        "),
+            f"spec.yaml:4:14: applications[0].webhooks[0].url: {UNREACHABLE}",
+        ),
+        (LOOPBACK_HOOK.format(indent=""), f"spec.yaml:1:6: url: {UNREACHABLE}"),
+    ],
+)
+def test_require_public_urls_reaches_every_layout(text: str, expected: str) -> None:
+    assert problems_of(text) == []
+    result = check_spec(text, filename="spec.yaml", require_public_urls=True)
+    assert [str(p) for p in result.problems] == [expected]
+    with pytest.raises(SpecValidationError) as info:
+        load_spec(text, filename="spec.yaml", require_public_urls=True)
+    assert [str(p) for p in info.value.problems] == [expected]
+
+
+def test_allow_unknown_event_types_reaches_every_layout() -> None:
+    hook = "url: https://x.example\n{indent}filters: [{{eventType: crnew:created}}]\n"
+    bare = hook.format(indent="")
+    assert check_spec(bare, allow_unknown_event_types=True).problems == []
+    assert [str(p) for p in check_spec(bare, filename="hook.yaml").problems] == [
+        "hook.yaml:2:23: filters[0].eventType: unknown entity 'crnew' in eventType 'crnew:created' "
+        "(set allow_unknown_event_types to accept entities this provider does not know)"
+    ]
+    # The document's own opt-in holds in the applications layout too (and is not an unknown field there).
+    spec = load_spec(
+        "allow_unknown_event_types: true\napplications:\n  - name: a\n    webhooks:\n      - "
+        + hook.format(indent="        ")
+    )
+    assert spec.allow_unknown_event_types is True
+    assert spec.applications[0].webhooks[0].filters[0].event_type == "crnew:created"
+
+
+def test_an_invalid_opt_in_does_not_opt_in() -> None:
+    text = (
+        "allow_unknown_event_types: 'yes'\napplication: a\nwebhooks:\n  - url: https://x.example\n"
+        "    filters: [{eventType: crnew:created}]\n"
+    )
+    assert problems_of(text) == [
+        "spec.yaml:1:28: allow_unknown_event_types: must be true or false, got string",
+        "spec.yaml:5:27: webhooks[0].filters[0].eventType: unknown entity 'crnew' in eventType 'crnew:created' "
+        "(set allow_unknown_event_types to accept entities this provider does not know)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Problems found before a later check are kept, whichever layout and whatever comes after.
+        (
+            "allow_unknown_event_types: 1\n",
+            [
+                "spec.yaml:1:1: a spec needs 'applications:' (a list) or 'application:' and 'webhooks:'",
+                "spec.yaml:1:28: allow_unknown_event_types: must be true or false, got number",
+            ],
+        ),
+        (
+            "allow_unknown_event_types: 1\napplications:\n  - name: a\n    webhooks: []\n",
+            ["spec.yaml:1:28: allow_unknown_event_types: must be true or false, got number"],
+        ),
+        (
+            "applications:\n  - x\n  - name: ' b'\n    webhooks: []\n",
+            [
+                "spec.yaml:2:5: applications[0]: an application must be a mapping with name and webhooks, "
+                "got string",
+                "spec.yaml:3:11: applications[1].name: application name ' b' has leading or trailing whitespace",
+            ],
+        ),
+        (
+            "application: ' a'\nwebhooks:\n  - url: https://x.example\n    filters: [{eventType: crjob:created}]\n",
+            ["spec.yaml:1:14: application: application name ' a' has leading or trailing whitespace"],
+        ),
+        (
+            "application: a\nwebhooks:\n  - url: x\n    filters: [{eventType: crjob:created}]\n"
+            "  - url: https://x.example\n    filters: []\n",
+            [
+                "spec.yaml:3:10: webhooks[0].url: url must be an absolute http(s) URL like https://host/path, "
+                "got 'x'",
+                "spec.yaml:6:5: webhooks[1].filters: a webhook needs at least one filter (an eventType)",
+            ],
+        ),
+        (
+            "applications:\n  - name: a\n",
+            ["spec.yaml:2:5: applications[0].webhooks: webhooks is required (a list; [] means none)"],
+        ),
+        (
+            "application: 1\nwebhooks: []\n",
+            ["spec.yaml:1:14: application: application name must be a string, got number"],
+        ),
+        ("application: ''\nwebhooks: []\n", ["spec.yaml:1:14: application: application name is empty"]),
+        (
+            "application: a\nwebhooks: []\nhooks: []\n",
+            ["spec.yaml:3:1: hooks: unknown field 'hooks': did you mean 'webhooks'?"],
+        ),
+        # A spec that also has a webhook's keys is still a spec: those keys are unknown fields of it.
+        (
+            "applications:\n  - name: a\n    webhooks: []\nurl: https://x.example\n",
+            ["spec.yaml:4:1: url: unknown field 'url'"],
+        ),
+        (
+            "application: a\nwebhooks: []\nurl: https://x.example\n",
+            ["spec.yaml:3:1: url: unknown field 'url'"],
+        ),
+    ],
+)
+def test_more_document_rules(text: str, expected: list[str]) -> None:
+    result = check_spec(text, filename="spec.yaml")
+    assert [str(p) for p in result.problems] == expected
+    assert (result.kind, result.spec) == ("spec", None)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "_kind: Webhook\n",
+            [
+                "spec.yaml:1:1: url: url is required: the address Carerix POSTs events to",
+                "spec.yaml:1:1: filters: filters is required: a webhook needs at least one filter (an eventType)",
+            ],
+        ),
+        (
+            "url: https://x.example\n",
+            [
+                "spec.yaml:1:1: filters: filters is required: a webhook needs at least one filter (an eventType)"
+            ],
+        ),
+        (
+            "filters: []\n",
+            [
+                "spec.yaml:1:1: url: url is required: the address Carerix POSTs events to",
+                "spec.yaml:1:1: filters: a webhook needs at least one filter (an eventType)",
+            ],
+        ),
+    ],
+)
+def test_any_webhook_key_makes_a_bare_webhook_body(text: str, expected: list[str]) -> None:
+    result = check_spec(text, filename="spec.yaml")
+    assert [str(p) for p in result.problems] == expected
+    assert (result.kind, result.webhook_count, result.spec) == ("webhook", 1, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "count"),
+    [
+        ("", 0),
+        ("- a\n", 0),
+        ("application: a\n", 0),
+        ("application: a\nwebhooks: {}\n", 0),
+        ("applications:\n  - name: a\n  - name: b\n    webhooks: 1\n", 0),
+        (
+            "applications:\n  - name: a\n    webhooks:\n      - {url: 'https://x.example/1', filters: [{eventType: crjob:created}]}\n"
+            "  - name: b\n    webhooks:\n      - {url: 'https://x.example/2', filters: [{eventType: crjob:created}]}\n"
+            "      - {url: 'https://x.example/3', filters: [{eventType: crjob:created}]}\n"
+            "  - name: c\n    webhooks: []\n",
+            3,
+        ),
+        # Counted with problems too: what a CLI summary says was checked.
+        (
+            "applications:\n  - name: a\n    webhooks: [{url: x}]\n  - name: ' b'\n    webhooks: [1, 2]\n",
+            3,
+        ),
+    ],
+)
+def test_webhook_count_and_kind_of_a_spec(text: str, count: int) -> None:
+    result = check_spec(text, filename="spec.yaml")
+    assert (result.kind, result.webhook_count, result.source) == ("spec", count, "spec.yaml")
+    assert (result.spec is None) == bool(result.problems)
+    if result.spec is not None:
+        assert result.spec.source == "spec.yaml"
+        assert result.spec.webhook_count == count
+
+
+@pytest.mark.parametrize("text", ["", "- a\n", "42\n"])
+def test_a_document_that_is_no_mapping_is_a_problem_of_the_whole_document(text: str) -> None:
+    (problem,) = check_spec(text, filename="spec.yaml").problems
+    assert problem.path == ""
+
+
+@pytest.mark.parametrize("name", ["spec.yaml", "SPEC.YML", "spec.yml"])
+def test_a_yaml_file_name_wins_over_a_leading_brace(name: str) -> None:
+    # A flow mapping is YAML, not JSON: a .yaml/.yml name (any case) keeps it from the JSON parser.
+    result = check_spec("{application: a, webhooks: []}", filename=name)
+    assert (result.problems, result.spec is not None) == ([], True)
+    assert problems_of("{application: a, webhooks: []}", "spec.json") == [
+        "spec.json:1:2: invalid JSON: Expecting property name enclosed in double quotes"
+    ]
+
+
+@pytest.mark.parametrize("text", ['{"a": [1,]}', '\n {"a": [1,]}', "[1,]", "\t[1,]"])
+def test_text_starting_with_a_bracket_is_json_without_a_file_name(text: str) -> None:
+    # YAML would accept the trailing comma; as JSON it is the usual typo, and said so.
+    assert [str(p) for p in check_spec(text).problems] == ["invalid JSON: trailing comma before ']'"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"application":"a","webhooks":[]}', '  {"application":"a","webhooks":[]}', '["a","b"]', " [1]"],
+)
+def test_one_line_json_is_text_not_a_path(text: str) -> None:
+    # Not read as a file name (that would be "unreadable"): a spec, or a list where a spec should be.
+    result = check_spec(text)
+    assert result.kind == "spec"
+    assert (result.spec is not None) == text.lstrip().startswith("{")
+
+
+def test_one_line_yaml_is_text_not_a_path() -> None:
+    result = check_spec("application: a")
+    assert (result.kind, [str(p) for p in result.problems]) == (
+        "spec",
+        ["webhooks: webhooks is required (a list; [] means none)"],
+    )
+
+
+def test_python_field_names_and_status_reach_the_model() -> None:
+    text = (
+        "application: a\nwebhooks:\n  - url: https://x.example\n"
+        "    filters: [{event_type: CRJOB:created, condition: data.x EQ '1'}]\n"
+        "    custom_headers: [{name: X-S, value: s}]\n    status: disabled\n"
+    )
+    (hook,) = load_spec(text).applications[0].webhooks
+    assert [(f.event_type, f.condition) for f in hook.filters] == [("crjob:created", "data.x eq '1'")]
+    assert [(h.name, h.value) for h in hook.custom_headers] == [("X-S", "s")]
+    assert hook.status == "disabled"
+    (plain,) = load_spec(text.replace("    status: disabled\n", "")).applications[0].webhooks
+    assert plain.status is None
+
+
+def test_problems_under_a_duplicated_key_point_at_the_first_key() -> None:
+    # Only the last value counts (PyYAML), but positions were taken from the first: a problem in the
+    # value that counts is put at the nearest key that has a position.
+    text = (
+        "applications:\n  - name: a\n    webhooks: []\n    webhooks:\n      - url: x\n"
+        "        filters: [{eventType: crjob:created}]\n"
+    )
+    assert problems_of(text) == [
+        "spec.yaml:3:5: applications[0].webhooks[0].url: url must be an absolute http(s) URL like "
+        "https://host/path, got 'x'",
+        "spec.yaml:4:5: applications[0].webhooks: duplicate key 'webhooks' (first at line 3; only the last one "
+        "would count)",
+    ]
+    text = "application: a\nwebhooks: []\nwebhooks:\n  - url: x\n    filters: [{eventType: crjob:created}]\n"
+    assert problems_of(text) == [
+        "spec.yaml:2:1: webhooks[0].url: url must be an absolute http(s) URL like https://host/path, got 'x'",
+        "spec.yaml:3:1: webhooks: duplicate key 'webhooks' (first at line 2; only the last one would count)",
+    ]
+
+
+def test_keys_after_a_duplicate_still_have_positions() -> None:
+    text = (
+        "application: a\napplication: a\nwebhooks:\n  - url: x\n    filters: [{eventType: crjob:created}]\n"
+    )
+    result = check_spec(text, filename="spec.yaml")
+    assert [str(p) for p in result.problems] == [
+        "spec.yaml:2:1: application: duplicate key 'application' (first at line 1; only the last one would count)",
+        "spec.yaml:4:10: webhooks[0].url: url must be an absolute http(s) URL like https://host/path, got 'x'",
+    ]
+
+
+def test_a_duplicate_key_alone_fails_the_spec() -> None:
+    result = check_spec("application: a\nwebhooks: []\nwebhooks: []\n", filename="spec.yaml")
+    assert [str(p) for p in result.problems] == [
+        "spec.yaml:3:1: webhooks: duplicate key 'webhooks' (first at line 2; only the last one would count)"
+    ]
+    assert (result.kind, result.spec, result.webhook_count, result.source) == ("spec", None, 0, "spec.yaml")
+
+
+def test_any_unhashable_key_gets_the_jinja_hint() -> None:
+    # Not only on a line with '{{': a mapping used as a key is what unquoted Jinja turns into.
+    assert problems_of("a: { {b: 1}: 2 }\n") == [
+        "spec.yaml:1:6: invalid YAML: while constructing a mapping: found unhashable key "
+        "(quote values that contain Jinja '{{ ... }}')"
+    ]
+    assert check_spec("a: { {b: 1}: 2 }\n").problems[0].path == ""
+
+
+RENDERED = (
+    "application: a\nwebhooks:\n  - url: https://x.example\n    filters: [{eventType: crjob:created}]\n"
+    "    customHeaders: [{name: X-S, value: ''}]\n"
+)
+TEMPLATE = RENDERED.replace("value: ''", 'value: "{{ var.value.secret }}"')
+EMPTY_SECRET = (
+    "spec.yaml:5:40: webhooks[0].customHeaders[0].value: value of header 'X-S' is empty: a receiver checking "
+    "it refuses every delivery"
+)
+
+
+def test_problems_in_rendered_values_name_the_template_and_its_variable() -> None:
+    explained = (
+        f"{EMPTY_SECRET} (rendered from '{{{{ var.value.secret }}}}': set the Airflow Variable 'secret')"
+    )
+    assert problems_of(RENDERED) == [EMPTY_SECRET]
+    for template in (TEMPLATE, yaml.safe_load(TEMPLATE)):
+        result = check_spec(RENDERED, filename="spec.yaml", template=template)
+        assert [str(p) for p in result.problems] == [explained]
+        with pytest.raises(SpecValidationError) as info:
+            load_spec(RENDERED, filename="spec.yaml", template=template)
+        assert [str(p) for p in info.value.problems] == [explained]
+    # A template YAML cannot read (Jinja statements outside values) only loses the explanation.
+    result = check_spec(RENDERED, filename="spec.yaml", template="{% for x in y %}\n: [\n")
+    assert [str(p) for p in result.problems] == [EMPTY_SECRET]
+
+
+def test_load_spec_names_the_file_it_was_given() -> None:
+    with pytest.raises(SpecValidationError) as info:
+        load_spec("application: a\n", filename="apps.yaml")
+    assert [str(p) for p in info.value.problems] == [
+        "apps.yaml:1:1: webhooks: webhooks is required (a list; [] means none)"
+    ]
+    assert load_spec("application: a\nwebhooks: []\n", filename="apps.yaml").source == "apps.yaml"
+
+
+def test_a_bare_webhook_body_is_not_a_spec_with_its_file_named() -> None:
+    path = GUIDE / "popular-example1.json"
+    with pytest.raises(SpecValidationError) as info:
+        load_spec(path)
+    assert [(str(p), p.path) for p in info.value.problems] == [
+        (
+            f"{path}: this is a single webhook body, not a spec: put it under 'webhooks:' next to "
+            "'application: NAME'",
+            "",
+        )
+    ]
+
+
+def test_unreadable_results(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    result = check_spec(missing)
+    assert (result.source, result.kind, result.spec, result.webhook_count) == (
+        str(missing),
+        "unreadable",
+        None,
+        0,
+    )
+    assert result.problems[0].path == ""
+    binary = write(tmp_path, "bad.yaml", "")
+    binary.write_bytes(b"\xffapplication: a\n")
+    result = check_spec(binary)
+    assert (result.kind, [str(p) for p in result.problems]) == (
+        "unreadable",
+        [f"{binary}: cannot read: 'utf-8' codec can't decode byte 0xff in position 0: invalid start byte"],
+    )
+
+
+def test_syntax_error_results() -> None:
+    for text, name in (('{"a": [1,]}', "x.json"), ("a: [\n", "x.yaml")):
+        result = check_spec(text, filename=name)
+        assert (result.source, result.kind, result.spec, result.webhook_count) == (name, "spec", None, 0)
+        assert len(result.problems) == 1
+
+
+def test_a_repair_at_the_end_maps_later_faults_back() -> None:
+    # The closers are appended at the end; the trailing comma found after that is before them.
+    assert problems_of('{"a": [1, {"b": 1,', "x.json") == [
+        "x.json:1:19: invalid JSON: the file ends before the closing '}' and ']' and '}'",
+        "x.json:1:18: invalid JSON: trailing comma before '}'",
+    ]
