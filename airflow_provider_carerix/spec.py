@@ -150,6 +150,11 @@ def _diagnose_json(error: json.JSONDecodeError, text: str) -> tuple[int, str, _F
     return pos, f"invalid JSON: {msg}", None
 
 
+def _line_column(text: str, position: int) -> tuple[int, int]:
+    """1-based line and column of the character at ``position`` (0-based) of ``text``."""
+    return text.count("\n", 0, position) + 1, position - (text.rfind("\n", 0, position) + 1) + 1
+
+
 def _json_syntax_problems(text: str, filename: str | None) -> list[Problem]:
     """Every JSON syntax fault we can find: after each, apply the obvious repair and parse again.
 
@@ -171,8 +176,7 @@ def _json_syntax_problems(text: str, filename: str | None) -> list[Problem]:
                 position += removed - len(inserted)
             elif position > at:
                 position = at
-        line = text.count("\n", 0, position) + 1
-        column = position - (text.rfind("\n", 0, position) + 1) + 1
+        line, column = _line_column(text, position)
         problems.append(Problem("", message, file=filename, line=line, column=column))
         if fix is None:
             break
@@ -201,13 +205,13 @@ def _yaml_syntax_problem(error: yaml.MarkedYAMLError, text: str, filename: str |
 
 def _reader_problem(error: yaml.reader.ReaderError, text: str, filename: str | None) -> Problem:
     """A control character (or a lone surrogate): PyYAML names its index, people need its line and column."""
-    at = error.position
+    line, column = _line_column(text, error.position)
     return Problem(
         "",
         f"invalid YAML: unacceptable character #x{error.character:04x}: {error.reason}",
         file=filename,
-        line=text.count("\n", 0, at) + 1,
-        column=at - (text.rfind("\n", 0, at) + 1) + 1,
+        line=line,
+        column=column,
     )
 
 

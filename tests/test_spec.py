@@ -443,6 +443,10 @@ def test_yaml_jinja_hint_on_any_line(text: str, expected: str) -> None:
             "application: a\nwebhooks:\n  - url: 'https://x\x1b.example'\n",
             "spec.yaml:3:20: invalid YAML: unacceptable character #x001b: special characters are not allowed",
         ),
+        (
+            "\napplication: a\x7f\n",
+            "spec.yaml:2:15: invalid YAML: unacceptable character #x007f: special characters are not allowed",
+        ),
     ],
 )
 def test_a_character_yaml_refuses_is_a_located_problem_not_a_crash(text: str, expected: str) -> None:
@@ -823,3 +827,34 @@ def test_a_repair_at_the_end_maps_later_faults_back() -> None:
         "x.json:1:19: invalid JSON: the file ends before the closing '}' and ']' and '}'",
         "x.json:1:18: invalid JSON: trailing comma before '}'",
     ]
+
+
+@pytest.mark.parametrize(
+    ("escape", "column"),
+    [("\\U0001F600", 43), ("\\u00e9", 39), ("\\x41", 37), ("\\t", 35), ("\\\\", 35), ("a", 34)],
+)
+def test_each_double_quoted_escape_takes_its_width_in_the_column(escape: str, column: int) -> None:
+    # One escape alone before the fault, so that no two wrong widths can cancel out.
+    text = (
+        "application: a\nwebhooks:\n  - url: https://x.example\n    filters:\n      - eventType: crjob:updated\n"
+        f"        condition: \"data.x eq '{escape}'  or data.y eq '2'\"\n"
+    )
+    assert problems_of(text) == [
+        f"spec.yaml:6:{column}: webhooks[0].filters[0].condition: double space at 13: use a single space"
+    ]
+    assert text.splitlines()[5][column - 1 : column + 1] == "  "
+
+
+def test_a_spec_file_is_read_as_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    # Workers often run with LANG=C; a name with an accent must not make the file unreadable there.
+    import locale
+
+    path = write(tmp_path, "spec.yaml", "application: café\nwebhooks: []\n")
+    previous = locale.setlocale(locale.LC_CTYPE)
+    try:
+        locale.setlocale(locale.LC_CTYPE, "C")
+        assert locale.getpreferredencoding(False).lower() != "utf-8"  # the default really changed
+        spec = load_spec(path)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, previous)
+    assert spec.applications[0].name == "café"
