@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -352,3 +353,36 @@ def test_a_unique_key_race_is_retryable_other_refusals_are_not(tmp_path: Path) -
         ):
             raise refused
         assert "secret-row" not in str(caught.value) and caught.value.__cause__ is None
+
+
+def test_a_lease_has_one_holder_until_it_expires_and_only_its_holder_commits(store: EventStore) -> None:
+    """The consumer lease contract the events API builds on, on the store itself (both backends)."""
+    from airflow_provider_carerix.store import ConsumerOwned, Lease
+
+    first = store.acquire_lease("c", owner="dag_a", holder="run-1", ttl=60)
+    assert (first.acquired, first.holder) == (True, "run-1")
+    assert first.until is not None and first.until > datetime.now(timezone.utc) + timedelta(seconds=50)
+    # Held and not expired: another run waits, told who holds it and until when.
+    assert store.acquire_lease("c", owner="dag_a", holder="run-2", ttl=60) == Lease(
+        False, "run-1", first.until
+    )
+    with pytest.raises(ConsumerOwned, match="dag_a"):  # another DAG never takes this DAG's consumer
+        store.acquire_lease("c", owner="dag_b", holder="run-3", ttl=60)
+    assert store.consumer_owner("c") == "dag_a"
+    assert store.acquire_lease("c", owner="dag_a", holder="run-1", ttl=60).acquired  # its holder renews
+    assert store.renew_lease("c", "run-1", ttl=60) and not store.renew_lease("c", "run-2", ttl=60)
+    # Only the holder releases, and only the holder's release moves the cursor.
+    assert not store.release_lease("c", "run-2", cursor="c:processed", sequence=7)
+    assert store.get_cursor("c:processed") == 0
+    assert not store.release_lease("nobody", "run-1", cursor="c:processed", sequence=7)
+    assert store.release_lease("c", "run-1", cursor="c:processed", sequence=7)
+    assert store.get_cursor("c:processed") == 7
+    assert not store.renew_lease("c", "run-1", ttl=60)  # released: nothing left to renew
+    # Free again; then an expired lease is taken over by another run.
+    assert store.acquire_lease("c", owner=None, holder="run-2", ttl=0.2).acquired
+    assert not store.acquire_lease("c", owner=None, holder="run-3", ttl=60).acquired
+    time.sleep(0.5)
+    taken = store.acquire_lease("c", owner=None, holder="run-3", ttl=60)
+    assert (taken.acquired, taken.holder) == (True, "run-3")
+    assert not store.release_lease("c", "run-2", cursor="c:processed", sequence=9)  # the old holder lost it
+    assert store.get_cursor("c:processed") == 7 and store.consumer_owner("c") == "dag_a"
