@@ -820,14 +820,16 @@ def test_an_outage_while_committing_cursors_is_waited_out_not_a_failed_watcher(
         assert not outages
 
     try:
-        with caplog.at_level("WARNING", logger="airflow_provider_carerix.triggers.shared_stream"):
+        with caplog.at_level("INFO", logger="airflow_provider_carerix.triggers.shared_stream"):
             asyncio.run(scenario())
     finally:
         asyncio.run(poller.aclose())
-    assert [r.getMessage() for r in caplog.records] == [
+    messages = [r.getMessage() for r in caplog.records if r.name.endswith("shared_stream")]
+    assert messages[0] == (
         "Carerix event store unavailable while committing the cursors of 2 Carerix watcher(s), retrying: "
         "event store unavailable: OperationalError"
-    ]
+    )
+    assert len(messages) == 2 and messages[1].startswith("Carerix event store available again after ")
 
 
 @needs_shared

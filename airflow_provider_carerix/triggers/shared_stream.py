@@ -56,17 +56,22 @@ async def retry_while_unavailable(what: str, call: Callable[..., _T], *args: Any
     An outage is no event (so no DAG run) and no failed trigger: the call is made again, from the same
     position, until the store answers. Logged once per call, naming ``what`` was being done.
     """
+    loop = asyncio.get_running_loop()
     delay = 0.25
-    warned = False
+    outage_since: float | None = None
     while True:
         try:
-            return await asyncio.to_thread(call, *args)
+            result = await asyncio.to_thread(call, *args)
         except StoreUnavailable as exc:
-            if not warned:
+            if outage_since is None:
+                outage_since = loop.time()
                 log.warning("Carerix event store unavailable while %s, retrying: %s", what, exc)
-                warned = True
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
+            continue
+        if outage_since is not None:
+            log.info("Carerix event store available again after %.1f s", loop.time() - outage_since)
+        return result
 
 
 @dataclass(eq=False)
