@@ -472,6 +472,42 @@ def test_number_exponents_in_either_case(text: str, value: float) -> None:
             "expected a value ('quoted string', number, true, false or null), found ','",
         ),
         ("data.x has any of ['a')", 22, "expected ',' or ']' in the list, found ')'"),
+        # What is left after a complete condition: only ')' is an unmatched parenthesis, only the four
+        # C-style junctions get 'and'/'or' suggested, only a word close to a keyword is taken for one.
+        ("data.x eq '1', data.y eq '2'", 13, "expected 'and', 'or' or the end of the condition, found ','"),
+        ("data.x eq '1']", 13, "expected 'and', 'or' or the end of the condition, found ']'"),
+        ("data.x eq '1' == 2", 14, "expected 'and', 'or' or the end of the condition, found '=='"),
+        (
+            "data.x eq '1' &&& data.y eq '2'",
+            14,
+            "expected 'and', 'or' or the end of the condition, found '&&&'",
+        ),
+        ("data.x eq '1' & data.y eq '2'", 14, "unknown operator '&': did you mean 'and'?"),
+        ("data.x eq '1' || data.y eq '2'", 14, "unknown operator '||': did you mean 'or'?"),
+        ("data.x eq '1' | data.y eq '2'", 14, "unknown operator '|': did you mean 'or'?"),
+        ("data.x eq '1' orr data.y eq '2'", 14, "unknown keyword 'orr': did you mean 'or'?"),
+        ("data.x eq '1' AN data.y eq '2'", 14, "unknown keyword 'AN': did you mean 'and'?"),
+        (
+            "data.x eq '1' 'or' data.y eq '2'",
+            14,
+            "expected 'and', 'or' or the end of the condition, found \"'or'\"",
+        ),
+        # A '-' ends a number unless it follows the exponent's 'e' or 'E' (an 'X' is no exponent).
+        ("data.x eq 0X-1", 10, "invalid number '0X'"),
+        ("data.x eq 1E-1-1", 14, "expected 'and', 'or' or the end of the condition, found '-1'"),
+        # A path ending in '.', or with a part starting with a digit.
+        ("data.", 5, "expected a field name after '.'"),
+        ("data.x eq '1' and data.", 23, "expected a field name after '.'"),
+        ("data.1 eq '1'", 5, "expected a field name after '.'"),
+        ("data.x.2nd eq '1'", 7, "expected a field name after '.'"),
+        # Whitespace other than a space is named, with its position.
+        ("data.x eq '1'\rand data.y eq '2'", 13, "line break at 13: use a single space between words"),
+        (
+            "data.x eq '1'\u00a0and data.y eq '2'",
+            13,
+            "whitespace character '\\xa0' at 13: use a single space between words",
+        ),
+        ("data.x eq '1' \tand data.y eq '2'", 14, "tab at 14: use a single space between words"),
     ],
 )
 def test_more_syntax_errors(text: str, position: int, reason: str) -> None:
@@ -485,3 +521,57 @@ def test_a_number_with_more_digits_than_python_converts_is_a_syntax_error() -> N
         parse("data.x eq " + "9" * 5000)
     assert info.value.position == 10
     assert info.value.reason == f"number {'9' * 20}... has too many digits"
+
+
+def test_nesting_depth_counts_open_levels_only() -> None:
+    # Each '(' holding a comparison before the next '(' is one level; closed levels do not add up.
+    nested = "(a eq 1 and " * 63 + "a eq 1" + ")" * 63
+    assert canonical(nested).count("(") == 62  # all but the outermost pair are needed
+    with pytest.raises(ConditionSyntaxError) as info:
+        parse("(a eq 1 and " * 64 + "a eq 1" + ")" * 64)
+    assert (info.value.position, info.value.reason) == (
+        757,
+        "condition nested too deeply (more than 64 levels)",
+    )
+    # Many operands side by side are no nesting at all.
+    flat = " and ".join(f"a eq {n}" for n in range(200))
+    assert len(parse(flat).operands) == 200  # type: ignore[attr-defined]
+    assert len(parse(" or ".join(["not (a eq 1 or b eq 2)"] * 100)).operands) == 100  # type: ignore[attr-defined]
+
+
+def test_a_number_against_null_an_object_or_a_list_is_false_for_every_operator() -> None:
+    event = {"data": {"note": None, "touser": {"id": 5}, "ids": [5], "count": 5}}
+    for field in ("note", "touser", "ids"):
+        for op in ("eq", "ne", "gt", "ge", "lt", "le"):
+            assert parse(f"data.{field} {op} 5").matches(event) is False, (field, op)
+            assert parse(f"data.{field} {op} '5'").matches(event) is False, (field, op)
+    assert parse("data.count eq 5").matches(event) is True
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "message"),
+    [
+        (
+            lambda: Has(Field(("a",)), "some", (Literal(1),)),
+            ValueError,
+            "quantifier must be 'any' or 'all', not 'some'",
+        ),
+        (lambda: Has(Field(("a",)), "any", ()), ValueError, "a 'has' list needs at least one value"),
+        (lambda: And((cmp("a", "eq", 1),)), ValueError, "'and' needs at least two operands"),
+        (lambda: Or(()), ValueError, "'or' needs at least two operands"),
+        (lambda: Comparison(Field(("a",)), "==", Literal(1)), ValueError, "unknown operator '=='"),
+        (lambda: Field(()), ValueError, "invalid field path ()"),
+        (lambda: Field(("a", "1b")), ValueError, "invalid field path ('a', '1b')"),
+        (lambda: Field(("a", "b-c")), ValueError, "invalid field path ('a', 'b-c')"),
+        (lambda: Field(("Not", "x")), ValueError, "a field path cannot start with the keyword 'Not'"),
+        (lambda: Literal([1]), TypeError, "a literal is a string, number, boolean or None, not list"),  # type: ignore[arg-type]
+        (lambda: Literal(float("inf")), ValueError, "a number literal must be finite"),
+        (lambda: Literal(float("nan")), ValueError, "a number literal must be finite"),
+    ],
+)
+def test_conditions_built_by_hand_are_checked_with_a_clear_error(
+    build: Any, error: type, message: str
+) -> None:
+    with pytest.raises(error) as info:
+        build()
+    assert str(info.value) == message
