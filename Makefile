@@ -1,4 +1,4 @@
-.PHONY: demo test test-matrix lint install mutation
+.PHONY: demo test test-matrix lint install mutation planted-bugs
 
 # Set up (venv + install) and run the complete local demo: emulator, receiver, Airflow, events.
 demo:
@@ -21,3 +21,7 @@ lint:
 # Set up (venv + install mutmut) and run mutation testing; not part of CI (slow). See scripts/mutation.sh.
 mutation:
 	bash scripts/mutation.sh
+
+# Plant known bugs where mutmut cannot reach (decorated store methods, constants) and check each is caught.
+planted-bugs:
+	bash scripts/bootstrap.sh && .venv/bin/python scripts/planted_bugs.py $(if $(K),-k "$(K)")

@@ -38,12 +38,13 @@ def make_event(
     application_id: str = "app-1",
     tenant: str = "demo",
     entity_id: str | int = "1",
+    time: str = "2024-02-14T14:24:40Z",
 ) -> tuple[bytes, WebhookEvent]:
     import json
 
     body = {
         "id": event_id or str(uuid.uuid4()),
-        "time": "2024-02-14T14:24:40Z",
+        "time": time,
         "type": type_,
         "applicationId": application_id,
         "webhookId": webhook_id,
@@ -161,6 +162,19 @@ def test_purge_keeps_newest(store: EventStore) -> None:
     assert store.last_sequence() == last
     new_seq, _ = store.insert(*make_event())
     assert new_seq > last
+
+
+def test_purge_keeps_an_event_timed_after_the_horizon_whenever_it_was_received(store: EventStore) -> None:
+    """Carerix's clock ahead of ours: an event received before the cutoff but timed after it stays. Purged, a
+    replay of it (timed after the recorded horizon) would be accepted as new and start its DAG again."""
+    ahead = (datetime.now(timezone.utc) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    old, skewed, newest = make_event(), make_event(time=ahead), make_event()
+    store.insert_many([old, skewed, newest])
+    # Received a minute "before" the cutoff: only the events' own times decide.
+    assert store.purge(timedelta(seconds=-60)) == 1
+    assert [e.event_id for e in store.events_after(0)] == [skewed[1].id, newest[1].id]
+    horizon = store.purge_horizon()
+    assert horizon is not None and horizon < datetime.fromisoformat(ahead.replace("Z", "+00:00"))
 
 
 def test_schema_versioned(store: EventStore) -> None:

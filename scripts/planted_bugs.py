@@ -1,0 +1,366 @@
+"""Plant known bugs one at a time in a copy of the project and check that the named tests catch each one.
+
+mutmut (``make mutation``) cannot reach everything that carries a guarantee: it skips decorated functions
+(the event store's public methods all retry on a dropped connection), module-level constants and code under
+an ``if`` at module level (the Airflow 3.3 producer). These bugs are the ones that matter there, plus the
+ones an outside audit planted. Each is a one-line change to the real source, and each must make its tests
+fail. Run from the project root: ``make planted-bugs`` (or ``.venv/bin/python scripts/planted_bugs.py``,
+``-k store`` for the plants whose name contains a word (repeatable), ``--list`` to see them).
+
+The copy is a temporary directory (the work tree is never touched), imported first because pytest runs
+from it. A plant whose source line is no longer found fails loudly: the code moved, update the plant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = "airflow_provider_carerix"
+
+
+@dataclass(frozen=True)
+class Plant:
+    name: str
+    path: str  # under the package
+    old: str  # must occur exactly once
+    new: str
+    tests: tuple[str, ...]  # pytest node ids or files; "-k EXPR" selects within the files
+
+
+LEASE_TEST = "tests/test_store.py::test_a_lease_has_one_holder_until_it_expires_and_only_its_holder_commits"
+
+PLANTS = (
+    Plant(
+        "conditions: gt evaluated as >=",
+        "conditions.py",
+        'if op == "gt":\n            return bool(a > b)',
+        'if op == "gt":\n            return bool(a >= b)',
+        ("tests/test_conditions.py", "-k", "ordering_operators_at_their_boundary"),
+    ),
+    Plant(
+        "conditions: le evaluated as <",
+        "conditions.py",
+        'if op == "le":\n            return bool(a <= b)',
+        'if op == "le":\n            return bool(a < b)',
+        ("tests/test_conditions.py", "-k", "ordering_operators_at_their_boundary"),
+    ),
+    Plant(
+        "hook: TOKEN_REFRESH_MARGIN = 0",
+        "hooks/carerix.py",
+        "TOKEN_REFRESH_MARGIN = 30.0",
+        "TOKEN_REFRESH_MARGIN = 0.0",
+        ("tests/test_hook.py::test_token_is_renewed_a_margin_before_it_expires",),
+    ),
+    Plant(
+        "hook: refresh margin without the tenth-of-lifetime cap",
+        "hooks/carerix.py",
+        "margin = min(TOKEN_REFRESH_MARGIN, expires_in / 10)",
+        "margin = TOKEN_REFRESH_MARGIN",
+        ("tests/test_hook.py::test_token_is_renewed_a_margin_before_it_expires",),
+    ),
+    Plant(
+        "hook: token kept until <= its refresh point",
+        "hooks/carerix.py",
+        "if cached is not None and time.monotonic() < cached.refresh_at:\n                return",
+        "if cached is not None and time.monotonic() <= cached.refresh_at:\n                return",
+        ("tests/test_hook.py::test_token_is_renewed_a_margin_before_it_expires",),
+    ),
+    Plant(
+        "hook: backoff 2 ** attempt instead of 2 ** (attempt - 1)",
+        "hooks/carerix.py",
+        "2 ** (retry_state.attempt_number - 1)",
+        "2 ** retry_state.attempt_number",
+        (
+            "tests/test_hook.py::test_backoff_doubles_from_the_first_wait_with_at_most_a_tenth_of_jitter_and_is_capped",
+        ),
+    ),
+    Plant(
+        "hook: a negative Retry-After not clamped to 0",
+        "hooks/carerix.py",
+        "return max(0.0, float(value))",
+        "return float(value)",
+        ("tests/test_hook.py", "-k", "retry_after_as_seconds_or_http_date"),
+    ),
+    Plant(
+        "hook: > 400 instead of >= 400 for an API error",
+        "hooks/carerix.py",
+        "if response.status_code >= 400:",
+        "if response.status_code > 400:",
+        ("tests/test_hook.py::test_a_400_is_an_api_error_at_once",),
+    ),
+    Plant(
+        "hook: the call repeated after a 401 sent as not idempotent",
+        "hooks/carerix.py",
+        "self._invalidate_token(sent)\n            response = self._send(method, url, idempotent=idempotent, **kwargs)",
+        "self._invalidate_token(sent)\n            response = self._send(method, url, idempotent=False, **kwargs)",
+        ("tests/test_hook.py::test_the_call_repeated_after_a_401_keeps_the_retry_policy",),
+    ),
+    Plant(
+        "receiver: declared body size > turned into >=",
+        "receiver/validation.py",
+        "if declared > limit:",
+        "if declared >= limit:",
+        ("tests/test_receiver_limits.py",),
+    ),
+    Plant(
+        "receiver: streamed body size > turned into >=",
+        "receiver/validation.py",
+        "if size > limit:",
+        "if size >= limit:",
+        ("tests/test_receiver_limits.py",),
+    ),
+    Plant(
+        "receiver: signature padding put back as +len % 4",
+        "receiver/auth.py",
+        'value + "=" * (-len(value) % 4)',
+        'value + "=" * (len(value) % 4)',
+        (
+            "tests/test_receiver.py::test_receiver_auth_reads_either_base64_alphabet_with_or_without_padding_and_nothing_else",
+        ),
+    ),
+    Plant(
+        "receiver: the URL-safe alphabet only when both - and _ appear",
+        "receiver/auth.py",
+        'if "-" in value or "_" in value',
+        'if "-" in value and "_" in value',
+        (
+            "tests/test_receiver.py::test_receiver_auth_reads_either_base64_alphabet_with_or_without_padding_and_nothing_else",
+        ),
+    ),
+    Plant(
+        "receiver: signatures decoded without validate=True (stray characters ignored)",
+        "receiver/auth.py",
+        "validate=True,",
+        "validate=False,",
+        (
+            "tests/test_receiver.py::test_receiver_auth_reads_either_base64_alphabet_with_or_without_padding_and_nothing_else",
+        ),
+    ),
+    Plant(
+        "trigger: a watcher re-firing the event at its own cursor after a restart",
+        "triggers/events.py",
+        "if stored.sequence <= self._position:",
+        "if stored.sequence < self._position:",
+        ("tests/test_triggers.py::test_watcher_never_refires_the_event_at_its_cursor",),
+    ),
+    Plant(
+        "trigger: a batch the watcher fired from recorded only once per refresh interval",
+        "triggers/events.py",
+        "if fired or now - self._last_done_at >= IDLE_CURSOR_REFRESH:",
+        "if fired and now - self._last_done_at >= IDLE_CURSOR_REFRESH:",
+        (
+            "tests/test_triggers.py::test_a_batch_the_watcher_fired_from_always_carries_its_cursor_idle_ones_now_and_then",
+        ),
+    ),
+    Plant(
+        "poller: commit filter >= (a cursor that did not move written again)",
+        "triggers/shared_stream.py",
+        "if v > self._committed.get(c, -1)}",
+        "if v >= self._committed.get(c, -1)}",
+        ("tests/test_triggers.py::test_poller_commits_cursors_forward_and_writes_only_those_that_moved",),
+    ),
+    Plant(
+        "poller: the first outage delay None (a running watcher crashes at its first outage)",
+        "triggers/shared_stream.py",
+        "delay = min(self.poll_interval, 1.0)\n        last_yield = loop.time()",
+        "delay = None\n        last_yield = loop.time()",
+        (
+            "tests/test_triggers.py::test_outage_after_the_watcher_started_is_waited_out_and_nothing_is_skipped",
+        ),
+    ),
+    Plant(
+        "poller: an outage while committing cursors ends the watcher (no retry)",
+        "triggers/shared_stream.py",
+        'await retry_while_unavailable(f"committing the cursors of {len(todo)} Carerix watcher(s)", write)',
+        "await asyncio.to_thread(write)",
+        (
+            "tests/test_triggers.py::test_an_outage_while_committing_cursors_is_waited_out_not_a_failed_watcher",
+        ),
+    ),
+    Plant(
+        "producer: cursors committed past a batch whose persistence failed",
+        "triggers/shared_stream.py",
+        "if outcome.failed:\n",
+        "if False:\n",
+        ("tests/test_triggers.py", "-k", "persistence_failed or refuses_to_commit_past_a_failed_item"),
+    ),
+    Plant(
+        "event filter: a condition that raises taken as a match",
+        "utils/event_filter.py",
+        'log.exception("Carerix condition failed on event %s; skipped", stored.event_id)\n            return False',
+        'log.exception("Carerix condition failed on event %s; skipped", stored.event_id)\n            return True',
+        ("tests/test_triggers.py::test_a_condition_that_raises_skips_the_event_and_logs_its_id",),
+    ),
+    # The event store's public methods: decorated (retry on a dropped connection), so mutmut skips them.
+    Plant(
+        "store: a consumer's unexpired lease taken by another holder",
+        "store.py",
+        "row.lease_until is not None and row.lease_until > now:",
+        "row.lease_until is not None and row.lease_until < now:",
+        (LEASE_TEST,),
+    ),
+    Plant(
+        "store: a lost lease still commits its cursor on release",
+        "store.py",
+        "if row is None or row.holder != holder:\n                return False",
+        "if row is None:\n                return False",
+        (LEASE_TEST, "tests/test_events.py::test_lost_lease_records_nothing"),
+    ),
+    Plant(
+        "store: another holder renews a lease",
+        "store.py",
+        ".where(consumers.c.name == name, consumers.c.holder == holder)",
+        ".where(consumers.c.name == name)",
+        (LEASE_TEST,),
+    ),
+    Plant(
+        "store: another DAG takes a DAG's consumer",
+        "store.py",
+        "if owner is not None and row.owner is not None and row.owner != owner:",
+        "if False:",
+        (LEASE_TEST,),
+    ),
+    Plant(
+        "store: events_after includes the cursor's own event (> into >=)",
+        "store.py",
+        "stmt = sa.select(events).where(events.c.sequence > int(sequence))",
+        "stmt = sa.select(events).where(events.c.sequence >= int(sequence))",
+        ("tests/test_store.py", "tests/test_triggers.py"),
+    ),
+    Plant(
+        "store: purge deletes the newest event too",
+        "store.py",
+        "events.c.time < cutoff, events.c.sequence < newest)",
+        "events.c.time < cutoff, events.c.sequence <= newest)",
+        ("tests/test_store.py::test_purge_keeps_newest",),
+    ),
+    Plant(
+        "store: purge by receipt time only (an event timed after the horizon purged)",
+        "store.py",
+        ".where(events.c.received_at < cutoff, events.c.time < cutoff, events.c.sequence < newest)",
+        ".where(events.c.received_at < cutoff, events.c.sequence < newest)",
+        ("tests/test_store.py", "tests/test_receiver.py", "-k", "purge"),
+    ),
+    Plant(
+        "store: a cursor moved backwards",
+        "store.py",
+        "(stmt.excluded.sequence > cursors.c.sequence, stmt.excluded.sequence),",
+        "(stmt.excluded.sequence < cursors.c.sequence, stmt.excluded.sequence),",
+        ("tests/test_store.py::test_cursors_never_move_backwards",),
+    ),
+    Plant(
+        "store: a unique-key race answered as the event's fault (4xx) instead of busy (503)",
+        "store.py",
+        'return code in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY")',
+        "return False",
+        ("tests/test_store.py::test_a_unique_key_race_is_retryable_other_refusals_are_not",),
+    ),
+)
+
+
+def _copy_project(dest: Path) -> None:
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, files):
+        src = ROOT / os.fsdecode(name)
+        if src.is_file():
+            target = dest / os.fsdecode(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
+
+
+def _pytest(copy: Path, tests: tuple[str, ...], log: Path) -> int:
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-x",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+        *tests,
+    ]
+    with log.open("w") as out:
+        return subprocess.run(command, cwd=copy, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "-k",
+        dest="words",
+        action="append",
+        help="only plants whose name contains this (case-insensitive); repeat for several",
+    )
+    parser.add_argument("--list", action="store_true", help="list the plants and stop")
+    args = parser.parse_args(argv)
+    words = [w.lower() for w in args.words or ()]
+    plants = [p for p in PLANTS if not words or any(w in p.name.lower() for w in words)]
+    if args.list or not plants:
+        for plant in plants:
+            print(f"{plant.name}  [{plant.path}]  {' '.join(plant.tests)}")
+        return 0 if plants else 2
+
+    with tempfile.TemporaryDirectory(prefix="planted-bugs-") as tmp:
+        copy = Path(tmp)
+        _copy_project(copy)
+        imported = subprocess.run(
+            [sys.executable, "-c", f"import {PKG}; print({PKG}.__file__)"],
+            cwd=copy,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        if not Path(imported).is_relative_to(copy):
+            print(f"the copy is not what Python imports ({imported}); cannot plant safely", file=sys.stderr)
+            return 2
+        # A clean run first: a test that already fails would make every plant look caught.
+        clean = sorted({t for p in plants for t in p.tests if t.startswith("tests/")})
+        log = copy / "planted-clean.log"
+        if _pytest(copy, tuple(clean), log) != 0:
+            print(log.read_text()[-3000:])
+            print("the selected tests fail without any plant; fix that first", file=sys.stderr)
+            return 2
+        missed: list[str] = []
+        for number, plant in enumerate(plants, 1):
+            source = copy / PKG / plant.path
+            original = source.read_text()
+            if original.count(plant.old) != 1:
+                print(
+                    f"[{number}] {plant.name}: source line not found once in {plant.path}; update the plant"
+                )
+                missed.append(plant.name)
+                continue
+            source.write_text(original.replace(plant.old, plant.new))
+            started = time.monotonic()
+            try:
+                rc = _pytest(copy, plant.tests, copy / f"planted-{number}.log")
+            finally:
+                source.write_text(original)
+            took = time.monotonic() - started
+            verdict = "caught" if rc == 1 else f"NOT CAUGHT (pytest exit {rc})"
+            print(f"[{number}/{len(plants)}] {verdict:>10}  {plant.name}  ({took:.0f} s)", flush=True)
+            if rc != 1:
+                print((copy / f"planted-{number}.log").read_text()[-1500:])
+                missed.append(plant.name)
+        print(f"{len(plants) - len(missed)} of {len(plants)} planted bugs caught")
+        return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
