@@ -6,6 +6,7 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -297,6 +298,53 @@ def test_postgres_concurrent_writers_reader_never_skips(postgres_database: str) 
     assert len(all_sequences) == writers * per_writer * 2
     assert seen == all_sequences
     store.close()
+
+
+@pytest.mark.postgres
+def test_postgres_same_event_from_two_receivers_at_once_is_stored_once(postgres_database: str) -> None:
+    """Carerix retries a delivery to another receiver while the first is still committing it: the second
+    writer's insert waits for the first, then reports the first one's sequence, not new, beside its own new
+    event in the same group."""
+    import threading
+
+    from sqlalchemy import event as sa_event
+
+    url = with_options(postgres_database, **PATIENT)
+    first, second = EventStore(url), EventStore(url)
+    first.ping()
+    second.ping()
+    in_flight, resume = threading.Event(), threading.Event()
+
+    @sa_event.listens_for(first._engine, "after_cursor_execute")
+    def _pause_before_commit(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "pg_advisory_lock(" in statement and not resume.is_set():
+            in_flight.set()
+            resume.wait(60)  # rows inserted, transaction open
+
+    shared, own = make_event(event_id="shared"), make_event(event_id="own")
+    results: dict[str, Any] = {}
+    threads = [
+        threading.Thread(target=lambda: results.__setitem__("first", first.insert_many([shared]))),
+        threading.Thread(target=lambda: results.__setitem__("second", second.insert_many([shared, own]))),
+    ]
+    threads[0].start()
+    try:
+        assert in_flight.wait(30)
+        threads[1].start()
+        time.sleep(0.5)  # at least this long: the second writer is waiting for the first one's row
+        assert threads[1].is_alive() and "second" not in results
+    finally:
+        resume.set()
+        for thread in threads:
+            thread.join(60)
+    [(shared_sequence, shared_new)] = results["first"]
+    assert shared_new
+    ((again_sequence, again_new), (own_sequence, own_new)) = results["second"]
+    assert (again_sequence, again_new) == (shared_sequence, False)
+    assert own_new and own_sequence != shared_sequence
+    assert [e.event_id for e in first.events_after(0)] == ["shared", "own"]
+    first.close()
+    second.close()
 
 
 def test_sqlite_concurrent_writers_from_two_handles(tmp_path: Path) -> None:
