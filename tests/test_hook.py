@@ -333,6 +333,67 @@ def test_unknown_realm_is_an_auth_error_that_says_so(
     assert "realm" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("status", "hint"),
+    [
+        (400, "the identity server refused the request"),
+        (401, "client_id or client_secret is wrong"),
+        (403, "the client may not use the client-credentials grant"),
+        (404, "no such realm at this identity host: check realm, identity_host or auth_url"),
+        (418, "(I'm a Teapot)"),  # no hint of ours: the HTTP reason, still an auth error
+    ],
+)
+def test_a_refused_token_request_is_an_auth_error_with_a_hint(
+    emulator: CarerixEmulator, sleeps: list[float], status: int, hint: str
+) -> None:
+    """What a data engineer reads when the connection is wrong: the status and what to check, at once."""
+    emulator.inject_fault(status=status, times=10, path_contains="openid-connect/token")
+    with pytest.raises(CarerixAuthError) as info:
+        make_hook().get_access_token()
+    assert info.value.status_code == status
+    assert hint in str(info.value)
+    assert info.value.method == "POST" and info.value.url.endswith("/protocol/openid-connect/token")
+    assert emulator.token_requests == 1 and sleeps == []
+
+
+def test_an_identity_server_failing_is_retried_then_an_api_error_not_an_auth_error(
+    emulator: CarerixEmulator, sleeps: list[float]
+) -> None:
+    """A 5xx from the identity server is an outage, not wrong credentials: retried, then not a CarerixAuthError
+    (which tells the user to fix the connection)."""
+    emulator.inject_fault(status=503, times=100, path_contains="openid-connect/token")
+    with pytest.raises(CarerixApiError) as info:
+        make_hook(retry_attempts=3).get_access_token()
+    assert not isinstance(info.value, CarerixAuthError)
+    assert info.value.status_code == 503 and len(sleeps) == 2
+    emulator.clear_faults()
+    assert make_hook().get_access_token() in emulator.issued_tokens
+
+
+def test_fetching_a_token_is_logged_with_the_client_and_lifetime_never_the_secret(
+    emulator: CarerixEmulator,
+) -> None:
+    previous = structlog.get_config()["wrapper_class"]
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            hook = make_hook()
+            token = hook.get_access_token()
+    finally:
+        structlog.configure(wrapper_class=previous)
+    settings = hook.settings
+    assert [(entry["log_level"], entry["event"]) for entry in logs] == [
+        (
+            "debug",
+            f"Fetching a Carerix access token for client {settings.client_id} from {settings.token_url}",
+        ),
+        ("info", f"Obtained a Carerix access token for client {settings.client_id} (valid 300s)"),
+    ]
+    assert token not in json.dumps(logs, default=str) and settings.client_secret not in json.dumps(
+        logs, default=str
+    )
+
+
 def test_token_without_the_management_scope_gets_403(
     emulator: CarerixEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
