@@ -350,6 +350,9 @@ def test_outage_after_the_watcher_started_is_waited_out_and_nothing_is_skipped(
             fired = [(await first_task).payload["sequence"]]
             assert fired == [first]
             waiting = asyncio.ensure_future(next_event(gen, 120))
+            # The batch's cursor committed first: the outage then meets the poll loop itself (an outage
+            # during the commit is test_an_outage_while_committing_cursors_is_waited_out_not_a_failed_watcher).
+            await wait_until(lambda: store.get_cursor("c-outage") == first, "the first batch's cursor")
             await asyncio.to_thread(pg.pause)
             await wait_until(lambda: "unavailable" in caplog.text, "the watcher meeting the outage")
             await asyncio.sleep(1.0)  # retrying with backoff meanwhile: never an event
