@@ -215,8 +215,10 @@ def test_lenient_mode_accepts_whitespace_that_strict_mode_rejects() -> None:
 
 
 def test_non_string_input_is_a_type_error() -> None:
-    with pytest.raises(TypeError):
-        parse(None)  # type: ignore[arg-type]
+    for text, name in ((None, "NoneType"), (b"a eq 1", "bytes")):
+        with pytest.raises(TypeError) as info:
+            parse(text)  # type: ignore[arg-type]
+        assert str(info.value) == f"a condition is a string, not {name}"
 
 
 # ------------------------------------------------------------------------------------------------ matching
@@ -500,6 +502,9 @@ def test_number_exponents_in_either_case(text: str, value: float) -> None:
         ("data.x eq '1' and data.", 23, "expected a field name after '.'"),
         ("data.1 eq '1'", 5, "expected a field name after '.'"),
         ("data.x.2nd eq '1'", 7, "expected a field name after '.'"),
+        # A symbol ends where the next word starts; a '-' that starts no number is no operator.
+        ("data.x==X", 6, "unknown operator '==': did you mean 'eq'?"),
+        ("data.x eq - 1", 10, "unexpected character '-'"),
         # Whitespace other than a space is named, with its position.
         ("data.x eq '1'\rand data.y eq '2'", 13, "line break at 13: use a single space between words"),
         (
@@ -575,3 +580,9 @@ def test_conditions_built_by_hand_are_checked_with_a_clear_error(
     with pytest.raises(error) as info:
         build()
     assert str(info.value) == message
+
+
+def test_names_start_with_any_letter_and_may_hold_digits() -> None:
+    assert parse("Xid eq 'X' or data.X eq -1 or X1.x2 eq 2") == Or(
+        (cmp("Xid", "eq", "X"), cmp("data.X", "eq", -1), cmp("X1.x2", "eq", 2))
+    )
