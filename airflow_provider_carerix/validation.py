@@ -473,12 +473,11 @@ def _check_headers(headers: Any, path: str) -> list[Problem]:
         elif any(ch in value for ch in "\r\n\0"):
             problems.append(Problem(value_path, "header value contains a line break or NUL character"))
         elif not value.strip():
-            label = repr(name) if isinstance(name, str) and name else "the header"
+            header = f"header {name!r}" if isinstance(name, str) and name else "the header"
             what = "is empty" if not value else "is only whitespace"
             problems.append(
                 Problem(
-                    value_path,
-                    f"value of header {label} {what}: a receiver checking it refuses every delivery",
+                    value_path, f"value of {header} {what}: a receiver checking it refuses every delivery"
                 )
             )
     return problems

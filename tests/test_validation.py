@@ -320,6 +320,21 @@ def test_custom_header_rules(headers: Any, message: str) -> None:
     assert messages(webhook(customHeaders=headers)) == [message]
 
 
+@pytest.mark.parametrize(
+    ("header", "name_problem"),
+    [
+        ({"value": ""}, "customHeaders[0]: a custom header needs a name"),
+        ({"name": "", "value": ""}, "customHeaders[0].name: header name is empty"),
+        ({"name": 7, "value": ""}, "customHeaders[0].name: header name must be a string, got number"),
+    ],
+)
+def test_an_empty_value_of_a_header_without_a_usable_name(header: dict[str, Any], name_problem: str) -> None:
+    assert messages(webhook(customHeaders=[header])) == [
+        name_problem,
+        "customHeaders[0].value: value of the header is empty: a receiver checking it refuses every delivery",
+    ]
+
+
 def test_header_values_may_hold_jinja() -> None:
     headers = [{"name": "X-Carerix-Secret", "value": "{{ var.value.carerix_receiver_secret }}"}]
     assert validate_webhook(webhook(customHeaders=headers)) == []
