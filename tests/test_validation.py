@@ -50,6 +50,7 @@ def test_every_problem_is_reported_at_its_path_in_the_document() -> None:
         _kind=...,
         colour="red",
         name=5,
+        status="paused",
         url="receiver.example.com/events",  # no scheme
         filters=[{"eventType": "nope"}, {"eventType": "crjob:updated"}, {"eventType": "alsonope"}],
         customHeaders=[
@@ -62,7 +63,7 @@ def test_every_problem_is_reported_at_its_path_in_the_document() -> None:
     paths = [p.path for p in problems]
     assert all(path.startswith("webhooks[3].") for path in paths), paths
     assert "webhooks[3]._kind" in paths and "webhooks[3].colour" in paths
-    assert "webhooks[3].name" in paths
+    assert "webhooks[3].name" in paths and "webhooks[3].status" in paths
     assert "webhooks[3].url" in paths
     assert "webhooks[3].filters[0].eventType" in paths and "webhooks[3].filters[2].eventType" in paths
     header_paths = [path for path in paths if path.startswith("webhooks[3].customHeaders")]
@@ -79,6 +80,41 @@ def test_every_problem_is_reported_at_its_path_in_the_document() -> None:
 def test_python_field_names_are_accepted_too() -> None:
     body = {"url": "https://x.example", "filters": [{"event_type": "crjob:updated"}], "custom_headers": []}
     assert validate_webhook(body) == []
+
+
+def test_problems_under_python_field_names_are_reported_at_those_names() -> None:
+    """The path names the key the user wrote, so they find it in their own file."""
+    body = {
+        "url": "https://x.example",
+        "filters": [{"event_type": "crjob:update"}],
+        "custom_headers": [{"name": "X Secret", "value": "v"}],
+    }
+    assert [p.path for p in validate_webhook(body, path="webhooks[1]")] == [
+        "webhooks[1].filters[0].event_type",
+        "webhooks[1].custom_headers[0].name",
+    ]
+
+
+def test_a_webhook_model_is_validated_as_the_body_it_sends() -> None:
+    """A model is checked in Carerix's field names and JSON form, as ``to_api()`` sends it: problems carry
+    Carerix's names, a field left empty (null) is absent, and a value is checked as the JSON it becomes."""
+    model = Webhook.model_validate(
+        {
+            "url": "https://receiver.example.com/events",
+            "filters": [{"event_type": "crjob:update"}],
+            "custom_headers": [{"name": "X Secret", "value": "v"}],
+            "_createdDateTime": "2026-01-02T03:04:05Z",
+            "description": None,  # an extra field Carerix returned empty
+            "name": b"jobs",  # sent as the string "jobs"
+        }
+    )
+    assert model.to_api()["name"] == "jobs" and "description" not in model.to_api()
+    assert messages(model) == [
+        "filters[0].eventType: unknown action 'update' in eventType 'crjob:update': did you mean 'updated'?",
+        "customHeaders[0].name: header name 'X Secret' is not an HTTP token: ' ' at 1 is not allowed "
+        "(letters, digits and !#$%&'*+-.^_`|~ only)",
+    ]
+    assert validate_webhook(model) == validate_webhook(model.to_api())
 
 
 @pytest.mark.parametrize(
@@ -115,6 +151,15 @@ def test_normalize_event_type(text: str, expected: str) -> None:
             "unknown entity 'crvacancies' in eventType 'crvacancies:created': did you mean 'crvacancy'?",
         ),
         ("crzzz:created", "unknown entity 'crzzz' in eventType 'crzzz:created'"),
+        # An everyday name behind Carerix's "cr" prefix is still recognised.
+        (
+            "crcandidate:updated",
+            "unknown entity 'crcandidate' in eventType 'crcandidate:updated': did you mean 'cremployee'?",
+        ),
+        (
+            "CRActivity:created",
+            "unknown entity 'cractivity' in eventType 'CRActivity:created': did you mean 'crtodo'?",
+        ),
     ],
 )
 def test_unknown_entities_get_the_closest_suggestion(text: str, message: str) -> None:
@@ -151,6 +196,7 @@ def test_malformed_event_types(text: str, message: str) -> None:
 
 def test_unknown_entities_are_accepted_on_opt_in() -> None:
     assert normalize_event_type("CRSomethingNew:created", allow_unknown=True) == "crsomethingnew:created"
+    assert normalize_event_type("cr_custom_2:updated", allow_unknown=True) == "cr_custom_2:updated"
     body = webhook(filters=[{"eventType": "crsomethingnew:created"}])
     assert validate_webhook(body, allow_unknown_event_types=True) == []
     assert messages(body) == [
@@ -232,6 +278,22 @@ def test_good_and_template_urls(url: str) -> None:
 )
 def test_filter_rules(filters: Any, message: str) -> None:
     assert messages(webhook(filters=filters)) == [message]
+
+
+def test_every_filter_is_checked_after_one_that_is_not_a_mapping() -> None:
+    assert messages(webhook(filters=["crjob:updated", {"eventType": "crjob:update"}])) == [
+        "filters[0]: a filter must be a mapping with an eventType, got string",
+        "filters[1].eventType: unknown action 'update' in eventType 'crjob:update': did you mean 'updated'?",
+    ]
+
+
+def test_filters_without_an_event_type_are_not_called_duplicates() -> None:
+    """Only filters with a valid eventType are compared: the missing eventType is the problem to fix."""
+    filters = [{"condition": "data.x eq '1'"}, {"condition": "data.x eq '1'"}]
+    assert messages(webhook(filters=filters)) == [
+        "filters[0]: eventType is required, e.g. 'crjob:updated'",
+        "filters[1]: eventType is required, e.g. 'crjob:updated'",
+    ]
 
 
 def test_at_most_ten_filters() -> None:
@@ -321,6 +383,34 @@ def test_custom_header_rules(headers: Any, message: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (
+            ["X-A: b", {"name": "X B", "value": ""}],
+            [
+                "customHeaders[0]: a custom header must be a mapping with name and value, got string",
+                "customHeaders[1].name: header name 'X B' is not an HTTP token: ' ' at 1 is not allowed "
+                "(letters, digits and !#$%&'*+-.^_`|~ only)",
+                "customHeaders[1].value: value of header 'X B' is empty: a receiver checking it refuses every "
+                "delivery",
+            ],
+        ),
+        (
+            [{"header_name": "X-A", "header_value": "v"}],
+            [
+                "customHeaders[0].header_name: unknown field 'header_name': did you mean 'name'?",
+                "customHeaders[0].header_value: unknown field 'header_value': did you mean 'value'?",
+                "customHeaders[0]: a custom header needs a name",
+                "customHeaders[0]: a custom header needs a value",
+            ],
+        ),
+    ],
+)
+def test_every_header_problem_is_reported(headers: Any, expected: list[str]) -> None:
+    assert messages(webhook(customHeaders=headers)) == expected
+
+
+@pytest.mark.parametrize(
     ("header", "name_problem"),
     [
         ({"value": ""}, "customHeaders[0]: a custom header needs a name"),
@@ -333,6 +423,12 @@ def test_an_empty_value_of_a_header_without_a_usable_name(header: dict[str, Any]
         name_problem,
         "customHeaders[0].value: value of the header is empty: a receiver checking it refuses every delivery",
     ]
+
+
+def test_a_bad_header_name_points_at_its_character() -> None:
+    """The offset lets a spec file's problem point at the column of the refused character."""
+    problems = validate_webhook(webhook(customHeaders=[{"name": "X-Secret:", "value": "v"}]))
+    assert [(p.path, p.offset) for p in problems] == [("customHeaders[0].name", 8)]
 
 
 def test_header_values_may_hold_jinja() -> None:
@@ -368,6 +464,24 @@ def test_a_problem_in_a_rendered_value_names_its_template_and_variable(template:
     )
 
 
+def test_a_value_rendered_from_a_block_template_names_it() -> None:
+    template = "{% if params.secret %}s{% endif %}"
+    rendered = webhook(customHeaders=[{"name": "X-Secret", "value": ""}])
+    source = webhook(customHeaders=[{"name": "X-Secret", "value": template}])
+    [problem] = explain_templates(validate_webhook(rendered), source)
+    assert problem.message.endswith(f"every delivery (rendered from {template!r})")
+
+
+def test_templates_of_a_list_of_webhooks_are_found_by_index() -> None:
+    rendered = [webhook(), webhook(customHeaders=[{"name": "X-Secret", "value": ""}])]
+    source = [webhook(), webhook(customHeaders=[{"name": "X-Secret", "value": "{{ var.value.s }}"}])]
+    problems = [p for i, body in enumerate(rendered) for p in validate_webhook(body, path=f"[{i}]")]
+    assert [str(p) for p in explain_templates(problems, source)] == [
+        "[1].customHeaders[0].value: value of header 'X-Secret' is empty: a receiver checking it refuses "
+        "every delivery (rendered from '{{ var.value.s }}': set the Airflow Variable 's')"
+    ]
+
+
 def test_template_notes_only_for_values_that_were_templates() -> None:
     rendered = webhook(url="ftp://x", customHeaders=[{"name": "X-Secret", "value": ""}])
     source = webhook(url="ftp://x", customHeaders=[{"name": "X-Secret", "value": "{{ ds }}"}])
@@ -391,6 +505,7 @@ def test_template_notes_only_for_values_that_were_templates() -> None:
         ("http://10.1.2.3", False),
         ("http://carerix-emulator:8080", False),  # a container network name
         ("http://emulator.test", False),
+        ("http://[::1", True),  # not a URL at all: treated as Carerix itself, so the strict checks apply
     ],
 )
 def test_which_connections_are_carerix_itself(api_url: str, public: bool) -> None:
@@ -412,6 +527,7 @@ def test_which_connections_are_carerix_itself(api_url: str, public: bool) -> Non
         ("8.8.8.8", False),
         ("Receiver.Example.COM", False),
         ("db.INTERNAL", True),
+        ("API.TESTX", False),  # only brackets and a final dot are stripped, not letters: not under .test
     ],
 )
 def test_local_hosts_are_decided_from_the_text(host: str, local: bool) -> None:
