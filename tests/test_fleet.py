@@ -30,7 +30,7 @@ from airflow_provider_carerix.store import (
     StoreUnavailable,
 )
 from tests.fixtures.receiver import ReceiverProcess, start_receiver_process
-from tests.fixtures.store import PATIENT, FollowingReader, run_in_threads, with_options
+from tests.fixtures.store import PATIENT, FollowingReader, pause_after_insert, run_in_threads, with_options
 from tests.test_store import make_event
 
 pytestmark = pytest.mark.postgres
@@ -115,13 +115,7 @@ def test_paused_writer_holds_back_readers_not_writers(postgres_database: str) ->
     paused_store, other = EventStore(url), EventStore(url)
     paused_store.ping()
     other.ping()
-    in_flight_now, resume = threading.Event(), threading.Event()
-
-    @sa_event.listens_for(paused_store._engine, "after_cursor_execute")
-    def _pause_after_insert(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "pg_advisory_lock(" in statement and not resume.is_set():
-            in_flight_now.set()
-            resume.wait(60)  # "stopped" here: sequences handed out, transaction open
+    in_flight_now, resume = pause_after_insert(paused_store)
 
     outcome: dict[str, Any] = {}
 

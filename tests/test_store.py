@@ -20,7 +20,7 @@ from airflow_provider_carerix.store import (
     parse_duration,
     resolve_store_url,
 )
-from tests.fixtures.store import PATIENT, FollowingReader, run_in_threads, with_options
+from tests.fixtures.store import PATIENT, FollowingReader, pause_after_insert, run_in_threads, with_options
 
 GUIDE_PAYLOAD = (
     b'{\n"id": "8469bf71-4942-45ea-98b8-393077288785",\n"time": "2024-02-14T14:24:40Z",\n'
@@ -307,19 +307,11 @@ def test_postgres_same_event_from_two_receivers_at_once_is_stored_once(postgres_
     event in the same group."""
     import threading
 
-    from sqlalchemy import event as sa_event
-
     url = with_options(postgres_database, **PATIENT)
     first, second = EventStore(url), EventStore(url)
     first.ping()
     second.ping()
-    in_flight, resume = threading.Event(), threading.Event()
-
-    @sa_event.listens_for(first._engine, "after_cursor_execute")
-    def _pause_before_commit(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "pg_advisory_lock(" in statement and not resume.is_set():
-            in_flight.set()
-            resume.wait(60)  # rows inserted, transaction open
+    in_flight, resume = pause_after_insert(first)
 
     shared, own = make_event(event_id="shared"), make_event(event_id="own")
     results: dict[str, Any] = {}
