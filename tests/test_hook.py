@@ -340,7 +340,7 @@ def test_unknown_realm_is_an_auth_error_that_says_so(
         (401, "client_id or client_secret is wrong"),
         (403, "the client may not use the client-credentials grant"),
         (404, "no such realm at this identity host: check realm, identity_host or auth_url"),
-        (418, "(I'm a Teapot)"),  # no hint of ours: the HTTP reason, still an auth error
+        (418, "I'm a Teapot"),  # no hint of ours: the HTTP reason, still an auth error
     ],
 )
 def test_a_refused_token_request_is_an_auth_error_with_a_hint(
@@ -350,8 +350,10 @@ def test_a_refused_token_request_is_an_auth_error_with_a_hint(
     emulator.inject_fault(status=status, times=10, path_contains="openid-connect/token")
     with pytest.raises(CarerixAuthError) as info:
         make_hook().get_access_token()
-    assert info.value.status_code == status
-    assert hint in str(info.value)
+    assert (info.value.status_code, info.value.reason) == (status, hint)
+    assert f"({hint})" in str(info.value) and '"error": "injected fault"' in str(
+        info.value
+    )  # the server's body
     assert info.value.method == "POST" and info.value.url.endswith("/protocol/openid-connect/token")
     assert emulator.token_requests == 1 and sleeps == []
 
@@ -359,15 +361,38 @@ def test_a_refused_token_request_is_an_auth_error_with_a_hint(
 def test_an_identity_server_failing_is_retried_then_an_api_error_not_an_auth_error(
     emulator: CarerixEmulator, sleeps: list[float]
 ) -> None:
-    """A 5xx from the identity server is an outage, not wrong credentials: retried, then not a CarerixAuthError
-    (which tells the user to fix the connection)."""
-    emulator.inject_fault(status=503, times=100, path_contains="openid-connect/token")
+    """A 5xx from the identity server is an outage, not wrong credentials: retried (a token request is safe to
+    repeat, even for a 500), then not a CarerixAuthError (which tells the user to fix the connection)."""
+    emulator.inject_fault(status=500, times=100, path_contains="openid-connect/token")
     with pytest.raises(CarerixApiError) as info:
         make_hook(retry_attempts=3).get_access_token()
     assert not isinstance(info.value, CarerixAuthError)
-    assert info.value.status_code == 503 and len(sleeps) == 2
+    assert info.value.status_code == 500 and len(sleeps) == 2 and emulator.token_requests == 3
     emulator.clear_faults()
     assert make_hook().get_access_token() in emulator.issued_tokens
+
+
+def test_a_token_answer_without_a_token_is_an_auth_error(
+    emulator: CarerixEmulator, sleeps: list[float]
+) -> None:
+    """A 200 from the identity server that holds no access_token (a proxy's page, a wrong URL): an auth error
+    naming the token URL, not a KeyError."""
+    emulator.inject_fault(status=200, times=1, path_contains="openid-connect/token")
+    hook = make_hook()
+    with pytest.raises(CarerixAuthError) as info:
+        hook.get_access_token()
+    error = info.value
+    assert (error.status_code, error.method, error.url) == (200, "POST", hook.settings.token_url)
+    assert error.reason == "the answer holds no access_token" and sleeps == []
+
+
+def test_a_token_without_a_lifetime_is_kept_for_five_minutes(emulator: CarerixEmulator) -> None:
+    emulator.token_lifetime = 0  # "expires_in": 0, as if absent
+    with structlog.testing.capture_logs() as logs:
+        make_hook().get_access_token()
+    assert [entry["event"] for entry in logs] == [
+        "Obtained a Carerix access token for client demo-client (valid 300s)"
+    ]
 
 
 def test_fetching_a_token_is_logged_with_the_client_and_lifetime_never_the_secret(
