@@ -30,7 +30,7 @@ done
 set +f
 # A mutant that makes a test wait (a cursor that never moves, a lease never released) would hold a worker for
 # the suite's 600 s per-test timeout: cap each test at MUTATION_TEST_TIMEOUT seconds instead (a timed-out test
-# counts as a kill, so the cap sits far above the slowest selected test on a loaded machine, about 30 s), and
+# counts as a kill, so the cap sits far above the slowest other selected test: 8 s in mutmut's stats), and
 # leave out the one test that can take minutes there (1,000 watchers; its mutants are caught by others or not).
 export PYTEST_ADDOPTS="${PYTEST_ADDOPTS:-} --timeout=${MUTATION_TEST_TIMEOUT:-120} --deselect tests/test_triggers.py::test_thousand_watchers_share_one_query_per_interval"
 set +e
