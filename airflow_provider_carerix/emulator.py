@@ -115,6 +115,7 @@ class Fault:
     retry_after: str | int | float | None = None
     delay: float = 0.0
     processed: bool = False
+    body: dict[str, Any] | None = None  # the answer's JSON; default: {"error": "injected fault", ...}
 
     def applies(self, method: str, path: str) -> bool:
         return (
@@ -588,8 +589,9 @@ class CarerixEmulator:
         delay: float = 0.0,
         *,
         processed: bool = False,
+        body: dict[str, Any] | None = None,
     ) -> Fault:
-        fault = Fault(status, times, method, path_contains, retry_after, delay, processed)
+        fault = Fault(status, times, method, path_contains, retry_after, delay, processed, body)
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -811,7 +813,8 @@ class CarerixEmulator:
     def _fault_response(fault: Fault) -> _Response:
         assert fault.status is not None
         headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
-        return _Response(fault.status, {"error": "injected fault", "status": fault.status}, headers)
+        body = fault.body if fault.body is not None else {"error": "injected fault", "status": fault.status}
+        return _Response(fault.status, body, headers)
 
     def _dispatch(self, method: str, path: str, query: str, headers: Any, body: bytes) -> _Response:
         match = _TOKEN_PATH.match(path)

@@ -372,6 +372,20 @@ def test_an_identity_server_failing_is_retried_then_an_api_error_not_an_auth_err
     assert make_hook().get_access_token() in emulator.issued_tokens
 
 
+@pytest.mark.parametrize("status", [400, 401, 500])
+def test_an_identity_server_echoing_the_secret_never_puts_it_in_the_error(
+    emulator: CarerixEmulator, sleeps: list[float], status: int
+) -> None:
+    """Some identity servers and proxies echo the request form in their error page: the client secret must
+    not reach the exception (task logs, the UI) in either kind of error."""
+    echo = {"error": "invalid_client", "error_description": "no client with the secret demo-secret"}
+    emulator.inject_fault(status=status, times=10, path_contains="openid-connect/token", body=echo)
+    with pytest.raises(CarerixApiError) as info:
+        make_hook(retry_attempts=1).get_access_token()
+    assert info.value.status_code == status and "invalid_client" in str(info.value)
+    assert "demo-secret" not in str(info.value) and "demo-secret" not in repr(info.value.body)
+
+
 def test_a_token_answer_without_a_token_is_an_auth_error(
     emulator: CarerixEmulator, sleeps: list[float]
 ) -> None:
