@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
@@ -366,7 +367,9 @@ def test_outage_after_the_watcher_started_is_waited_out_and_nothing_is_skipped(
 
         with caplog.at_level("INFO"):
             asyncio.run(scenario())
-        assert "available again" in caplog.text
+        recovered = [r.getMessage() for r in caplog.records if "available again" in r.getMessage()]
+        assert len(recovered) == 1, recovered  # once per outage, from the poll loop that met it
+        assert re.fullmatch(r"Carerix event store available again after \d+\.\d s", recovered[0])
         store.close()
     finally:
         pg.stop()
@@ -790,6 +793,103 @@ def test_poller_commits_cursors_forward_and_writes_only_those_that_moved(store_u
 
     try:
         assert asyncio.run(scenario()) == [("a", 1), ("b", 0), ("b", 2)]
+    finally:
+        asyncio.run(poller.aclose())
+
+
+def test_poller_backs_off_doubling_from_its_interval_while_the_store_is_down(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outage is retried with backoff (no tight loop against a database that is starting up), logged once
+    with the reason, and costs no query count."""
+    from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
+    from airflow_provider_carerix.triggers import shared_stream
+    from airflow_provider_carerix.triggers.shared_stream import StorePoller
+
+    hook = CarerixEventStoreHook(store_url="postgresql+psycopg://nobody@127.0.0.1:1/nothing")
+    poller = StorePoller(hook, poll_interval=0.3)
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr(shared_stream.asyncio, "sleep", sleep)
+    monkeypatch.setattr(shared_stream, "RETRY_MAX", 2.0)
+
+    async def scenario() -> None:
+        stream = poller.open_stream()
+        task = asyncio.ensure_future(stream.__anext__())
+        while len(waits) < 6 and not task.done():
+            await real_sleep(0.01)
+        await cancel(task)
+        await stream.aclose()
+
+    try:
+        with caplog.at_level("WARNING", logger="airflow_provider_carerix.triggers.shared_stream"):
+            asyncio.run(scenario())
+    finally:
+        asyncio.run(poller.aclose())
+    assert waits[:6] == [0.3, 0.6, 1.2, 2.0, 2.0, 2.0]
+    assert poller.queries == 0
+    assert [r.getMessage() for r in caplog.records if r.name.endswith("shared_stream")] == [
+        "Cannot LISTEN on the Carerix event store (OperationalError); polling only",
+        "Carerix event store unavailable, retrying with backoff: event store unavailable: OperationalError",
+    ]
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_stored_event_wakes_the_poller_at_once(postgres_database: str) -> None:
+    """LISTEN/NOTIFY: with a poll interval of ten minutes, an event stored now is read now (the interval is only
+    the safety net behind the notification)."""
+    from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
+    from airflow_provider_carerix.triggers.shared_stream import StorePoller
+
+    store = EventStore(postgres_database)
+    store.ping()
+    poller = StorePoller(
+        CarerixEventStoreHook(store_url=postgres_database), poll_interval=600, head_interval=None
+    )
+
+    async def scenario() -> int:
+        stream = poller.open_stream()
+        await stream.__anext__()  # the head: the listener is up
+        following = asyncio.ensure_future(stream.__anext__())
+        await wait_until(lambda: poller.queries == 2, "the first (empty) poll")  # now asleep for 600 s
+        sequence = await asyncio.to_thread(put, store, payload())
+        batch, _ = await asyncio.wait_for(following, timeout=60)  # far below the 600 s interval
+        await stream.aclose()
+        assert [e.sequence for e in batch.events] == [sequence]
+        return poller.queries
+
+    try:
+        assert asyncio.run(scenario()) == 3  # the head, the empty poll, the query the notification asked for
+    finally:
+        asyncio.run(poller.aclose())
+        store.close()
+
+
+def test_poller_counts_one_query_per_poll(store: EventStore, store_url: str) -> None:
+    """``queries`` is what the shared-stream test and the benchmarks read: one per query, the start included."""
+    from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
+    from airflow_provider_carerix.triggers.shared_stream import StorePoller
+
+    put(store, payload())
+    poller = StorePoller(CarerixEventStoreHook(store_url=store_url), poll_interval=0.01, head_interval=0.0)
+
+    async def scenario() -> list[int]:
+        stream = poller.open_stream()
+        counts = []
+        for _ in range(4):
+            await stream.__anext__()
+            counts.append(poller.queries)
+        await stream.aclose()
+        return counts
+
+    try:
+        # The head at the start (1 query), then one head per empty poll (1 more each).
+        assert asyncio.run(scenario()) == [1, 2, 3, 4]
     finally:
         asyncio.run(poller.aclose())
 
