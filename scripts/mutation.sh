@@ -32,7 +32,7 @@ set +f
 # the suite's 600 s per-test timeout: cap each test at MUTATION_TEST_TIMEOUT seconds instead (a timed-out test
 # counts as a kill, so the cap sits far above the slowest other selected test: 8 s in mutmut's stats), and
 # leave out the one test that can take minutes there (1,000 watchers; its mutants are caught by others or not).
-export PYTEST_ADDOPTS="${PYTEST_ADDOPTS:-} --timeout=${MUTATION_TEST_TIMEOUT:-120} --deselect tests/test_triggers.py::test_thousand_watchers_share_one_query_per_interval"
+export PYTEST_ADDOPTS="${PYTEST_ADDOPTS:-} --timeout=${MUTATION_TEST_TIMEOUT:-45} --deselect tests/test_triggers.py::test_thousand_watchers_share_one_query_per_interval"
 set +e
 nice -n "${MUTATION_NICE:-10}" "$VENV/bin/mutmut" run --max-children "${MUTATION_JOBS:-2}" "${names[@]}"
 rc=$?
