@@ -361,15 +361,18 @@ def test_outage_after_the_watcher_started_is_waited_out_and_nothing_is_skipped(
             await asyncio.to_thread(pg.resume)
             after = await asyncio.to_thread(put, store, payload())
             fired.append((await waiting).payload["sequence"])
+            later = await asyncio.to_thread(put, store, payload())  # and the watcher goes on polling
+            fired.append((await next_event(gen, 60)).payload["sequence"])
             await gen.aclose()
-            assert fired == [first, after]
+            assert fired == [first, after, later]
             return fired
 
         with caplog.at_level("INFO"):
             asyncio.run(scenario())
         recovered = [r.getMessage() for r in caplog.records if "available again" in r.getMessage()]
         assert len(recovered) == 1, recovered  # once per outage, from the poll loop that met it
-        assert re.fullmatch(r"Carerix event store available again after \d+\.\d s", recovered[0])
+        seconds = re.fullmatch(r"Carerix event store available again after (\d+\.\d) s", recovered[0])
+        assert seconds and float(seconds[1]) < 600  # the outage's length, not a clock reading
         store.close()
     finally:
         pg.stop()
@@ -760,6 +763,9 @@ def test_a_batch_the_watcher_fired_from_always_carries_its_cursor_idle_ones_now_
         trigger._last_done_at -= IDLE_CURSOR_REFRESH  # a refresh interval later
         assert (await handle(other, other)).done == {"dc": other}
         assert (await handle(other, other)).done == {}
+        # Fired while catching up (the stream is already past the event): the cursor is carried at once too.
+        missed = put(store, payload())
+        assert (await handle(missed, missed)).done == {"dc": missed}
 
     try:
         asyncio.run(scenario())
@@ -870,6 +876,64 @@ def test_on_postgresql_a_stored_event_wakes_the_poller_at_once(postgres_database
         store.close()
 
 
+def test_poller_reads_a_backlog_page_after_page_without_waiting(
+    store: EventStore, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog longer than a page (after an outage, a burst) is read page after page at once, not one page
+    per poll interval; the stream goes on after it."""
+    from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
+    from airflow_provider_carerix.triggers import shared_stream
+    from airflow_provider_carerix.triggers.shared_stream import StorePoller
+
+    monkeypatch.setattr(shared_stream, "PAGE_SIZE", 2)
+    poller = StorePoller(CarerixEventStoreHook(store_url=store_url), poll_interval=600, head_interval=None)
+
+    async def scenario() -> list[list[int]]:
+        stream = poller.open_stream()
+        await stream.__anext__()  # the head
+        backlog = [put(store, payload()) for _ in range(5)]
+        poller.wake()
+        pages = []
+        while sum(len(p) for p in pages) < len(backlog):
+            batch, _ = await asyncio.wait_for(stream.__anext__(), timeout=60)  # far below 600 s
+            pages.append([e.sequence for e in batch.events])
+        assert [s for page in pages for s in page] == backlog
+        await stream.aclose()
+        return pages
+
+    try:
+        assert [len(page) for page in asyncio.run(scenario())] == [2, 2, 1]
+    finally:
+        asyncio.run(poller.aclose())
+
+
+def test_poller_heads_say_where_the_log_ends_and_only_when_idle_long_enough(
+    store: EventStore, store_url: str
+) -> None:
+    """A head batch (no events) tells watchers where the log ends, so one behind catches up; it comes at the
+    start and then once per ``head_interval`` of idleness, not every poll."""
+    from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
+    from airflow_provider_carerix.triggers.shared_stream import StorePoller
+
+    last = put(store, payload())
+    poller = StorePoller(CarerixEventStoreHook(store_url=store_url), poll_interval=0.01, head_interval=600)
+
+    async def scenario() -> None:
+        stream = poller.open_stream()
+        head, same = await stream.__anext__()
+        assert head is same and (head.after, head.upto, head.events) == (last, last, ())
+        following = asyncio.ensure_future(stream.__anext__())
+        await wait_until(lambda: poller.queries >= 20, "idle polls")
+        assert not following.done()  # idle polls, no head: the interval has not passed
+        await cancel(following)
+        await stream.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        asyncio.run(poller.aclose())
+
+
 def test_poller_counts_one_query_per_poll(store: EventStore, store_url: str) -> None:
     """``queries`` is what the shared-stream test and the benchmarks read: one per query, the start included."""
     from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
@@ -882,7 +946,8 @@ def test_poller_counts_one_query_per_poll(store: EventStore, store_url: str) -> 
         stream = poller.open_stream()
         counts = []
         for _ in range(4):
-            await stream.__anext__()
+            head, _ = await stream.__anext__()
+            assert (head.after, head.upto, head.events) == (1, 1, ())
             counts.append(poller.queries)
         await stream.aclose()
         return counts
@@ -895,18 +960,27 @@ def test_poller_counts_one_query_per_poll(store: EventStore, store_url: str) -> 
 
 
 def test_an_outage_while_committing_cursors_is_waited_out_not_a_failed_watcher(
-    store_url: str, caplog: pytest.LogCaptureFixture
+    store_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The store goes down right after the watchers fired a batch, as its cursors are written: the write is
     retried until the store is back (giving up would re-fire the batch after a restart; raising ended the
     standalone watcher, seen under load in the PostgreSQL outage test)."""
     from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
     from airflow_provider_carerix.store import StoreUnavailable
+    from airflow_provider_carerix.triggers import shared_stream
     from airflow_provider_carerix.triggers.shared_stream import StorePoller
 
     hook = CarerixEventStoreHook(store_url=store_url)
     poller = StorePoller(hook, poll_interval=0.05)
-    outages = [StoreUnavailable("event store unavailable: OperationalError")] * 2
+    outages = [StoreUnavailable("event store unavailable: OperationalError")] * 4
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr(shared_stream.asyncio, "sleep", sleep)
 
     async def scenario() -> None:
         real = await hook.astore()
@@ -932,7 +1006,10 @@ def test_an_outage_while_committing_cursors_is_waited_out_not_a_failed_watcher(
         "Carerix event store unavailable while committing the cursors of 2 Carerix watcher(s), retrying: "
         "event store unavailable: OperationalError"
     )
-    assert len(messages) == 2 and messages[1].startswith("Carerix event store available again after ")
+    assert len(messages) == 2
+    recovered = re.fullmatch(r"Carerix event store available again after (\d+\.\d) s", messages[1])
+    assert recovered and float(recovered[1]) < 60  # the outage's length, not a clock reading
+    assert waits == [0.25, 0.5, 1.0, 2.0]  # backoff: doubling from a quarter of a second
 
 
 @needs_shared
