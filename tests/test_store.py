@@ -75,6 +75,33 @@ def test_guide_payload_stored_byte_for_byte(store: EventStore) -> None:
     assert abs(stored.received_at - datetime.now(timezone.utc)) < timedelta(minutes=5)
 
 
+def test_provenance_is_stored_per_event_in_a_group(store: EventStore) -> None:
+    """How each event arrived (signature checked, recovered from Carerix's delivery log) is recorded beside it,
+    item by item in one group; an item without one counts as a plain delivery."""
+    from airflow_provider_carerix.store import Provenance
+
+    signed, recovered, plain = make_event(), make_event(), make_event()
+    store.insert_many(
+        [
+            (*signed, Provenance(signature_verified=True)),
+            (*recovered, Provenance(recovered=True)),
+            plain,
+        ]
+    )
+    stored = {e.event_id: (e.signature_verified, e.recovered) for e in store.events_after(0)}
+    assert stored == {signed[1].id: (True, False), recovered[1].id: (None, True), plain[1].id: (None, False)}
+
+
+def test_a_group_of_more_ids_than_one_lookup_takes_finds_every_duplicate(store: EventStore) -> None:
+    """Duplicates are looked up in chunks of ids (SQL parameter limits): every chunk must be read, or an id past
+    the first ones is taken as new and its insert fails on the unique key."""
+    group = [make_event() for _ in range(1_200)]
+    first = store.insert_many(group)
+    again = store.insert_many(list(reversed(group)))
+    assert again == [(sequence, False) for sequence, _ in reversed(first)]
+    assert store.last_sequence() == first[-1][0]
+
+
 def test_type_is_lowercased(store: EventStore) -> None:
     store.insert(*make_event("CREmployee:Updated"))
     assert [e.type for e in store.events_after(0)] == ["cremployee:updated"]
@@ -337,6 +364,37 @@ def test_postgres_same_event_from_two_receivers_at_once_is_stored_once(postgres_
     assert [e.event_id for e in first.events_after(0)] == ["shared", "own"]
     first.close()
     second.close()
+
+
+@pytest.mark.postgres
+def test_postgres_readers_are_held_back_below_an_insert_in_flight(postgres_database: str) -> None:
+    """A writer has its sequence but has not committed; a later writer commits. Readers must not be shown the
+    later event yet (a cursor moved past it would skip the earlier one when it commits), then see both."""
+    import threading
+
+    url = with_options(postgres_database, **PATIENT)
+    slow, fast = EventStore(url), EventStore(url)
+    slow.ping()
+    fast.ping()
+    in_flight, resume = pause_after_insert(slow)
+    results: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: results.__setitem__("slow", slow.insert(*make_event(event_id="slow")))
+    )
+    thread.start()
+    try:
+        assert in_flight.wait(30)
+        later, _ = fast.insert(*make_event(event_id="fast"))
+        assert fast.events_after(0) == [] and fast.last_sequence() < later
+    finally:
+        resume.set()
+        thread.join(60)
+    earlier, inserted = results["slow"]
+    assert inserted and earlier < later
+    assert [(e.event_id, e.sequence) for e in fast.events_after(0)] == [("slow", earlier), ("fast", later)]
+    assert fast.last_sequence() == later
+    slow.close()
+    fast.close()
 
 
 def test_sqlite_concurrent_writers_from_two_handles(tmp_path: Path) -> None:
