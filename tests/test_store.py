@@ -376,6 +376,7 @@ def test_postgres_readers_are_held_back_below_an_insert_in_flight(postgres_datab
     slow, fast = EventStore(url), EventStore(url)
     slow.ping()
     fast.ping()
+    settled, _ = fast.insert(*make_event(event_id="settled"))
     in_flight, resume = pause_after_insert(slow)
     results: dict[str, Any] = {}
     thread = threading.Thread(
@@ -385,13 +386,20 @@ def test_postgres_readers_are_held_back_below_an_insert_in_flight(postgres_datab
     try:
         assert in_flight.wait(30)
         later, _ = fast.insert(*make_event(event_id="fast"))
-        assert fast.events_after(0) == [] and fast.last_sequence() < later
+        # Held back exactly below the insert in flight: what settled before it is shown.
+        shown = [e.event_id for e in fast.events_after(0)]
+        last_shown = fast.last_sequence()
     finally:
         resume.set()
         thread.join(60)
     earlier, inserted = results["slow"]
-    assert inserted and earlier < later
-    assert [(e.event_id, e.sequence) for e in fast.events_after(0)] == [("slow", earlier), ("fast", later)]
+    assert inserted and settled < earlier < later
+    assert shown == ["settled"] and last_shown == earlier - 1 == settled
+    assert [(e.event_id, e.sequence) for e in fast.events_after(0)] == [
+        ("settled", settled),
+        ("slow", earlier),
+        ("fast", later),
+    ]
     assert fast.last_sequence() == later
     slow.close()
     fast.close()
