@@ -828,7 +828,12 @@ def test_sqlite_file_removed_or_replaced_is_503_and_reported(tmp_path: Path, how
         assert response.status_code == 503, response.text
         health = httpx.get(f"{base}/health", timeout=30)
         assert health.status_code == 503
-        assert ("removed" if how != "file-replaced" else "replaced") in health.json()["reason"]
+        assert health.json()["reason"] == (
+            "the SQLite event store file was removed while in use; restore it and restart"
+            if how != "file-replaced"
+            else "the SQLite event store file was replaced while in use (another file "
+            "is at its path now); restart to use it"
+        )
         assert httpx.get(f"{base}/health/live", timeout=30).status_code == 200
     finally:
         stop()

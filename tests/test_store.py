@@ -120,6 +120,14 @@ def test_duplicates_stored_once(store: EventStore) -> None:
     assert [e.event_id for e in store.events_after(0)] == ["dup-1", "other"]
 
 
+def test_a_repeat_inside_a_group_does_not_end_the_group(store: EventStore) -> None:
+    a, b = make_event(), make_event()
+    results = store.insert_many([a, a, b, a])
+    assert [new for _, new in results] == [True, False, True, False]
+    assert results[0][0] == results[1][0] == results[3][0] != results[2][0]
+    assert [e.event_id for e in store.events_after(0)] == [a[1].id, b[1].id]
+
+
 def test_sequences_increase(store: EventStore) -> None:
     results = store.insert_many([make_event() for _ in range(5)])
     results += [store.insert(*make_event()) for _ in range(3)]
