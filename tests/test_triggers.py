@@ -240,6 +240,21 @@ async def cancel(task: asyncio.Future[Any]) -> None:
         await task
 
 
+def recorded_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The backoff waits of the triggers' store calls, recorded and not slept (exact and fast)."""
+    from airflow_provider_carerix.triggers import shared_stream
+
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr(shared_stream.asyncio, "sleep", sleep)
+    return waits
+
+
 async def next_event(gen: AsyncIterator[TriggerEvent], limit: float = 60.0) -> TriggerEvent:
     return await asyncio.wait_for(gen.__anext__(), timeout=limit)
 
@@ -814,14 +829,8 @@ def test_poller_backs_off_doubling_from_its_interval_while_the_store_is_down(
 
     hook = CarerixEventStoreHook(store_url="postgresql+psycopg://nobody@127.0.0.1:1/nothing")
     poller = StorePoller(hook, poll_interval=0.3)
-    waits: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def sleep(delay: float) -> None:
-        waits.append(delay)
-        await real_sleep(0)
-
-    monkeypatch.setattr(shared_stream.asyncio, "sleep", sleep)
+    real_sleep = asyncio.sleep  # the test's own waits are real
+    waits = recorded_waits(monkeypatch)
     monkeypatch.setattr(shared_stream, "RETRY_MAX", 2.0)
 
     async def scenario() -> None:
@@ -967,20 +976,12 @@ def test_an_outage_while_committing_cursors_is_waited_out_not_a_failed_watcher(
     standalone watcher, seen under load in the PostgreSQL outage test)."""
     from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
     from airflow_provider_carerix.store import StoreUnavailable
-    from airflow_provider_carerix.triggers import shared_stream
     from airflow_provider_carerix.triggers.shared_stream import StorePoller
 
     hook = CarerixEventStoreHook(store_url=store_url)
     poller = StorePoller(hook, poll_interval=0.05)
     outages = [StoreUnavailable("event store unavailable: OperationalError")] * 4
-    waits: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def sleep(delay: float) -> None:
-        waits.append(delay)
-        await real_sleep(0)
-
-    monkeypatch.setattr(shared_stream.asyncio, "sleep", sleep)
+    waits = recorded_waits(monkeypatch)
 
     async def scenario() -> None:
         real = await hook.astore()
