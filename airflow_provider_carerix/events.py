@@ -29,16 +29,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import sys
 import uuid
 from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow_provider_carerix.hooks.event_store import (
     DEFAULT_CONN_ID,
     DEFAULT_LEASE_SECONDS,
+    DEFAULT_START_FROM,
     CarerixEventStoreHook,
     Claim,
+    normalise_start_from,
 )
 from airflow_provider_carerix.triggers.events import DEFAULT_POLL_INTERVAL, CarerixEventTrigger
 from airflow_provider_carerix.utils.event_filter import EventFilter
@@ -54,18 +59,29 @@ _DECLARED: dict[str, tuple[EventFilter, str | None]] = {}
 
 
 def _current_task() -> tuple[str | None, str]:
-    """(dag_id, a readable lease holder) of the running task, or (None, "...") outside one."""
+    """(dag_id, a readable, unique lease holder) of the code calling ``claim()``.
+
+    The holder is unique per claim whatever the process: two claims must never pass for one holder, or both
+    would hold the lease at once. Inside a task the context names the run and try; where the context is not
+    available (``@task.virtualenv``, ``@task.external_python``, ``@task.docker``, a plain script) Airflow's
+    ``AIRFLOW_CTX_*`` environment variables still name the DAG when they were passed on.
+    """
+    dag_id = run_id = try_number = None
     try:
         from airflow.sdk import get_current_context
 
-        context = get_current_context()
+        ti = get_current_context().get("ti")
+        dag_id = getattr(ti, "dag_id", None)
+        run_id = getattr(ti, "run_id", None)
+        try_number = getattr(ti, "try_number", None)
     except Exception:
-        return None, "outside a task"
-    ti = context.get("ti")
-    dag_id = getattr(ti, "dag_id", None)
-    run_id = getattr(ti, "run_id", None)
-    try_number = getattr(ti, "try_number", None)
-    return dag_id, f"{dag_id} run {run_id} try {try_number} ({uuid.uuid4().hex[:8]})"
+        dag_id = os.environ.get("AIRFLOW_CTX_DAG_ID") or None
+        run_id = os.environ.get("AIRFLOW_CTX_DAG_RUN_ID") or None
+        try_number = os.environ.get("AIRFLOW_CTX_TRY_NUMBER") or None
+    where = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    if dag_id is None:
+        return None, f"outside a task ({where})"
+    return dag_id, f"{dag_id} run {run_id} try {try_number} ({where})"
 
 
 class CarerixEvents(Asset):
@@ -77,8 +93,13 @@ class CarerixEvents(Asset):
     :param webhook_id: only events Carerix delivered for this webhook.
     :param application_id: only events of this webhook application.
     :param tenant: only events of this tenant.
+    :param start_from: where a new consumer starts (once; an existing consumer keeps its position):
+        ``"deployed"`` (default) takes every event stored since the DAG was deployed, paused or not;
+        ``"earliest"`` every event still stored; ``"new"`` only events stored once the DAG runs; an ISO 8601
+        time (``"2026-01-31T08:00:00Z"``, a ``datetime``) or a duration back from then (``"7d"``, a
+        ``timedelta``) the events received since.
     :param store_conn_id: Airflow connection of the event store (default ``carerix_event_store``; without it,
-        ``CARERIX_EVENT_STORE_URL`` / ``[carerix] event_store_url`` / ``$AIRFLOW_HOME/carerix_events.db``).
+        ``[carerix] event_store_url``, then ``$AIRFLOW_HOME/carerix_events.db``; see the settings page).
     :param poll_interval: seconds between store queries in the triggerer (PostgreSQL wakes on NOTIFY).
     :param lease_seconds: how long a claim holds the consumer without renewing (renewed every third of it
         while the block runs); after a crash the next run takes over after at most this long.
@@ -94,6 +115,7 @@ class CarerixEvents(Asset):
         webhook_id: str | None = None,
         application_id: str | None = None,
         tenant: str | None = None,
+        start_from: str | datetime | timedelta = DEFAULT_START_FROM,
         store_conn_id: str = DEFAULT_CONN_ID,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
@@ -101,6 +123,7 @@ class CarerixEvents(Asset):
         **asset_kwargs: Any,
     ) -> None:
         flt = EventFilter.build(event_types, condition, webhook_id, application_id, tenant)
+        start = normalise_start_from(start_from)
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
         where = sys._getframe(1).f_globals.get("__file__")
@@ -114,7 +137,11 @@ class CarerixEvents(Asset):
             )
         _DECLARED[name] = (flt, where)
         trigger = CarerixEventTrigger(
-            **flt.serialize(), consumer=name, poll_interval=poll_interval, store_conn_id=store_conn_id
+            **flt.serialize(),
+            consumer=name,
+            poll_interval=poll_interval,
+            store_conn_id=store_conn_id,
+            start_from=start,
         )
         super().__init__(
             name=name,
@@ -123,6 +150,7 @@ class CarerixEvents(Asset):
             **asset_kwargs,
         )
         self.filter = flt
+        self.start_from = start
         self.store_conn_id = store_conn_id
         self.lease_seconds = float(lease_seconds)
 
@@ -146,6 +174,7 @@ class CarerixEvents(Asset):
                 lease_seconds=self.lease_seconds,
                 wait_timeout=wait_timeout,
                 holder=holder,
+                start_from=self.start_from,
             ) as claim:
                 yield claim
         finally:

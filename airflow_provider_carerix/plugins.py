@@ -25,6 +25,8 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
+from airflow_provider_carerix.listeners import CarerixAssetListener
+
 log = logging.getLogger(__name__)
 
 URL_PREFIX = "/carerix"
@@ -117,8 +119,11 @@ class _LazyFastAPIApps:
 
 
 class CarerixPlugin(AirflowPlugin):
-    """Carerix webhook receiver and the Carerix page inside the Airflow API server."""
+    """Carerix webhook receiver and the Carerix page inside the Airflow API server; the listener that
+    registers a ``CarerixEvents`` consumer when its DAG is deployed (every component loads it, the DAG
+    processor uses it)."""
 
     name = "carerix"
     fastapi_apps = _LazyFastAPIApps()  # type: ignore[assignment]
     external_views = EXTERNAL_VIEWS
+    listeners = [CarerixAssetListener()]

@@ -43,10 +43,10 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import re
 import sqlite3
 import threading
+import uuid
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +60,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from airflow_provider_carerix import event_types as _types
+from airflow_provider_carerix import settings
 from airflow_provider_carerix.models import WebhookEvent
 
 __all__ = [
@@ -70,6 +71,8 @@ __all__ = [
     "EventStore",
     "Lease",
     "Provenance",
+    "ReceiverSeen",
+    "StoreIdentity",
     "StoreUnavailable",
     "StoredEvent",
     "resolve_store_url",
@@ -78,7 +81,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "carerix_events"
-ENV_STORE_URL = "CARERIX_EVENT_STORE_URL"
 # Any constant works as long as every writer uses the same one; derived from the table name for readability.
 _PG_INSERT_LOCK = zlib.crc32(b"carerix_events.insert")
 _PG_MIGRATE_LOCK = zlib.crc32(b"carerix_events.migrate")
@@ -105,40 +107,18 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def resolve_store_url(url: str | None = None) -> str:
-    """One resolution order for the receiver, the triggers and the CLI, so they always meet in one store."""
-    if url:
+    """The store's URL from an explicit URL, else the settings (``event_store_url``, then the default).
+
+    Components that can reach Airflow connections resolve through
+    :class:`~airflow_provider_carerix.hooks.event_store.CarerixEventStoreHook` instead, which looks at the
+    ``carerix_event_store`` connection first (:func:`airflow_provider_carerix.settings.resolve_store`).
+    """
+    if url and url.strip():
         return _normalise_url(url)
-    env = os.environ.get(ENV_STORE_URL)
-    if env:
-        return _normalise_url(env)
-    configured = _airflow_configured_url()
-    if configured:
-        return _normalise_url(configured)
-    home = os.environ.get("AIRFLOW_HOME") or os.getcwd()
-    return f"sqlite:///{Path(home) / 'carerix_events.db'}"
+    return settings.resolve_store().url
 
 
-def _airflow_configured_url() -> str | None:
-    # Lazy and forgiving: the receiver must work on a machine without Airflow, and a broken Airflow config
-    # must not stop it from finding its store through the other routes.
-    try:
-        from airflow.configuration import conf
-    except Exception:
-        return None
-    try:
-        value = conf.get("carerix", "event_store_url", fallback="")
-    except Exception:
-        return None
-    return value.strip() or None
-
-
-def _normalise_url(url: str) -> str:
-    """``postgresql://`` would pick psycopg2, which the ``postgres`` extra does not install."""
-    url = url.strip()
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
+_normalise_url = settings.normalise_store_url
 
 
 class StoreUnavailable(Exception):
@@ -176,6 +156,28 @@ class EventRejected(Exception):
         super().__init__(message)
         self.event_id = event_id
         self.field = field
+
+
+@dataclass(frozen=True)
+class StoreIdentity:
+    """Which store this is (``store_id`` is random, made once) and where this process reaches it."""
+
+    store_id: str
+    created_at: datetime
+    url: str  # password hidden
+
+
+@dataclass(frozen=True)
+class ReceiverSeen:
+    """A receiver's last heartbeat in this store."""
+
+    receiver_id: str
+    kind: str
+    host: str | None
+    pid: int | None
+    version: str | None
+    started_at: datetime
+    last_seen: datetime
 
 
 @dataclass(frozen=True)
@@ -390,8 +392,50 @@ def _migration_6(conn: Connection) -> None:
     purges.create(conn, checkfirst=True)
 
 
+# Which store this is: a random id made when the store was created (or upgraded to schema 7), shown by the
+# receivers' /health, the Carerix page and the readers' start-up logs, so two components can be seen to share
+# one store (or not) without comparing URLs that differ per machine.
+store_info = sa.Table(
+    "carerix_store_info",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("store_id", sa.String(64), nullable=False),
+    sa.Column("created_at", _UTCDateTime, nullable=False),
+)
+
+# Receivers that write to this store: each records a heartbeat (at start, then every minute). Readers warn when
+# none is recent: a receiver that writes to another store leaves no heartbeat here.
+receivers = sa.Table(
+    "carerix_receivers",
+    metadata,
+    sa.Column("receiver_id", sa.String(_ID_MAX), primary_key=True),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("host", sa.String(_ID_MAX)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("version", sa.String(64)),
+    sa.Column("started_at", _UTCDateTime, nullable=False),
+    sa.Column("last_seen", _UTCDateTime, nullable=False),
+)
+
+
+def _migration_7(conn: Connection) -> None:
+    """The store's identity and the receivers' heartbeats."""
+    store_info.create(conn, checkfirst=True)
+    receivers.create(conn, checkfirst=True)
+    if conn.execute(sa.select(store_info.c.id)).first() is None:
+        conn.execute(store_info.insert().values(id=1, store_id=uuid.uuid4().hex, created_at=_utcnow()))
+
+
 # Append steps, never edit shipped ones: version N means steps 1..N ran.
-_MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6]
+_MIGRATIONS = [
+    _migration_1,
+    _migration_2,
+    _migration_3,
+    _migration_4,
+    _migration_5,
+    _migration_6,
+    _migration_7,
+]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -1184,6 +1228,20 @@ class EventStore:
             return int(conn.execute(stmt).scalar() or 0)
 
     @_retry_on_disconnect
+    def last_sequence_before(self, when: datetime) -> int:
+        """The highest sequence received before ``when`` (0 if none): where a consumer "from a time" starts.
+
+        ``received_at`` follows sequence order, so every event after the answer was received at or after
+        ``when``. On PostgreSQL never past an insert in flight, as :meth:`last_sequence`.
+        """
+        self._ensure_schema()
+        stmt = sa.select(sa.func.max(events.c.sequence)).where(events.c.received_at < _aware(when))
+        with self._guard(), self._engine.connect() as conn:
+            if self.dialect == "postgresql" and self._pg_announce_in_flight:
+                stmt = stmt.where(events.c.sequence <= self._pg_read_bound(conn))
+            return int(conn.execute(stmt).scalar() or 0)
+
+    @_retry_on_disconnect
     def get_cursor(self, name: str) -> int:
         """A consumer's last acknowledged sequence; 0 when the consumer is unknown."""
         self._ensure_schema()
@@ -1284,6 +1342,68 @@ class EventStore:
             conn.execute(webhooks.delete().where(webhooks.c.application_id == application_id))
             if values:
                 conn.execute(webhooks.insert(), values)
+
+    # -- identity and receivers' heartbeats ------------------------------------------------------------------
+
+    @_retry_on_disconnect
+    def identity(self) -> StoreIdentity:
+        """This store's random id (the same for every component that shares it) and its URL, password hidden."""
+        self._ensure_schema()
+        with self._guard(), self._engine.connect() as conn:
+            row = conn.execute(sa.select(store_info.c.store_id, store_info.c.created_at)).first()
+        if row is None:  # created between two schema checks: cannot happen after migration 7, be safe
+            raise StoreUnavailable("event store has no identity row yet")
+        return StoreIdentity(row.store_id, row.created_at, settings.StoreLocation(self.url, "").display)
+
+    @_retry_on_disconnect
+    def record_heartbeat(
+        self,
+        receiver_id: str,
+        *,
+        kind: str,
+        host: str | None,
+        pid: int | None,
+        version: str | None,
+        started_at: datetime,
+        keep: timedelta = timedelta(days=7),
+    ) -> None:
+        """Record that a receiver writing to this store is alive; drop receivers not seen for ``keep``."""
+        self._ensure_schema()
+        now = _utcnow()
+        values = {
+            "receiver_id": receiver_id[:_ID_MAX],
+            "kind": kind[:64],
+            "host": (host or "")[:_ID_MAX] or None,
+            "pid": pid,
+            "version": version,
+            "started_at": started_at,
+            "last_seen": now,
+        }
+        with self._guard(), self._write() as conn:
+            stmt = self._upsert(receivers).values(**values)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[receivers.c.receiver_id],
+                    set_={
+                        k: stmt.excluded[k]
+                        for k in ("kind", "host", "pid", "version", "started_at", "last_seen")
+                    },
+                )
+            )
+            conn.execute(receivers.delete().where(receivers.c.last_seen < now - keep))
+
+    @_retry_on_disconnect
+    def receivers_seen(self, within: timedelta | None = None) -> list[ReceiverSeen]:
+        """Receivers with a heartbeat (in the last ``within``), most recent first."""
+        self._ensure_schema()
+        query = sa.select(receivers).order_by(receivers.c.last_seen.desc())
+        if within is not None:
+            query = query.where(receivers.c.last_seen >= _utcnow() - within)
+        with self._guard(), self._engine.connect() as conn:
+            return [
+                ReceiverSeen(r.receiver_id, r.kind, r.host, r.pid, r.version, r.started_at, r.last_seen)
+                for r in conn.execute(query)
+            ]
 
     @_retry_on_disconnect
     def ping(self) -> None:

@@ -36,6 +36,7 @@ def get_base_airflow_version_tuple() -> tuple[int, int, int]:
 AIRFLOW_V_3_2_PLUS = get_base_airflow_version_tuple() >= (3, 2, 0)
 AIRFLOW_V_3_3_PLUS = get_base_airflow_version_tuple() >= (3, 3, 0)
 
+from airflow.listeners import hookimpl  # noqa: E402  (same name on 3.1-3.3; its module moved in 3.3)
 from airflow.sdk import (  # noqa: E402
     Asset,
     AssetWatcher,
@@ -134,5 +135,6 @@ __all__ = [
     "TaskDeferred",
     "TriggerEvent",
     "connection_form_widgets",
+    "hookimpl",
     "ui_field_behaviour",
 ]

@@ -237,6 +237,7 @@ def test_connection_password_never_reaches_trigger_kwargs(
         "AIRFLOW_CONN_CARERIX_EVENT_STORE",
         json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "via-conn.db"), "password": "s3cret"}),
     )
+    monkeypatch.delenv("CARERIX_EVENT_STORE_URL")  # the connection is the only store configured
     events = CarerixEvents("conn_test", event_types=["cremployee:updated"])
     _, kwargs = events.watchers[0].trigger.serialize()
     assert "s3cret" not in json.dumps(kwargs)

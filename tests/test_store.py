@@ -272,18 +272,23 @@ def test_unsupported_backend() -> None:
 
 
 def test_resolve_store_url_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Explicit URL, then the environment (either name), then the default in AIRFLOW_HOME (Airflow's own
+    default, ~/airflow, when unset: never the working directory, which differs per process)."""
     monkeypatch.setenv("CARERIX_EVENT_STORE_URL", "sqlite:////env.db")
-    monkeypatch.setenv("AIRFLOW__CARERIX__EVENT_STORE_URL", "sqlite:////airflow.db")
+    monkeypatch.delenv("AIRFLOW__CARERIX__EVENT_STORE_URL", raising=False)
     assert resolve_store_url("sqlite:////explicit.db") == "sqlite:////explicit.db"
     assert resolve_store_url() == "sqlite:////env.db"
+    monkeypatch.setenv("AIRFLOW__CARERIX__EVENT_STORE_URL", "sqlite:////env.db")
+    assert resolve_store_url() == "sqlite:////env.db"  # two names, one value: fine
     monkeypatch.delenv("CARERIX_EVENT_STORE_URL")
+    monkeypatch.setenv("AIRFLOW__CARERIX__EVENT_STORE_URL", "sqlite:////airflow.db")
     assert resolve_store_url() == "sqlite:////airflow.db"
     monkeypatch.delenv("AIRFLOW__CARERIX__EVENT_STORE_URL")
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
     assert resolve_store_url() == f"sqlite:///{tmp_path / 'carerix_events.db'}"
     monkeypatch.delenv("AIRFLOW_HOME")
     monkeypatch.chdir(tmp_path)
-    assert resolve_store_url() == f"sqlite:///{tmp_path / 'carerix_events.db'}"
+    assert resolve_store_url() == f"sqlite:///{Path('~/airflow').expanduser() / 'carerix_events.db'}"
     assert resolve_store_url("postgresql://u@h/d") == "postgresql+psycopg://u@h/d"
 
 

@@ -132,6 +132,7 @@ def test_serialize_round_trip_and_equal_watchers_hash_equal(store_url: str) -> N
         "poll_interval": 1.0,
         "store_conn_id": "carerix_event_store",
         "store_url": store_url,
+        "start_from": "deployed",
     }
     json.dumps(kwargs)  # primitives only
     again = CarerixEventTrigger(**kwargs)

@@ -3,13 +3,20 @@
 Triggers, the sensor and tasks reach the store only through :class:`CarerixEventStoreHook` (the way the SQS
 and Kafka providers' triggers build their hook from a connection id). The hook owns:
 
-* **Where the store is.** An Airflow connection (default ``carerix_event_store``) holds the URL and, for
-  PostgreSQL, the password; only the connection id travels in trigger kwargs. Without that connection the
-  store is found as the receiver finds it: ``CARERIX_EVENT_STORE_URL``, ``[carerix] event_store_url``, then
-  ``$AIRFLOW_HOME/carerix_events.db``.
+* **Where the store is.** One order for every component (:mod:`airflow_provider_carerix.settings`): the
+  Airflow connection ``carerix_event_store`` (or ``[carerix] event_store_conn_id``) first, which holds the URL
+  and, for PostgreSQL, the password (only the connection id travels in trigger kwargs); then an explicit URL,
+  ``[carerix] event_store_url`` (``AIRFLOW__CARERIX__EVENT_STORE_URL``, or the older
+  ``CARERIX_EVENT_STORE_URL``), then ``$AIRFLOW_HOME/carerix_events.db``. A connection and another source that
+  name different stores is an error. The store chosen, and why, is logged once per hook.
+* **Is anybody writing?** Receivers record heartbeats in the store they write to; :meth:`check_receivers`
+  warns when none is recent, naming the store this reader uses: a receiver writing elsewhere is a split
+  deployment, and no event would ever reach this reader.
 * **Consumers.** A consumer is one DAG's progress through the log: ``<name>`` (what the watcher has turned
   into asset events), ``<name>:processed`` (what the DAG's task finished) and ``<name>:origin`` (where the
-  consumer started; a new consumer starts at the end of the log, not at the history).
+  consumer started). Where a new consumer starts is its ``start_from`` (:func:`start_sequence`): by default
+  where the log ended when the DAG was deployed (registered by the provider's listener when Airflow first
+  records the DAG's asset, paused or not), else the earliest event still stored, a time, or only new events.
 * **Claims.** :meth:`CarerixEventStoreHook.claim` takes the consumer's lease in the store, hands over every
   unprocessed matching event oldest first, and on a clean exit records them processed and releases the lease
   in one transaction that first checks the lease is still held. A concurrent run of the same consumer waits;
@@ -22,28 +29,34 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 
+from airflow_provider_carerix import settings
+from airflow_provider_carerix.settings import ConfigurationError, StoreLocation
 from airflow_provider_carerix.store import (
     ConsumerOwned,
     EventStore,
     StoredEvent,
-    resolve_store_url,
+    StoreUnavailable,
+    parse_duration,
 )
 from airflow_provider_carerix.utils.event_filter import EventFilter, iso
 from airflow_provider_carerix.version_compat import BaseHook
 
 __all__ = [
     "DEFAULT_CONN_ID",
+    "DEFAULT_START_FROM",
+    "START_FROM_CHOICES",
     "CarerixEvent",
     "CarerixEventStoreHook",
     "Claim",
@@ -51,6 +64,7 @@ __all__ = [
     "ConsumerOwned",
     "LeaseLost",
     "cursor_names",
+    "normalise_start_from",
     "store_url_from_connection",
 ]
 
@@ -62,6 +76,10 @@ PAGE_SIZE = 1000
 # task killed mid-batch (kill -9, OOM) takes over within a minute.
 DEFAULT_LEASE_SECONDS = 60.0
 _BUSY_LOG_EVERY = 30.0
+#: Where a new consumer starts: where the log ended when the DAG was deployed (its asset first recorded by
+#: Airflow, even paused), the earliest event still stored, or where it ends when the consumer first runs.
+DEFAULT_START_FROM = "deployed"
+START_FROM_CHOICES = ("deployed", "earliest", "new")
 
 
 class ConsumerBusy(Exception):
@@ -90,7 +108,7 @@ def check_url_has_no_password(store_url: str | None, setting: str = "store_url")
         raise ValueError(
             f"{setting} must not contain a password: trigger kwargs are stored in Airflow's database and shown "
             f"in the UI. Put the URL with its password in the Airflow connection {DEFAULT_CONN_ID!r} (or "
-            "CARERIX_EVENT_STORE_URL on the triggerer and workers) and leave store_url unset."
+            "AIRFLOW__CARERIX__EVENT_STORE_URL on every component) and leave store_url unset."
         )
     return url
 
@@ -104,7 +122,7 @@ def store_url_from_connection(conn: Any) -> str:
     extra = conn.extra_dejson or {}
     conn_type = (conn.conn_type or "").lower()
     if extra.get("url"):
-        url = make_url(resolve_store_url(str(extra["url"])))
+        url = make_url(settings.normalise_store_url(str(extra["url"])))
         if conn.login:
             url = url.set(username=conn.login)
         if conn.password:
@@ -128,10 +146,73 @@ def store_url_from_connection(conn: Any) -> str:
     )
 
 
+def normalise_start_from(value: str | datetime | timedelta | None) -> str:
+    """``start_from`` as trigger kwargs hold it (plain text): a choice, an ISO 8601 time or a duration.
+
+    Checked here, where the DAG is parsed, so a typo fails the DAG file rather than the watcher later.
+    """
+    if value is None:
+        return DEFAULT_START_FROM
+    if isinstance(value, timedelta):
+        if value <= timedelta(0):
+            raise ValueError(f"start_from: a duration back from now must be positive, got {value}")
+        return f"{int(value.total_seconds())}s"
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return aware.isoformat()
+    text = str(value).strip()
+    if text.lower() in START_FROM_CHOICES:
+        return text.lower()
+    try:
+        parse_duration(text)
+        return text
+    except ValueError:
+        pass
+    try:
+        datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"start_from: expected one of {', '.join(START_FROM_CHOICES)}, an ISO 8601 time "
+            f"(2026-01-31T08:00:00Z) or a duration back from now (12h, 7d), got {text!r}"
+        ) from None
+    return text
+
+
+def start_sequence(store: EventStore, start_from: str, *, now: datetime | None = None) -> int:
+    """The delivered/processed position of a new consumer: events after it are the consumer's."""
+    choice = normalise_start_from(start_from)
+    if choice == "earliest":
+        return 0
+    if choice in ("deployed", "new"):
+        return store.last_sequence()
+    from airflow_provider_carerix.recovery import parse_since
+
+    since = parse_since(choice, now=now)
+    assert since is not None
+    return store.last_sequence_before(since)
+
+
 def _is_not_found(exc: BaseException) -> bool:
     return type(exc).__name__ in ("AirflowNotFoundException", "ConnectionNotFound") or (
         "isn't defined" in str(exc)
     )
+
+
+def _metastore_failure(conn_id: str | None) -> BaseException | None:
+    """Why Airflow's metadata database could not be asked for ``conn_id`` (None: it was asked, or not used).
+
+    Airflow's own lookup treats a backend that fails like one that has no such connection; for the store's
+    connection that difference decides between the right store and a silent split.
+    """
+    if not conn_id or os.environ.get("_AIRFLOW_PROCESS_CONTEXT") != "server":
+        return None
+    try:
+        from airflow.secrets.metastore import MetastoreBackend
+
+        MetastoreBackend().get_connection(conn_id)
+    except Exception as exc:
+        return exc
+    return None
 
 
 @dataclass(frozen=True)
@@ -213,57 +294,81 @@ class CarerixEventStoreHook(BaseHook):
 
     def __init__(self, store_conn_id: str | None = DEFAULT_CONN_ID, store_url: str | None = None) -> None:
         super().__init__()
+        if store_conn_id == DEFAULT_CONN_ID:
+            # The deployment may name another connection ([carerix] event_store_conn_id); "" turns it off.
+            store_conn_id = settings.get("event_store_conn_id").value
         self.store_conn_id = store_conn_id or None
         self.store_url = check_url_has_no_password(store_url)
-        self._url: str | None = None
+        self._location: StoreLocation | None = None
         self._store: EventStore | None = None
+        self._receivers_silent: bool | None = None
 
     # -- where the store is ---------------------------------------------------------------------------------
 
-    def _url_from(self, conn: Any) -> str:
-        return store_url_from_connection(conn)
-
-    def _fallback(self, exc: BaseException) -> str:
-        if self.store_conn_id != DEFAULT_CONN_ID:
-            raise ValueError(
+    def _not_found(self, exc: BaseException) -> None:
+        """A missing connection is normal for the default id; for another id, or when the metadata database
+        could not be read, falling back to another store would split the deployment: raise."""
+        if self.store_conn_id != settings.get("event_store_conn_id").value:
+            raise ConfigurationError(
                 f"store_conn_id {self.store_conn_id!r}: no such Airflow connection ({type(exc).__name__})"
             ) from None
-        return resolve_store_url(None)
+        failure = _metastore_failure(self.store_conn_id)
+        if failure is not None:
+            raise ConfigurationError(
+                f"cannot tell whether the Airflow connection {self.store_conn_id!r} (the event store) exists: "
+                f"reading Airflow's metadata database failed ({type(failure).__name__}). Not falling back to "
+                "another store: events could go where no reader looks"
+            ) from None
+
+    def _resolved(self, connection: tuple[str, str] | None) -> StoreLocation:
+        self._location = settings.resolve_store(self.store_url, connection=connection)
+        log.info("Carerix event store: %s", self._location.describe())
+        return self._location
+
+    def get_store_location(self) -> StoreLocation:
+        """The store this hook uses and where that choice came from (see the module docstring)."""
+        if self._location is not None:
+            return self._location
+        connection = None
+        if self.store_conn_id:
+            try:
+                connection = (
+                    store_url_from_connection(self.get_connection(self.store_conn_id)),
+                    self.store_conn_id,
+                )
+            except Exception as exc:
+                if not _is_not_found(exc):
+                    raise
+                self._not_found(exc)
+        return self._resolved(connection)
+
+    async def aget_store_location(self) -> StoreLocation:
+        """:meth:`get_store_location` for triggers: the connection lookup must not block the event loop."""
+        if self._location is not None:
+            return self._location
+        connection = None
+        if self.store_conn_id:
+            getter = getattr(BaseHook, "aget_connection", None)
+            try:
+                if getter is not None:
+                    conn = await getter(self.store_conn_id)
+                else:  # Airflow < 3.2
+                    from asgiref.sync import sync_to_async
+
+                    conn = await sync_to_async(self.get_connection)(self.store_conn_id)
+                connection = (store_url_from_connection(conn), self.store_conn_id)
+            except Exception as exc:
+                if not _is_not_found(exc):
+                    raise
+                await asyncio.to_thread(self._not_found, exc)
+        return self._resolved(connection)
 
     def get_store_url(self) -> str:
         """The store's URL, password included (never log it; ``EventStore`` repr hides it)."""
-        if self._url is None:
-            if self.store_url or not self.store_conn_id:
-                self._url = resolve_store_url(self.store_url)
-            else:
-                try:
-                    self._url = self._url_from(self.get_connection(self.store_conn_id))
-                except Exception as exc:
-                    if not _is_not_found(exc):
-                        raise
-                    self._url = self._fallback(exc)
-        return self._url
+        return self.get_store_location().url
 
     async def aget_store_url(self) -> str:
-        """:meth:`get_store_url` for triggers: the connection lookup must not block the event loop."""
-        if self._url is None:
-            if self.store_url or not self.store_conn_id:
-                self._url = resolve_store_url(self.store_url)
-            else:
-                getter = getattr(BaseHook, "aget_connection", None)
-                try:
-                    if getter is not None:
-                        conn = await getter(self.store_conn_id)
-                    else:  # Airflow < 3.2
-                        from asgiref.sync import sync_to_async
-
-                        conn = await sync_to_async(self.get_connection)(self.store_conn_id)
-                    self._url = self._url_from(conn)
-                except Exception as exc:
-                    if not _is_not_found(exc):
-                        raise
-                    self._url = self._fallback(exc)
-        return self._url
+        return (await self.aget_store_location()).url
 
     @cached_property
     def store(self) -> EventStore:
@@ -334,12 +439,15 @@ class CarerixEventStoreHook(BaseHook):
 
     # -- consumers ------------------------------------------------------------------------------------------
 
-    def ensure_consumer(self, consumer: str, flt: EventFilter | None = None) -> int:
-        """The consumer's delivered cursor, creating the consumer at the current end of the log if new.
+    def ensure_consumer(
+        self, consumer: str, flt: EventFilter | None = None, *, start_from: str = DEFAULT_START_FROM
+    ) -> int:
+        """The consumer's delivered cursor, creating the consumer at ``start_from`` if it is new.
 
         Creation writes delivered and processed first and the origin marker last, so an interrupted creation is
         simply redone. With ``flt`` (a claim), the consumer's filter is recorded too, for the lag the Carerix
         page shows; watchers do not pass it, so a thousand starting watchers cost no extra write.
+        ``start_from`` only matters for a new consumer: an existing one keeps its position.
         """
         store = self.store
         if flt is not None:
@@ -349,11 +457,53 @@ class CarerixEventStoreHook(BaseHook):
         delivered, processed, origin = cursor_names(consumer)
         if store.get_cursor(origin) > 0:
             return store.get_cursor(delivered)
-        start = store.last_sequence()
+        start = start_sequence(store, start_from)
         store.advance_cursor(delivered, start)
         store.advance_cursor(processed, start)
         store.advance_cursor(origin, start + 1)
+        log.info(
+            "Carerix consumer %r created in %s: start_from=%s, events after sequence %d are its own",
+            consumer,
+            self.get_store_location().display,
+            start_from,
+            start,
+        )
         return store.get_cursor(delivered)
+
+    def check_receivers(self, *, now: datetime | None = None) -> bool:
+        """Warn (once per change) when no receiver recorded a heartbeat in this store recently; True if one did.
+
+        A receiver writes a heartbeat into the store it writes events to. None here for longer than
+        ``[carerix] receiver_silence_warning`` means either that no receiver runs, or that it writes to another
+        store: this reader would then never see an event. The warning names the store and where its choice
+        came from, so the two components' logs can be compared.
+        """
+        window_text = settings.get("receiver_silence_warning").value
+        if window_text.strip() in ("0", ""):
+            return True
+        try:
+            window = parse_duration(window_text)
+        except ValueError as exc:
+            raise ConfigurationError(f"[carerix] receiver_silence_warning: {exc}") from None
+        now = now or datetime.now(timezone.utc)
+        seen = self.store.receivers_seen()
+        latest = seen[0].last_seen if seen else None
+        healthy = latest is not None and now - latest <= window
+        if not healthy and self._receivers_silent is not True:
+            log.warning(
+                "No Carerix receiver has recorded a heartbeat in the event store %s for %s (last: %s). If a "
+                "receiver runs, it writes to another store and no event will reach this reader: give every "
+                "component the same store (docs/deployment.md)",
+                self.get_store_location().describe(),
+                window_text,
+                iso(latest) if latest else "never",
+            )
+        elif healthy and self._receivers_silent:
+            log.info(
+                "A Carerix receiver writes to the event store %s again", self.get_store_location().display
+            )
+        self._receivers_silent = not healthy
+        return healthy
 
     def processed_position(self, consumer: str) -> int:
         return self.store.get_cursor(cursor_names(consumer)[1])
@@ -384,6 +534,7 @@ class CarerixEventStoreHook(BaseHook):
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         wait_timeout: float | None = None,
         holder: str | None = None,
+        start_from: str = DEFAULT_START_FROM,
     ) -> Iterator[Claim]:
         """Lease the consumer, yield its unprocessed events, record them processed only on a clean exit.
 
@@ -394,7 +545,9 @@ class CarerixEventStoreHook(BaseHook):
         if limit is not None and limit < 1:
             raise ValueError("limit must be a positive number of events (or None for all)")
         holder = holder or f"{owner or 'task'}/{uuid.uuid4().hex[:12]}"
-        self.ensure_consumer(consumer, flt)
+        self.ensure_consumer(consumer, flt, start_from=start_from)
+        with contextlib.suppress(StoreUnavailable):
+            self.check_receivers()
         self._acquire(consumer, owner=owner, holder=holder, ttl=lease_seconds, wait_timeout=wait_timeout)
         stop = threading.Event()
         lost = threading.Event()

@@ -26,6 +26,8 @@ watchers retry with backoff and continue from their cursor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Hashable, Iterable
 from datetime import datetime, timezone
@@ -33,8 +35,10 @@ from typing import Any
 
 from airflow_provider_carerix.hooks.event_store import (
     DEFAULT_CONN_ID,
+    DEFAULT_START_FROM,
     CarerixEventStoreHook,
     check_url_has_no_password,
+    normalise_start_from,
 )
 from airflow_provider_carerix.store import StoreUnavailable
 from airflow_provider_carerix.triggers.shared_stream import (
@@ -85,10 +89,11 @@ class CarerixEventTrigger(BaseEventTrigger):
     :param application_id: only events of this webhook application.
     :param tenant: only events of this tenant.
     :param consumer: name of this watcher's durable cursors; unique per watcher. Default: derived from the
-        filters, so changing a filter starts a new consumer (at the end of the log).
+        filters, so changing a filter starts a new consumer.
+    :param start_from: where a new consumer starts (see :class:`~airflow_provider_carerix.events.CarerixEvents`).
     :param poll_interval: seconds between queries (on PostgreSQL a safety net behind LISTEN/NOTIFY).
     :param store_conn_id: Airflow connection of the event store (default ``carerix_event_store``; without
-        that connection, ``CARERIX_EVENT_STORE_URL`` / ``[carerix] event_store_url`` / ``$AIRFLOW_HOME``).
+        that connection, ``[carerix] event_store_url``, then ``$AIRFLOW_HOME``).
     :param store_url: a password-less store URL instead (kwargs are visible in the UI).
     """
 
@@ -104,9 +109,11 @@ class CarerixEventTrigger(BaseEventTrigger):
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         store_conn_id: str | None = DEFAULT_CONN_ID,
         store_url: str | None = None,
+        start_from: str = DEFAULT_START_FROM,
     ) -> None:
         super().__init__()
         self.filter = EventFilter.build(event_types, condition, webhook_id, application_id, tenant)
+        self.start_from = normalise_start_from(start_from)
         self.poll_interval = float(poll_interval)
         if self.poll_interval <= 0:
             raise ValueError("poll_interval must be positive")
@@ -126,6 +133,7 @@ class CarerixEventTrigger(BaseEventTrigger):
                 "poll_interval": self.poll_interval,
                 "store_conn_id": self.store_conn_id,
                 "store_url": self.store_url,
+                "start_from": self.start_from,
             },
         )
 
@@ -195,7 +203,8 @@ class CarerixEventTrigger(BaseEventTrigger):
         self.filter.parsed_condition()
         await hook.astore()
         self._position = await retry_while_unavailable(
-            f"starting Carerix watcher {self.consumer!r}", hook.ensure_consumer, self.consumer
+            f"starting Carerix watcher {self.consumer!r}",
+            functools.partial(hook.ensure_consumer, self.consumer, start_from=self.start_from),
         )
 
     async def _handle(self, batch: StoreBatch, hook: CarerixEventStoreHook) -> AsyncIterator[TriggerEvent]:
@@ -291,6 +300,8 @@ class CarerixEventSensorTrigger(BaseTrigger):
         try:
             self.filter.parsed_condition()
             store = await hook.astore()
+            with contextlib.suppress(StoreUnavailable):
+                await asyncio.to_thread(hook.check_receivers)
             if store.dialect == "postgresql":
                 listener = NotifyListener(store.url, wake)
             while True:

@@ -42,6 +42,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000
+# How often one poll loop asks whether a receiver still writes to its store (warns, never fails).
+RECEIVERS_CHECK_INTERVAL = 300.0
 # While idle, a head batch this often lets a watcher that joined (or restarted) behind the head catch up from
 # its cursor without waiting for the next stored event. Costs no query.
 HEAD_INTERVAL = 1.0
@@ -174,6 +176,7 @@ class StorePoller:
         outage_since: float | None = None
         delay = min(self.poll_interval, 1.0)
         last_yield = loop.time()
+        receivers_checked: float | None = None
         while True:
             try:
                 store = await self.hook.astore()
@@ -181,6 +184,9 @@ class StorePoller:
                     if self._listener is None:
                         self._listener = NotifyListener(store.url, wake)
                     await self._listener.ensure()
+                if receivers_checked is None or loop.time() - receivers_checked >= RECEIVERS_CHECK_INTERVAL:
+                    receivers_checked = loop.time()
+                    await asyncio.to_thread(self.hook.check_receivers)
                 if pos is None:
                     pos = await asyncio.to_thread(store.last_sequence)
                     self.queries += 1

@@ -1,0 +1,363 @@
+"""Every setting of the provider, where each is read from, and in which order: one module for every component.
+
+The receiver (standalone and inside the API server), the triggers, the sensor, ``claim()``, the operators,
+every CLI command and the Carerix page all read their configuration here, so two components on two machines
+cannot follow two different rules and silently part ways.
+
+**Simple settings** (one value each, :data:`SETTINGS`) are read in this order, first found wins:
+
+1. the environment, ``AIRFLOW__CARERIX__<OPTION>`` (``_CMD`` and ``_SECRET`` variants for sensitive
+   options, as for any Airflow option),
+2. the older environment name where one exists (``CARERIX_EVENT_STORE_URL``, ``CARERIX_RECEIVER_SECRET``,
+   ...), kept working; when both names are set to different values that is an error, not a guess,
+3. ``[carerix] <option>`` in ``airflow.cfg``,
+4. the default.
+
+**The event store** (:func:`resolve_store`) is found in this order:
+
+1. the Airflow connection named by ``event_store_conn_id`` (default ``carerix_event_store``), wherever
+   Airflow connections are reachable (tasks, triggers, the API server, the CLIs where Airflow is
+   configured, environment variables ``AIRFLOW_CONN_*`` and secrets backends everywhere),
+2. an explicit URL (``--store``, ``store_url=``),
+3. ``event_store_url`` as above (environment, then ``airflow.cfg``),
+4. the embedded default, ``sqlite:///$AIRFLOW_HOME/carerix_events.db``.
+
+A store given by the connection *and* another source that names a different store is a configuration
+error: one component that cannot see the connection would follow the other source and write (or read) a
+store nobody else looks at. Every component logs the store it uses and where that choice came from
+(:class:`StoreLocation`), with the password hidden.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SETTINGS",
+    "ConfigurationError",
+    "Setting",
+    "StoreLocation",
+    "Value",
+    "airflow_metadata_db",
+    "get",
+    "normalise_store_url",
+    "resolve_store",
+    "same_store",
+    "use_airflow_metadata_db",
+]
+
+SECTION = "carerix"
+
+
+class ConfigurationError(ValueError):
+    """A setting is missing, malformed or contradicts another: says which, from where, and what was expected."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``[carerix]`` option: ``AIRFLOW__CARERIX__<OPTION>`` in the environment."""
+
+    option: str
+    default: str
+    description: str
+    #: Which components read it (for the documentation's table).
+    read_by: str
+    #: The environment name this setting had before it was an Airflow option (still honoured).
+    legacy_env: str | None = None
+    sensitive: bool = False
+    example: str | None = None
+
+    @property
+    def env(self) -> str:
+        return f"AIRFLOW__{SECTION.upper()}__{self.option.upper()}"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "event_store_conn_id",
+        "carerix_event_store",
+        "Airflow connection that holds the event store (type postgres or sqlite, or a URL in its extra "
+        '{"url": ...}). Looked up first wherever connections are reachable; if it does not exist, '
+        "event_store_url is used.",
+        "every component",
+        example="carerix_event_store",
+    ),
+    Setting(
+        "event_store_url",
+        "",
+        "SQLAlchemy URL of the event store, for components without the connection. Empty: "
+        "sqlite:///$AIRFLOW_HOME/carerix_events.db (one machine only).",
+        "every component",
+        legacy_env="CARERIX_EVENT_STORE_URL",
+        sensitive=True,
+        example="postgresql+psycopg://carerix@db:5432/carerix",
+    ),
+    Setting(
+        "receiver_secret",
+        "",
+        "Shared secret(s), comma-separated during a rotation, that Carerix sends in the receiver's secret "
+        "header. Setting it mounts the receiver at /carerix/events in the API server.",
+        "receiver (API server and carerix-receiver serve)",
+        legacy_env="CARERIX_RECEIVER_SECRET",
+        sensitive=True,
+    ),
+    Setting(
+        "receiver_secret_header",
+        "X-Carerix-Secret",
+        "Header that carries the receiver secret (a customHeader of the webhook).",
+        "receiver",
+        legacy_env="CARERIX_RECEIVER_SECRET_HEADER",
+        example="X-Carerix-Secret",
+    ),
+    Setting(
+        "receiver_public_key_file",
+        "",
+        "PEM file with an RSA public key every delivery's Cx-Signature must verify against (keys recorded "
+        "per application by provisioning are checked without it).",
+        "receiver",
+        legacy_env="CARERIX_RECEIVER_PUBLIC_KEY_FILE",
+        example="/etc/carerix/cx-signature.pem",
+    ),
+    Setting(
+        "receiver_trusted_proxies",
+        "",
+        "Comma-separated addresses or CIDRs of proxies whose X-Forwarded-For the standalone receiver "
+        "believes (the API server has its own setting).",
+        "carerix-receiver serve",
+        legacy_env="CARERIX_RECEIVER_TRUSTED_PROXIES",
+        example="10.0.0.0/8",
+    ),
+    Setting(
+        "receiver_silence_warning",
+        "15m",
+        "Readers of the store (watchers, sensor, claim) warn when no receiver has recorded a heartbeat in it "
+        "for this long: the receiver probably writes to another store. 0 turns the warning off.",
+        "triggers, sensor, claim()",
+        example="1h",
+    ),
+)
+_BY_OPTION = {s.option: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Value:
+    """A setting's value and where it came from (``source`` never holds the value)."""
+
+    value: str
+    source: str
+
+    @property
+    def is_default(self) -> bool:
+        return self.source == "default"
+
+
+def _conf() -> Any | None:
+    # Lazy: ``carerix-webhooks validate`` and the emulator must start without loading Airflow's config.
+    try:
+        from airflow.configuration import conf
+    except Exception:
+        return None
+    return conf
+
+
+def get(option: str) -> Value:
+    """The value of ``[carerix] option`` and its source, in the order of the module docstring."""
+    setting = _BY_OPTION[option]
+    found: list[Value] = []
+    for name in (setting.env, f"{setting.env}_CMD", f"{setting.env}_SECRET"):
+        if os.environ.get(name) is not None:
+            conf = _conf()
+            if name == setting.env or conf is None:
+                raw = os.environ[name]
+            else:  # Airflow runs the command / asks the secrets backend
+                raw = conf.get(SECTION, option, fallback="")
+            found.append(Value(raw.strip(), f"environment variable {name}"))
+            break
+    if setting.legacy_env and os.environ.get(setting.legacy_env) is not None:
+        found.append(
+            Value(os.environ[setting.legacy_env].strip(), f"environment variable {setting.legacy_env}")
+        )
+    if len(found) == 2 and found[0].value != found[1].value and found[0].value and found[1].value:
+        raise ConfigurationError(
+            f"{found[0].source} and {found[1].source} are both set, to different values: they are two names "
+            f"of [carerix] {option}; keep one ({setting.env})"
+        )
+    for value in found:
+        if value.value:
+            return value
+    conf = _conf()
+    if conf is not None:
+        try:
+            raw = conf.get(SECTION, option, fallback=None)
+        except Exception as exc:
+            raise ConfigurationError(f"[{SECTION}] {option}: cannot be read ({type(exc).__name__})") from None
+        if raw is not None and raw.strip() and raw.strip() != setting.default:
+            return Value(raw.strip(), f"airflow.cfg [{SECTION}] {option}")
+    return Value(setting.default, "default")
+
+
+def get_list(option: str) -> tuple[list[str], str]:
+    """A comma-separated setting as a list (surrounding spaces and tabs dropped), with its source."""
+    value = get(option)
+    return [part.strip(" \t") for part in value.value.split(",") if part.strip(" \t")], value.source
+
+
+# -- the event store ----------------------------------------------------------------------------------------
+
+
+def normalise_store_url(url: str) -> str:
+    """``postgresql://`` would pick psycopg2, which the ``postgres`` extra does not install."""
+    url = url.strip()
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _display(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable URL>"
+
+
+def same_store(a: str, b: str) -> bool:
+    """Whether two URLs name the same store (driver, host, port, database; SQLite: the same file)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        ua, ub = make_url(normalise_store_url(a)), make_url(normalise_store_url(b))
+    except Exception:
+        return a == b
+    if ua.get_backend_name() != ub.get_backend_name():
+        return False
+    if ua.get_backend_name() == "sqlite":
+        da, db = ua.database or "", ub.database or ""
+        if da in ("", ":memory:") or db in ("", ":memory:"):
+            return da == db
+        return os.path.realpath(os.path.expanduser(da)) == os.path.realpath(os.path.expanduser(db))
+    return (ua.host or "localhost", ua.port or 5432, ua.database, ua.username) == (
+        ub.host or "localhost",
+        ub.port or 5432,
+        ub.database,
+        ub.username,
+    )
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """The store a component uses and why: ``url`` holds the password (never log it), ``display`` not."""
+
+    url: str
+    source: str
+
+    @property
+    def display(self) -> str:
+        return _display(self.url)
+
+    def describe(self) -> str:
+        """For start-up logs: ``sqlite:////x.db (from the Airflow connection 'carerix_event_store')``."""
+        return f"{self.display} (from {self.source})"
+
+    def __repr__(self) -> str:
+        return f"StoreLocation({self.display!r}, source={self.source!r})"
+
+
+def default_store_url() -> str:
+    home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+    return f"sqlite:///{Path(home) / 'carerix_events.db'}"
+
+
+def resolve_store(
+    explicit_url: str | None = None,
+    *,
+    connection: tuple[str, str] | None = None,
+) -> StoreLocation:
+    """Where the event store is: ``connection`` is ``(url, conn_id)`` when the connection was found.
+
+    Raises :class:`ConfigurationError` when the connection and another source name different stores.
+    """
+    candidates: list[StoreLocation] = []
+    if connection is not None:
+        candidates.append(
+            StoreLocation(normalise_store_url(connection[0]), f"the Airflow connection {connection[1]!r}")
+        )
+    if explicit_url and explicit_url.strip():
+        candidates.append(StoreLocation(normalise_store_url(explicit_url), "an explicit store URL"))
+    configured = get("event_store_url")
+    if configured.value:
+        candidates.append(StoreLocation(normalise_store_url(configured.value), configured.source))
+    if not candidates:
+        home = os.environ.get("AIRFLOW_HOME") or "~/airflow"
+        return StoreLocation(default_store_url(), f"the default (no store configured; AIRFLOW_HOME={home})")
+    chosen = candidates[0]
+    if connection is not None:
+        for other in candidates[1:]:
+            if not same_store(chosen.url, other.url):
+                raise ConfigurationError(
+                    f"two different event stores are configured: {chosen.describe()} and "
+                    f"{other.describe()}. A component that cannot see the connection would use the other "
+                    "one, and events written to one never reach readers of the other: configure one store "
+                    "(remove one of them, or make them name the same database)"
+                )
+    return chosen
+
+
+# -- Airflow's metadata database for command-line tools -----------------------------------------------------
+
+
+def airflow_metadata_db() -> str | None:
+    """The metadata database's URL (password hidden) when Airflow is configured on this machine, else None.
+
+    "Configured" means the way Airflow's own CLI would find it: ``sql_alchemy_conn`` set explicitly, or the
+    default SQLite file already exists (so a machine without Airflow never gets an empty ``airflow.db``).
+    """
+    conf = _conf()
+    if conf is None:
+        return None
+    try:
+        url = conf.get("database", "sql_alchemy_conn", fallback="") or ""
+    except Exception:
+        return None
+    if not url:
+        return None
+    explicit = any(
+        os.environ.get(f"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN{suffix}") for suffix in ("", "_CMD", "_SECRET")
+    )
+    if url.startswith("sqlite") and not explicit:
+        from sqlalchemy.engine import make_url
+
+        try:
+            database = make_url(url).database
+        except Exception:
+            return None
+        if not database or not Path(database).exists():
+            return None
+    return _display(url)
+
+
+def use_airflow_metadata_db() -> str | None:
+    """Let connection and Variable lookups in this process read Airflow's metadata database, as
+    ``airflow connections get`` does, when Airflow is configured here and this is not a task.
+
+    Returns where the metadata database is (password hidden), or None when it is not used. Inside a task or
+    a trigger Airflow itself answers lookups (through its API), so nothing changes there.
+    """
+    if os.environ.get("_AIRFLOW_PROCESS_CONTEXT"):
+        return airflow_metadata_db() if os.environ["_AIRFLOW_PROCESS_CONTEXT"] == "server" else None
+    try:
+        from airflow.sdk.execution_time import task_runner
+
+        if getattr(task_runner, "SUPERVISOR_COMMS", None) is not None:
+            return None
+    except Exception:
+        pass
+    where = airflow_metadata_db()
+    if where is not None:
+        os.environ["_AIRFLOW_PROCESS_CONTEXT"] = "server"
+    return where
