@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from airflow_provider_carerix.cli_sync import StoreConnOpt, StoreOpt
+
 
 def recover_command(
     since: Annotated[
@@ -18,9 +20,8 @@ def recover_command(
     only_failed: Annotated[
         bool, typer.Option("--only-failed", help="Only jobs whose every delivery attempt failed.")
     ] = False,
-    store: Annotated[
-        str | None, typer.Option("--store", help="Event store URL (default: resolved as everywhere).")
-    ] = None,
+    store: StoreOpt = None,
+    store_conn_id: StoreConnOpt = None,
     conn_id: Annotated[
         str, typer.Option("--conn-id", help="Airflow connection id (AIRFLOW_CONN_<ID> env vars too).")
     ] = "carerix_default",
@@ -30,7 +31,7 @@ def recover_command(
 
     Prints the counts as JSON; exits 1 when Carerix or the store fails, or a payload is invalid.
     """
-    from airflow_provider_carerix.cli_sync import _hook, _own_logging
+    from airflow_provider_carerix.cli_sync import _connection_error, _hook, _own_logging, open_store_location
     from airflow_provider_carerix.exceptions import CarerixError
     from airflow_provider_carerix.recovery import parse_since, recover_events
     from airflow_provider_carerix.store import EventStore, StoreUnavailable
@@ -41,9 +42,15 @@ def recover_command(
         typer.echo(f"error: --{exc}", err=True)
         raise typer.Exit(2) from None
     _own_logging()
+    location = open_store_location(store, store_conn_id)
     hook = _hook(conn_id)
     try:
-        with EventStore(store) as event_store:
+        hook.settings  # noqa: B018  (the connection, read before anything else)
+    except Exception as exc:
+        typer.echo(f"error: {_connection_error(conn_id, exc)}", err=True)
+        raise typer.Exit(1) from None
+    try:
+        with EventStore(location.url) as event_store:
             result = recover_events(
                 hook.iter_delivery_jobs(since=since_at, page_size=page_size),
                 event_store,

@@ -2,11 +2,12 @@
 
 Templates. A spec file written for the DAG holds Jinja such as ``{{ var.value.carerix_receiver_secret }}``.
 The CLI renders it with Airflow's own Variable and Connection accessors (``var.value.KEY``,
-``var.value.get('KEY', 'default')``, ``var.json.KEY``, ``conn.CONN_ID.password``), which outside a task resolve
-through Airflow's secrets backends: ``AIRFLOW_VAR_<KEY>`` / ``AIRFLOW_CONN_<ID>`` environment variables, then
-any backend configured in ``[secrets] backend`` (not the metadata database: a terminal is not a task). Anything
-else a task context has (``ds``, ``params``, macros) is undefined here and is reported as an error rather than
-rendered empty, so a spec cannot silently lose a header value.
+``var.value.get('KEY', 'default')``, ``var.json.KEY``, ``conn.CONN_ID.password``), which resolve the way
+Airflow's own CLI resolves them: ``AIRFLOW_VAR_<KEY>`` / ``AIRFLOW_CONN_<ID>`` environment variables, any
+backend configured in ``[secrets] backend``, and Airflow's metadata database when Airflow is configured on this
+machine (``airflow connections add`` / ``airflow variables set``). A lookup that fails says where it looked.
+Anything else a task context has (``ds``, ``params``, macros) is undefined here and is reported as an error
+rather than rendered empty, so a spec cannot silently lose a header value.
 
 Reachability. When the connection points at Carerix itself (not the emulator or another local address),
 webhook URLs Carerix cannot deliver to (loopback, private or link-local addresses, ``localhost``, plain
@@ -52,21 +53,40 @@ UnreachableOpt = Annotated[
         "although the connection points at Carerix itself.",
     ),
 ]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="Event store URL (default: the connection carerix_event_store, then [carerix] event_store_url, "
+        "then $AIRFLOW_HOME/carerix_events.db, as every component).",
+    ),
+]
+StoreConnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store-conn-id",
+        help="Airflow connection of the event store (default [carerix] event_store_conn_id, i.e. "
+        "carerix_event_store); '' to ignore connections.",
+    ),
+]
 _MISSING_VARIABLE = re.compile(r"Variable (\S+) not found")
 
 
 def _own_logging() -> None:
-    """Send Airflow's logs to stderr, so stdout holds only the plan and the JSON summary (pipeable).
+    """Send Airflow's logs to stderr, so stdout holds only the plan and the JSON summary (pipeable), and let
+    lookups read Airflow's metadata database where Airflow is configured (as ``airflow connections get``).
 
-    Only when this command is the first to import Airflow in the process (the console script): inside a
-    process that already uses Airflow (a test runner, a notebook) its logging is not ours to change.
+    Logging only when this command is the first to import Airflow in the process (the console script):
+    inside a process that already uses Airflow (a test runner, a notebook) its logging is not ours to change.
     """
-    if "airflow" in sys.modules:
-        return
-    import airflow  # noqa: F401  (configures logging to stdout on import)
-    from airflow.sdk.log import configure_logging
+    from airflow_provider_carerix import settings
 
-    configure_logging(output=sys.stderr)
+    if "airflow" not in sys.modules:
+        import airflow  # noqa: F401  (configures logging to stdout on import)
+        from airflow.sdk.log import configure_logging
+
+        configure_logging(output=sys.stderr)
+    settings.use_airflow_metadata_db()
 
 
 def render_spec_text(text: str) -> str:
@@ -96,9 +116,12 @@ def _missing_variable(path: Path, template: str, exc: Exception) -> str | None:
     name = match.group(1).strip("'\"")
     line = next((i for i, text in enumerate(template.splitlines(), 1) if name in text and "{{" in text), None)
     where = f"{path}:{line}" if line else str(path)
+    from airflow_provider_carerix.settings import where_airflow_looks
+
     return (
-        f"{where}: the spec needs the Airflow Variable {name!r}, which is not set: set it "
-        f"(e.g. export AIRFLOW_VAR_{name.upper()}=...) or in your secrets backend; nothing was changed"
+        f"{where}: the spec needs the Airflow Variable {name!r}, which is not set (looked in "
+        f"{where_airflow_looks('variable', name)}): set it (airflow variables set {name} ..., or "
+        f"AIRFLOW_VAR_{name.upper()}); nothing was changed"
     )
 
 
@@ -133,6 +156,23 @@ def load_spec_file(
         raise typer.Exit(1) from None
 
 
+def open_store_location(store: str | None, store_conn_id: str | None) -> Any:
+    """The event store as every component finds it; a configuration problem exits 2 saying which."""
+    from airflow_provider_carerix.hooks.event_store import DEFAULT_CONN_ID, locate_store
+    from airflow_provider_carerix.settings import ConfigurationError
+
+    _own_logging()
+    try:
+        location = locate_store(
+            store, store_conn_id=DEFAULT_CONN_ID if store_conn_id is None else store_conn_id
+        )
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"Event store: {location.describe()}", err=True)
+    return location
+
+
 def _stdin_is_tty() -> bool:
     """Whether a person can answer the confirmation (a pipe or CI cannot: apply then needs --yes)."""
     return sys.stdin.isatty()
@@ -158,13 +198,24 @@ def _connect_and_load(
     except (
         Exception
     ) as exc:  # connection not defined (Airflow's not-found error) or incomplete (CarerixError)
-        raise _fail(exc) from None
+        raise _fail(_connection_error(conn_id, exc)) from None
     loaded = load_spec_file(
         spec,
         allow_unknown_event_types=allow_unknown_event_types,
         require_public_urls=public and not allow_unreachable_urls,
     )
     return loaded, hook
+
+
+def _connection_error(conn_id: str, exc: Exception) -> Exception:
+    """Airflow's "isn't defined" with where this process looked (environment, backends, metadata database)."""
+    if type(exc).__name__ not in ("AirflowNotFoundException", "ConnectionNotFound"):
+        return exc
+    from airflow_provider_carerix.settings import where_airflow_looks
+
+    return LookupError(
+        f"the Airflow connection {conn_id!r} is not defined: looked in {where_airflow_looks('connection', conn_id)}"
+    )
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -217,9 +268,8 @@ def apply_command(
             help="Record each application's signing key in the event store, for receivers to verify with.",
         ),
     ] = True,
-    store: Annotated[
-        str | None, typer.Option("--store", help="Event store URL (default: resolved as everywhere).")
-    ] = None,
+    store: StoreOpt = None,
+    store_conn_id: StoreConnOpt = None,
 ) -> None:
     """Converge Carerix onto the spec (the sync operator's code path); asks first unless --yes."""
     loaded, hook = _connect_and_load(
@@ -235,7 +285,9 @@ def apply_command(
     typer.echo(the_plan.render())
     if not the_plan.has_changes:
         if record_keys:
-            _record_keys(hook, [a.application_id for a in the_plan.applications], store, the_plan)
+            _record_keys(
+                hook, [a.application_id for a in the_plan.applications], store, store_conn_id, the_plan
+            )
         return
     if not yes:
         if not _stdin_is_tty():
@@ -254,12 +306,16 @@ def apply_command(
         )
         raise _fail(exc) from None
     if record_keys:
-        _record_keys(hook, [a.application_id for a in result.applications], store, the_plan)
+        _record_keys(hook, [a.application_id for a in result.applications], store, store_conn_id, the_plan)
     typer.echo(result.to_json())
 
 
 def _record_keys(
-    hook: Any, application_ids: list[str | None], store_url: str | None, seen: SyncPlan | None = None
+    hook: Any,
+    application_ids: list[str | None],
+    store_url: str | None,
+    store_conn_id: str | None,
+    seen: SyncPlan | None = None,
 ) -> None:
     """Signing keys (and the webhooks the plan saw) to the event store (messages on stderr: stdout holds the
     plan and the JSON summary)."""
@@ -268,7 +324,7 @@ def _record_keys(
     from airflow_provider_carerix.store import EventStore, StoreUnavailable
 
     try:
-        with EventStore(store_url) as event_store:
+        with EventStore(open_store_location(store_url, store_conn_id).url) as event_store:
             record_signing_keys(hook, application_ids, event_store, say=lambda m: typer.echo(m, err=True))
             for application_id, rows in (seen.snapshot() if seen else {}).items():
                 event_store.record_webhooks(application_id, rows)

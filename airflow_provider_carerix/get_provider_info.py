@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_carerix import __version__
+from airflow_provider_carerix.settings import SETTINGS
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -103,42 +104,21 @@ def get_provider_info() -> dict[str, Any]:
                 },
             }
         ],
+        # Every option of :mod:`airflow_provider_carerix.settings`, which is the one place they are described.
         "config": {
             "carerix": {
-                "description": "Carerix provider settings.",
+                "description": "Carerix provider settings: every component reads them the same way "
+                "(environment AIRFLOW__CARERIX__<OPTION>, then airflow.cfg). See docs/configuration.md.",
                 "options": {
-                    "event_store_url": {
-                        "description": "SQLAlchemy URL of the Carerix event store shared by the receiver, "
-                        "triggers and CLI. Empty means sqlite:///$AIRFLOW_HOME/carerix_events.db.",
+                    setting.option: {
+                        "description": setting.description,
                         "version_added": "0.1.0",
                         "type": "string",
-                        "example": "postgresql+psycopg://airflow@db/carerix",
-                        "default": "",
-                    },
-                    "receiver_secret": {
-                        "description": "Shared secret(s), comma-separated, that Carerix sends in the receiver's "
-                        "secret header. When set, the API server serves the receiver at /carerix/events.",
-                        "version_added": "0.1.0",
-                        "type": "string",
-                        "example": None,
-                        "default": "",
-                        "sensitive": True,
-                    },
-                    "receiver_secret_header": {
-                        "description": "Header that carries the receiver secret (a Carerix customHeader).",
-                        "version_added": "0.1.0",
-                        "type": "string",
-                        "example": "X-Carerix-Secret",
-                        "default": "X-Carerix-Secret",
-                    },
-                    "receiver_public_key_file": {
-                        "description": "PEM file with the RSA public key that verifies Cx-Signature; "
-                        "empty disables signature checks.",
-                        "version_added": "0.1.0",
-                        "type": "string",
-                        "example": "/etc/carerix/cx-signature.pem",
-                        "default": "",
-                    },
+                        "example": setting.example,
+                        "default": setting.default,
+                        **({"sensitive": True} if setting.sensitive else {}),
+                    }
+                    for setting in SETTINGS
                 },
             }
         },

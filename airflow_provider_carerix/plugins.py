@@ -2,13 +2,13 @@
 
 Mounted at ``/carerix`` (``POST /carerix/events``, ``GET /carerix/health``) only when a secret is configured:
 the API server is often reachable from outside, and an unauthenticated door into the pipelines must never open
-by default. Configuration (env wins over Airflow config):
+by default. Configuration comes from :mod:`airflow_provider_carerix.settings`, like every other component's:
 
-* secret(s): env ``CARERIX_RECEIVER_SECRET`` or ``[carerix] receiver_secret`` (comma-separated for rotation;
-  ``AIRFLOW__CARERIX__RECEIVER_SECRET_CMD`` / ``_SECRET`` work as for any sensitive option),
-* header: env ``CARERIX_RECEIVER_SECRET_HEADER`` or ``[carerix] receiver_secret_header``,
-* Cx-Signature key: env ``CARERIX_RECEIVER_PUBLIC_KEY_FILE`` or ``[carerix] receiver_public_key_file``,
-* store: resolved like everywhere (``resolve_store_url``).
+* secret(s): ``[carerix] receiver_secret`` (``AIRFLOW__CARERIX__RECEIVER_SECRET``, its ``_CMD`` / ``_SECRET``
+  forms, or the older ``CARERIX_RECEIVER_SECRET``; comma-separated for rotation),
+* header: ``[carerix] receiver_secret_header``; Cx-Signature key: ``[carerix] receiver_public_key_file``,
+* store: the ``carerix_event_store`` connection (read from the metadata database here), then
+  ``[carerix] event_store_url``, then the default; logged at start with its source.
 
 Registered through the ``airflow.plugins`` entry point, not the provider metadata: Airflow loads
 provider-declared plugins only when ``[core] lazy_discover_providers`` is off, while entry-point plugins load
@@ -19,13 +19,14 @@ API server reads ``fastapi_apps``; the app is therefore built on first access, n
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
+from airflow_provider_carerix import settings
 from airflow_provider_carerix.listeners import CarerixAssetListener
+from airflow_provider_carerix.settings import ConfigurationError, StoreLocation
 
 log = logging.getLogger(__name__)
 
@@ -43,37 +44,27 @@ EXTERNAL_VIEWS = [
 ]
 
 
-def _setting(env: str, option: str) -> str | None:
-    value = os.environ.get(env)
-    if value:
-        return value
-    try:
-        from airflow.configuration import conf
-
-        value = conf.get("carerix", option, fallback=None)
-    except Exception:
-        return None
-    return value or None
-
-
-def _receiver_app() -> Any | None:
+def _receiver_app(location: StoreLocation) -> Any | None:
     """The receiver when a secret is configured, otherwise None (and why, in the log)."""
-    from airflow_provider_carerix.receiver import DEFAULT_SECRET_HEADER, create_app
+    from airflow_provider_carerix.receiver import create_app, load_secrets
+    from airflow_provider_carerix.receiver.heartbeat import ReceiverHeartbeat
+    from airflow_provider_carerix.store import EventStore
 
-    raw = _setting("CARERIX_RECEIVER_SECRET", "receiver_secret") or ""
-    secrets = [s.strip() for s in raw.split(",") if s.strip()]
+    secrets = load_secrets()
     if not secrets:
         log.info(
-            "Carerix receiver not mounted at %s: no secret configured (env CARERIX_RECEIVER_SECRET or "
-            "[carerix] receiver_secret)",
+            "Carerix receiver not mounted at %s: no secret configured ([carerix] receiver_secret, e.g. "
+            "AIRFLOW__CARERIX__RECEIVER_SECRET)",
             URL_PREFIX,
         )
         return None
-    header = _setting("CARERIX_RECEIVER_SECRET_HEADER", "receiver_secret_header") or DEFAULT_SECRET_HEADER
-    key_file = _setting("CARERIX_RECEIVER_PUBLIC_KEY_FILE", "receiver_public_key_file")
+    header = settings.get("receiver_secret_header").value
+    key_file = settings.get("receiver_public_key_file").value
     public_key = Path(key_file).read_bytes() if key_file else None
-    app = create_app(None, secrets=secrets, secret_header=header, public_key=public_key)
-    log.info("Carerix receiver mounted at %s/events (store %r)", URL_PREFIX, app.state.store)
+    store = EventStore(location.url)
+    app = create_app(store, secrets=secrets, secret_header=header, public_key=public_key)
+    app.state.heartbeat = ReceiverHeartbeat(store, kind="api-server").start()
+    log.info("Carerix receiver mounted at %s/events, event store %s", URL_PREFIX, location.describe())
     return app
 
 
@@ -84,18 +75,23 @@ def build_fastapi_apps() -> list[dict[str, Any]]:
     """
     from fastapi import FastAPI
 
+    from airflow_provider_carerix.hooks.event_store import locate_store
     from airflow_provider_carerix.store import EventStore
     from airflow_provider_carerix.ui.app import airflow_authorization, create_ui_router
     from airflow_provider_carerix.ui.plugin import page_sections
 
-    app = _receiver_app()
+    location = locate_store()
+    app = _receiver_app(location)
     if app is None:
         app = FastAPI(title="Carerix", docs_url=None, redoc_url=None, openapi_url=None)
-        store = EventStore()
+        store = EventStore(location.url)
+        log.info("Carerix page at %s%s/, event store %s", URL_PREFIX, UI_PREFIX, location.describe())
     else:
         store = app.state.store
     app.include_router(
-        create_ui_router(store, authorize=airflow_authorization(), extra=page_sections(store)),
+        create_ui_router(
+            store, authorize=airflow_authorization(), extra=page_sections(store, location.source)
+        ),
         prefix=UI_PREFIX,
     )
     return [{"app": app, "url_prefix": URL_PREFIX, "name": "Carerix"}]
@@ -111,6 +107,10 @@ class _LazyFastAPIApps:
         if self._apps is None:
             try:
                 self._apps = build_fastapi_apps()
+            except ConfigurationError as exc:
+                # Not mounted rather than mounted on the wrong store; the API server itself keeps running.
+                log.error("Carerix receiver and page not mounted at %s: %s", URL_PREFIX, exc)
+                self._apps = []
             except Exception:
                 # A bad key file must not take the whole API server down with it.
                 log.exception("Carerix receiver not mounted at %s: configuration error", URL_PREFIX)

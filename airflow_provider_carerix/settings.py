@@ -47,6 +47,7 @@ __all__ = [
     "resolve_store",
     "same_store",
     "use_airflow_metadata_db",
+    "where_airflow_looks",
 ]
 
 SECTION = "carerix"
@@ -188,6 +189,8 @@ def get(option: str) -> Value:
     for value in found:
         if value.value:
             return value
+    if found:  # set, to nothing: e.g. AIRFLOW__CARERIX__EVENT_STORE_CONN_ID= (no connection lookup)
+        return found[0]
     conf = _conf()
     if conf is not None:
         try:
@@ -361,3 +364,31 @@ def use_airflow_metadata_db() -> str | None:
     if where is not None:
         os.environ["_AIRFLOW_PROCESS_CONTEXT"] = "server"
     return where
+
+
+def where_airflow_looks(kind: str, key: str) -> str:
+    """Where a connection (``kind="connection"``) or Variable lookup in this process looked, for errors.
+
+    Mirrors Airflow's search path: environment variables, a configured secrets backend, and the metadata
+    database when this process may read it (:func:`use_airflow_metadata_db`).
+    """
+    env = f"AIRFLOW_CONN_{key.upper()}" if kind == "connection" else f"AIRFLOW_VAR_{key.upper()}"
+    places = [f"the environment variable {env}"]
+    conf = _conf()
+    backend = ""
+    if conf is not None:
+        try:
+            backend = conf.get("secrets", "backend", fallback="") or ""
+        except Exception:
+            backend = ""
+    if backend.strip():
+        places.append(f"the secrets backend {backend.strip().rsplit('.', 1)[-1]}")
+    if os.environ.get("_AIRFLOW_PROCESS_CONTEXT") == "server":
+        where = airflow_metadata_db()
+        places.append(f"Airflow's metadata database ({where})" if where else "Airflow's metadata database")
+    else:
+        places.append(
+            "not Airflow's metadata database (Airflow is not configured on this machine: no "
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN and no $AIRFLOW_HOME/airflow.db)"
+        )
+    return ", ".join(places[:-1]) + " and " + places[-1] if len(places) > 1 else places[0]

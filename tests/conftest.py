@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,6 +25,19 @@ os.environ["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = "http://127.0.0.1:8080/e
 # The event store of tests that do not pick their own: inside this session's AIRFLOW_HOME.
 os.environ.setdefault("CARERIX_EVENT_STORE_URL", f"sqlite:///{_home / 'carerix_events.db'}")
 os.environ.pop("CARERIX_RECEIVER_SECRET", None)
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_context() -> Iterator[None]:
+    """CLIs run in-process let lookups read the metadata database (``_AIRFLOW_PROCESS_CONTEXT=server``, as
+    Airflow's own CLI does); that must not leak into the next test."""
+    before = os.environ.get("_AIRFLOW_PROCESS_CONTEXT")
+    yield
+    if before is None:
+        os.environ.pop("_AIRFLOW_PROCESS_CONTEXT", None)
+    else:
+        os.environ["_AIRFLOW_PROCESS_CONTEXT"] = before
+
 
 pytest_plugins = sorted(
     f"tests.fixtures.{p.stem}" for p in (ROOT / "tests" / "fixtures").glob("*.py") if p.stem != "__init__"

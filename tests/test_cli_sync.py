@@ -155,7 +155,8 @@ def test_templates_use_airflow_variables_with_defaults_and_fail_loudly_when_miss
     assert f"error: {spec}:5: the spec needs the Airflow Variable 'no_such_variable', which is not set" in (
         missing.output
     )
-    assert "export AIRFLOW_VAR_NO_SUCH_VARIABLE=" in missing.output
+    assert "looked in the environment variable AIRFLOW_VAR_NO_SUCH_VARIABLE" in missing.output
+    assert "airflow variables set no_such_variable" in missing.output
 
 
 def test_two_applications_with_the_name_fail_clearly(emulator: Any, variables: None) -> None:

@@ -606,8 +606,9 @@ def test_receiver_auth_without_a_web_framework() -> None:
     with pytest.raises(ValueError) as refused:
         ReceiverAuth([])
     assert str(refused.value) == (
-        "no receiver secret configured (env CARERIX_RECEIVER_SECRET or --secret-file); refusing to accept "
-        "unauthenticated events (pass insecure=True / --insecure for local experiments only)"
+        "no receiver secret configured ([carerix] receiver_secret, e.g. AIRFLOW__CARERIX__RECEIVER_SECRET, or "
+        "--secret-file); refusing to accept unauthenticated events (pass insecure=True / --insecure for local "
+        "experiments only)"
     )
     ReceiverAuth([], insecure=True).verify(body, {})
 

@@ -64,6 +64,7 @@ __all__ = [
     "ConsumerOwned",
     "LeaseLost",
     "cursor_names",
+    "locate_store",
     "normalise_start_from",
     "store_url_from_connection",
 ]
@@ -198,11 +199,22 @@ def _is_not_found(exc: BaseException) -> bool:
     )
 
 
+def locate_store(
+    store_url: str | None = None, *, store_conn_id: str | None = DEFAULT_CONN_ID
+) -> StoreLocation:
+    """Where the store is, for code outside triggers (the receiver, the CLIs, the API server, tasks).
+
+    The same order as everywhere (the connection first); :class:`ConfigurationError` names the conflict.
+    """
+    return CarerixEventStoreHook(store_conn_id=store_conn_id, store_url=store_url).get_store_location()
+
+
 def _metastore_failure(conn_id: str | None) -> BaseException | None:
     """Why Airflow's metadata database could not be asked for ``conn_id`` (None: it was asked, or not used).
 
     Airflow's own lookup treats a backend that fails like one that has no such connection; for the store's
-    connection that difference decides between the right store and a silent split.
+    connection that difference decides between the right store and a silent split. A metadata database
+    without Airflow's tables (``airflow db migrate`` never ran) holds no connection: that is not a failure.
     """
     if not conn_id or os.environ.get("_AIRFLOW_PROCESS_CONTEXT") != "server":
         return None
@@ -211,6 +223,15 @@ def _metastore_failure(conn_id: str | None) -> BaseException | None:
 
         MetastoreBackend().get_connection(conn_id)
     except Exception as exc:
+        try:
+            import sqlalchemy as sa
+            from airflow import settings as airflow_settings
+
+            engine = airflow_settings.engine
+            if engine is not None and not sa.inspect(engine).has_table("connection"):
+                return None
+        except Exception:
+            pass
         return exc
     return None
 
@@ -282,9 +303,11 @@ class Claim:
 class CarerixEventStoreHook(BaseHook):
     """Open the Carerix event store and read it as filters and consumers need.
 
-    :param store_conn_id: Airflow connection of the store (default ``carerix_event_store``; if that
-        connection does not exist, the receiver's default store is used).
-    :param store_url: a password-less URL instead of a connection (kept for existing triggers).
+    :param store_conn_id: Airflow connection of the store (default ``carerix_event_store``, or
+        ``[carerix] event_store_conn_id``; if that connection does not exist, ``[carerix] event_store_url``,
+        then the default store). ``None`` or ``""``: do not look for a connection.
+    :param store_url: an explicit URL. It must not name another store than the connection; triggers and the
+        sensor refuse one with a password (their arguments are stored in Airflow's database).
     """
 
     conn_name_attr = "store_conn_id"
@@ -298,7 +321,7 @@ class CarerixEventStoreHook(BaseHook):
             # The deployment may name another connection ([carerix] event_store_conn_id); "" turns it off.
             store_conn_id = settings.get("event_store_conn_id").value
         self.store_conn_id = store_conn_id or None
-        self.store_url = check_url_has_no_password(store_url)
+        self.store_url = store_url.strip() if store_url and store_url.strip() else None
         self._location: StoreLocation | None = None
         self._store: EventStore | None = None
         self._receivers_silent: bool | None = None

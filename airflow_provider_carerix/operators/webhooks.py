@@ -22,6 +22,7 @@ from airflow.sdk.log import mask_secret
 
 from airflow_provider_carerix.conditions import parse
 from airflow_provider_carerix.exceptions import CarerixNotFoundError
+from airflow_provider_carerix.hooks.event_store import DEFAULT_CONN_ID as DEFAULT_STORE_CONN_ID
 from airflow_provider_carerix.operators.base import CarerixBaseOperator
 from airflow_provider_carerix.spec import Spec, load_spec
 from airflow_provider_carerix.sync import SyncError, sync
@@ -214,8 +215,9 @@ class CarerixSyncWebhooksOperator(_CarerixOperator):
     receiver URLs it cannot reach (``allow_unreachable_urls`` permits them). Returns the summary (ids per
     action), never URLs or header values.
 
-    After a real run it records each application's signing key in the event store (``event_store_url``,
-    resolved as everywhere when ``None``), where receivers read it to verify ``Cx-Signature``; pass
+    After a real run it records each application's signing key in the event store (found as every component
+    finds it: the ``store_conn_id`` connection, default ``carerix_event_store``, then ``event_store_url`` or
+    ``[carerix] event_store_url``), where receivers read it to verify ``Cx-Signature``; pass
     ``record_signing_keys=False`` when no receiver of this deployment reads that store.
     """
 
@@ -234,12 +236,14 @@ class CarerixSyncWebhooksOperator(_CarerixOperator):
         allow_unreachable_urls: bool = False,
         record_signing_keys: bool = True,
         event_store_url: str | None = None,
+        store_conn_id: str | None = DEFAULT_STORE_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.spec = str(spec) if isinstance(spec, Path) else spec
         self.record_signing_keys = record_signing_keys
         self.event_store_url = event_store_url
+        self.store_conn_id = store_conn_id
         self.prune = prune
         self.dry_run = dry_run
         self.allow_unknown_event_types = allow_unknown_event_types
@@ -308,15 +312,21 @@ class CarerixSyncWebhooksOperator(_CarerixOperator):
         except SyncError as error:  # ambiguous (e.g. two applications with the name): a person must decide
             _fail_without_retry(error)
         if self.record_signing_keys and not dry_run:
+            from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
             from airflow_provider_carerix.signing import record_signing_keys
-            from airflow_provider_carerix.store import EventStore
 
-            with EventStore(self.event_store_url) as store:
+            store_hook = CarerixEventStoreHook(
+                store_conn_id=self.store_conn_id, store_url=self.event_store_url
+            )
+            try:
+                store = store_hook.store
                 record_signing_keys(
                     self.hook, [a.application_id for a in result.applications], store, say=self.log.info
                 )
                 for application_id, rows in result.plan.snapshot().items():
                     store.record_webhooks(application_id, rows)
+            finally:
+                store_hook.close()
         summary = result.summary()
         self.log.info("Summary: %s", result.to_json())
         return summary

@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
@@ -34,8 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SECRET_HEADER",
-    "ENV_SECRET",
-    "ENV_SECRET_HEADER",
     "SIGNATURE_HEADER",
     "AuthenticationError",
     "ReceiverAuth",
@@ -46,8 +43,6 @@ __all__ = [
 
 DEFAULT_SECRET_HEADER = "X-Carerix-Secret"
 SIGNATURE_HEADER = "Cx-Signature"
-ENV_SECRET = "CARERIX_RECEIVER_SECRET"
-ENV_SECRET_HEADER = "CARERIX_RECEIVER_SECRET_HEADER"
 _WHITESPACE = " \t"
 
 #: Request headers as any server hands them over: a multi-valued mapping (``getlist``, e.g. Starlette's),
@@ -65,9 +60,13 @@ class AuthenticationError(Exception):
         self.detail = detail
 
 
-def load_secrets(secret_file: Path | str | None = None, env: str = ENV_SECRET) -> list[str]:
-    """Secrets from env (comma-separated) and a file (one per line, ``#`` comments): all valid at once."""
-    secrets = [s.strip(_WHITESPACE) for s in os.environ.get(env, "").split(",") if s.strip(_WHITESPACE)]
+def load_secrets(secret_file: Path | str | None = None) -> list[str]:
+    """Secrets from ``[carerix] receiver_secret`` (comma-separated; ``AIRFLOW__CARERIX__RECEIVER_SECRET``, its
+    ``_CMD``/``_SECRET`` forms or the older ``CARERIX_RECEIVER_SECRET``) and a file (one per line, ``#``
+    comments): all valid at once."""
+    from airflow_provider_carerix import settings
+
+    secrets, _source = settings.get_list("receiver_secret")
     if secret_file:
         for line in Path(secret_file).read_text(encoding="utf-8").splitlines():
             line = line.strip()
@@ -162,7 +161,8 @@ class ReceiverAuth:
         self.keys_per_application = keys_per_application
         if not self._secrets and not self._keys and not keys_per_application and not insecure:
             raise ValueError(
-                f"no receiver secret configured (env {ENV_SECRET} or --secret-file); refusing to accept "
+                "no receiver secret configured ([carerix] receiver_secret, e.g. AIRFLOW__CARERIX__RECEIVER_SECRET, "
+                "or --secret-file); refusing to accept "
                 "unauthenticated events (pass insecure=True / --insecure for local experiments only)"
             )
 

@@ -10,22 +10,50 @@ from typing import Annotated
 
 import typer
 
-from airflow_provider_carerix.receiver.auth import (
-    DEFAULT_SECRET_HEADER,
-    ENV_SECRET,
-    ENV_SECRET_HEADER,
-    load_secrets,
-)
+from airflow_provider_carerix import settings
+from airflow_provider_carerix.receiver.auth import load_secrets
 from airflow_provider_carerix.receiver.server import ServerLimits
 from airflow_provider_carerix.receiver.validation import DEFAULT_MAX_BODY
+from airflow_provider_carerix.settings import ConfigurationError, StoreLocation
 from airflow_provider_carerix.signing import SigningKeyCache
-from airflow_provider_carerix.store import EventStore, StoreUnavailable, parse_duration, resolve_store_url
+from airflow_provider_carerix.store import EventStore, StoreUnavailable, parse_duration
 
 __all__ = ["cli", "main"]
 
 log = logging.getLogger(__name__)
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Carerix webhook receiver.")
+
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Event store URL. Default: the Airflow connection carerix_event_store, then [carerix] "
+        "event_store_url, then $AIRFLOW_HOME/carerix_events.db (the order every component uses)."
+    ),
+]
+StoreConnOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Airflow connection of the event store (default: [carerix] event_store_conn_id, i.e. "
+        "carerix_event_store); '' to ignore connections."
+    ),
+]
+
+
+def locate(store: str | None, store_conn_id: str | None) -> StoreLocation:
+    """The store, found as every component finds it; a configuration problem exits 2 with the reason.
+
+    Where Airflow is configured on this machine, its metadata database is asked for the connection too (as
+    ``airflow connections get`` does), so a receiver beside Airflow follows the same connection.
+    """
+    from airflow_provider_carerix.hooks.event_store import DEFAULT_CONN_ID, locate_store
+
+    settings.use_airflow_metadata_db()
+    try:
+        return locate_store(store, store_conn_id=DEFAULT_CONN_ID if store_conn_id is None else store_conn_id)
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @cli.command()
@@ -34,16 +62,21 @@ def serve(
         str, typer.Option(help="Interface to bind; keep loopback behind a TLS proxy.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8090,
-    store: Annotated[
-        str | None, typer.Option(help="Event store URL (default: resolved as everywhere).")
+    store: StoreOpt = None,
+    store_conn_id: StoreConnOpt = None,
+    secret_header: Annotated[
+        str | None,
+        typer.Option(help="Header carrying the secret (default: [carerix] receiver_secret_header)."),
     ] = None,
-    secret_header: Annotated[str, typer.Option(envvar=ENV_SECRET_HEADER)] = DEFAULT_SECRET_HEADER,
     secret_file: Annotated[Path | None, typer.Option(help="File with one valid secret per line.")] = None,
     insecure: Annotated[
         bool, typer.Option(help="Accept events without a secret (local experiments only).")
     ] = False,
     public_key_file: Annotated[
-        Path | None, typer.Option(help="RSA public key (PEM) for Cx-Signature.")
+        Path | None,
+        typer.Option(
+            help="RSA public key (PEM) for Cx-Signature (default: [carerix] receiver_public_key_file)."
+        ),
     ] = None,
     verify_signatures: Annotated[
         bool,
@@ -79,19 +112,30 @@ def serve(
     trusted_proxy: Annotated[
         list[str] | None,
         typer.Option(
-            envvar="CARERIX_RECEIVER_TRUSTED_PROXIES",
-            help="Address (or CIDR) of a proxy whose X-Forwarded-For is believed; repeatable. None by default.",
+            help="Address (or CIDR) of a proxy whose X-Forwarded-For is believed; repeatable (default: "
+            "[carerix] receiver_trusted_proxies, none).",
         ),
     ] = None,
 ) -> None:
-    """Run the receiver. Secrets come from env CARERIX_RECEIVER_SECRET (comma-separated) or --secret-file."""
+    """Run the receiver. Secrets: [carerix] receiver_secret (AIRFLOW__CARERIX__RECEIVER_SECRET, comma-separated)
+    and/or --secret-file. Every setting: docs/configuration.md."""
     import uvicorn
 
     from airflow_provider_carerix.receiver.app import create_app
+    from airflow_provider_carerix.receiver.heartbeat import ReceiverHeartbeat
     from airflow_provider_carerix.receiver.server import build_config
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    secrets = load_secrets(secret_file)
+    try:
+        secrets = load_secrets(secret_file)
+        secret_header = secret_header or settings.get("receiver_secret_header").value
+        if public_key_file is None and settings.get("receiver_public_key_file").value:
+            public_key_file = Path(settings.get("receiver_public_key_file").value)
+        if trusted_proxy is None:
+            trusted_proxy = settings.get_list("receiver_trusted_proxies")[0]
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     try:
         rotation_window = parse_duration(key_rotation_window)
     except ValueError as exc:
@@ -99,7 +143,8 @@ def serve(
         raise typer.Exit(2) from None
     if not secrets and not insecure and not require_signatures:
         typer.echo(
-            f"error: no receiver secret: set {ENV_SECRET} or pass --secret-file "
+            "error: no receiver secret: set [carerix] receiver_secret (AIRFLOW__CARERIX__RECEIVER_SECRET) or "
+            "pass --secret-file "
             "(or --require-signatures, or --insecure for local experiments only)",
             err=True,
         )
@@ -109,7 +154,8 @@ def serve(
             "Running with --insecure and no secret: anyone who can reach %s:%d can post events", host, port
         )
     public_key = public_key_file.read_bytes() if public_key_file else None
-    event_store = EventStore(resolve_store_url(store))
+    location = locate(store, store_conn_id)
+    event_store = EventStore(location.url)
     app = create_app(
         event_store,
         secrets=secrets,
@@ -121,7 +167,8 @@ def serve(
         require_signatures=require_signatures,
         signing_keys=SigningKeyCache(event_store, rotation_window=rotation_window),
     )
-    log.info("Carerix receiver on http://%s:%d/events, store %r", host, port, app.state.store)
+    log.info("Carerix receiver on http://%s:%d/events, event store %s", host, port, location.describe())
+    heartbeat = ReceiverHeartbeat(event_store, kind="standalone").start()
     # Startup objects never die: keep them out of the collector so full collections stay short (p99).
     gc.collect()
     gc.freeze()
@@ -135,7 +182,10 @@ def serve(
     config = build_config(
         app, host=host, port=port, limits=limits, log_level=log_level.lower(), access_log=access_log
     )
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        heartbeat.stop()
 
 
 @cli.command()
@@ -143,9 +193,8 @@ def purge(
     older_than: Annotated[
         str, typer.Option(help="Delete events received longer ago (30d, 12h, 2w).")
     ] = "30d",
-    store: Annotated[
-        str | None, typer.Option(help="Event store URL (default: resolved as everywhere).")
-    ] = None,
+    store: StoreOpt = None,
+    store_conn_id: StoreConnOpt = None,
     batch_size: Annotated[
         int, typer.Option(min=1, help="Rows per delete transaction (receivers commit in between).")
     ] = 2000,
@@ -167,7 +216,7 @@ def purge(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    with EventStore(store) as event_store:
+    with EventStore(locate(store, store_conn_id).url) as event_store:
         try:
             deleted = event_store.purge(age, batch_size=batch_size, vacuum=vacuum)
         except StoreUnavailable as exc:

@@ -57,7 +57,7 @@ class CarerixEventSensor(BaseSensorOperator):
     :param deferrable: wait in the triggerer (default) instead of holding a worker slot.
     :param poll_interval: seconds between store queries in the triggerer (PostgreSQL wakes on NOTIFY).
     :param store_conn_id: Airflow connection of the event store (default ``carerix_event_store``; without
-        it, ``CARERIX_EVENT_STORE_URL`` / ``[carerix] event_store_url`` / ``$AIRFLOW_HOME``).
+        it, ``[carerix] event_store_url``, then ``$AIRFLOW_HOME``: the order of every component).
     :param store_url: a password-less store URL instead of the connection.
     :param timeout: seconds (or timedelta) from the start of the try; an absolute deadline is handed to the
         trigger and to Airflow's deferral timeout, so it holds across triggerer restarts.

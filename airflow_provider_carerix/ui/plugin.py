@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from airflow_provider_carerix import store as store_module
 from airflow_provider_carerix.store import EventStore
 
-__all__ = ["LAG_CAP", "consumers", "page_sections", "webhooks"]
+__all__ = ["LAG_CAP", "consumers", "page_sections", "store_section", "webhooks"]
 
 # Counting a consumer's lag reads index entries after its cursor; past this many the page shows "10000+".
 LAG_CAP = 10_000
@@ -124,5 +124,37 @@ def webhooks(store: EventStore) -> list[dict[str, Any]]:
     return out
 
 
-def page_sections(store: EventStore) -> dict[str, Callable[[], Any]]:
-    return {"consumers": lambda: consumers(store), "webhooks": lambda: webhooks(store)}
+def store_section(store: EventStore, source: str | None = None) -> dict[str, Any]:
+    """Which store the page reads (its id is the same for every component that shares it) and the receivers
+    that recorded a heartbeat in it during the last day: a receiver missing here writes elsewhere."""
+    from airflow_provider_carerix.receiver.heartbeat import HEARTBEAT_INTERVAL
+
+    identity = store.identity()
+    now = datetime.now(timezone.utc)
+    return {
+        "store_id": identity.store_id,
+        "url": identity.url,
+        "source": source,
+        "created_at": _iso(identity.created_at),
+        "receivers": [
+            {
+                "receiver_id": r.receiver_id,
+                "kind": r.kind,
+                "host": r.host,
+                "pid": r.pid,
+                "version": r.version,
+                "started_at": _iso(r.started_at),
+                "last_seen": _iso(r.last_seen),
+                "alive": (now - r.last_seen).total_seconds() <= 3 * HEARTBEAT_INTERVAL,
+            }
+            for r in store.receivers_seen(within=timedelta(days=1))
+        ],
+    }
+
+
+def page_sections(store: EventStore, source: str | None = None) -> dict[str, Callable[[], Any]]:
+    return {
+        "consumers": lambda: consumers(store),
+        "webhooks": lambda: webhooks(store),
+        "store": lambda: store_section(store, source),
+    }
