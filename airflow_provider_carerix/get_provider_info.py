@@ -28,7 +28,10 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [
             {
                 "integration-name": "Carerix",
-                "python-modules": ["airflow_provider_carerix.hooks.carerix"],
+                "python-modules": [
+                    "airflow_provider_carerix.hooks.carerix",
+                    "airflow_provider_carerix.hooks.event_store",
+                ],
             }
         ],
         "operators": [
@@ -102,7 +105,24 @@ def get_provider_info() -> dict[str, Any]:
                         "schema": {"type": ["string", "null"]},
                     },
                 },
-            }
+            },
+            {
+                # The event store every component shares (docs/configuration.md): PostgreSQL as host, port,
+                # database, login, password; or a SQLite file as host (one machine only).
+                "connection-type": "carerix_event_store",
+                "hook-class-name": "airflow_provider_carerix.hooks.event_store.CarerixEventStoreHook",
+                "hook-name": "Carerix event store",
+                "ui-field-behaviour": {
+                    "hidden-fields": [],
+                    "relabeling": {"host": "Host (or SQLite file)", "schema": "Database"},
+                    "placeholders": {
+                        "host": "db.example.com, or /data/carerix_events.db for SQLite",
+                        "schema": "carerix",
+                        "port": "5432",
+                        "extra": '{"url": "postgresql+psycopg://carerix@db:5432/carerix"} (instead of the fields)',
+                    },
+                },
+            },
         ],
         # Every option of :mod:`airflow_provider_carerix.settings`, which is the one place they are described.
         "config": {

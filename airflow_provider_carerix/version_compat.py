@@ -92,7 +92,7 @@ def connection_form_widgets(hook_class: type) -> dict[str, Any]:
     from wtforms import BooleanField, IntegerField, PasswordField, StringField
 
     widgets: dict[str, Any] = {}
-    for name, spec in _connection_type(hook_class.conn_type)["conn-fields"].items():  # type: ignore[attr-defined]
+    for name, spec in _connection_type(hook_class.conn_type).get("conn-fields", {}).items():  # type: ignore[attr-defined]
         schema = spec.get("schema", {})
         types = schema.get("type", "string")
         types = [types] if isinstance(types, str) else types

@@ -224,8 +224,19 @@ def test_store_url_from_connection() -> None:
         conn_id="s", conn_type="generic", password="pw", extra=json.dumps({"url": "postgresql://u@db/x"})
     )
     assert store_url_from_connection(extra) == "postgresql+psycopg://u:pw@db/x"
-    with pytest.raises(ValueError, match="does not describe a Carerix event store"):
+    # This provider's type, and "generic": what `airflow connections add --conn-type postgres` stores when
+    # the postgres provider is not installed.
+    for conn_type in ("carerix_event_store", "generic"):
+        fields = Connection(
+            conn_id="s", conn_type=conn_type, host="db", port=5432, schema="c", login="u", password="p"
+        )
+        assert store_url_from_connection(fields) == "postgresql+psycopg://u:p@db:5432/c"
+        file = Connection(conn_id="s", conn_type=conn_type, host="/data/events.db")
+        assert store_url_from_connection(file) == "sqlite:////data/events.db"
+    with pytest.raises(ValueError, match=r"'s' \(type http\) does not describe a Carerix event store"):
         store_url_from_connection(Connection(conn_id="s", conn_type="http", host="x"))
+    with pytest.raises(ValueError, match="does not describe a Carerix event store"):
+        store_url_from_connection(Connection(conn_id="s", conn_type="generic"))
 
 
 def test_connection_password_never_reaches_trigger_kwargs(

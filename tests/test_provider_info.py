@@ -74,7 +74,7 @@ def test_every_listed_module_and_class_imports(info: dict[str, Any]) -> None:
 def test_connection_type_matches_the_hook(info: dict[str, Any]) -> None:
     from airflow_provider_carerix.hooks.carerix import CarerixHook
 
-    [conn] = info["connection-types"]
+    [conn] = [c for c in info["connection-types"] if c["connection-type"] == "carerix"]
     assert conn["connection-type"] == CarerixHook.conn_type == "carerix"
     assert conn["hook-class-name"] == f"{CarerixHook.__module__}.{CarerixHook.__name__}"
     assert conn["hook-name"] == CarerixHook.hook_name == "Carerix"
@@ -82,8 +82,19 @@ def test_connection_type_matches_the_hook(info: dict[str, Any]) -> None:
     assert CarerixHook.default_conn_name == "carerix_default"
 
 
+def test_the_event_store_connection_type_matches_its_hook(info: dict[str, Any]) -> None:
+    """``airflow connections add --conn-type carerix_event_store`` must be a known type: Airflow's CLI
+    silently stores an unknown one as ``generic``."""
+    from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
+
+    [conn] = [c for c in info["connection-types"] if c["connection-type"] == "carerix_event_store"]
+    assert conn["connection-type"] == CarerixEventStoreHook.conn_type
+    assert conn["hook-class-name"] == f"{CarerixEventStoreHook.__module__}.{CarerixEventStoreHook.__name__}"
+    assert conn["hook-name"] == CarerixEventStoreHook.hook_name
+
+
 def test_connection_form_fields(info: dict[str, Any]) -> None:
-    [conn] = info["connection-types"]
+    [conn] = [c for c in info["connection-types"] if c["connection-type"] == "carerix"]
     fields = conn["conn-fields"]
     assert set(fields) == EXPECTED_FIELDS
     assert fields["client_secret"]["schema"]["format"] == "password"

@@ -51,7 +51,12 @@ from airflow_provider_carerix.store import (
     parse_duration,
 )
 from airflow_provider_carerix.utils.event_filter import EventFilter, iso
-from airflow_provider_carerix.version_compat import BaseHook
+from airflow_provider_carerix.version_compat import (
+    AIRFLOW_V_3_2_PLUS,
+    BaseHook,
+    connection_form_widgets,
+    ui_field_behaviour,
+)
 
 __all__ = [
     "DEFAULT_CONN_ID",
@@ -72,6 +77,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_CONN_ID = "carerix_event_store"
+#: This provider's connection type for the store (``airflow connections add --conn-type carerix_event_store``).
+STORE_CONN_TYPE = "carerix_event_store"
 PAGE_SIZE = 1000
 # Long enough that a busy worker's renewals (every third of it) never miss; short enough that the retry of a
 # task killed mid-batch (kill -9, OOM) takes over within a minute.
@@ -117,8 +124,11 @@ def check_url_has_no_password(store_url: str | None, setting: str = "store_url")
 def store_url_from_connection(conn: Any) -> str:
     """SQLAlchemy URL of the store described by an Airflow connection (password included: never log it).
 
-    ``extra: {"url": "postgresql://host/db"}`` with login/password in their fields, or a ``postgres``
-    connection (host, port, schema = database, login, password), or a ``sqlite`` connection (host = file).
+    ``extra: {"url": "postgresql://host/db"}`` (login and password may be in their fields), or PostgreSQL as
+    host, port, schema (= database), login, password: connection type ``carerix_event_store`` (this provider's),
+    ``postgres``, or ``generic`` (what ``airflow connections add --conn-type postgres`` stores when the postgres
+    provider is not installed); or SQLite, ``sqlite`` with host = the file, or ``carerix_event_store`` /
+    ``generic`` with only a file path in host.
     """
     extra = conn.extra_dejson or {}
     conn_type = (conn.conn_type or "").lower()
@@ -129,21 +139,25 @@ def store_url_from_connection(conn: Any) -> str:
         if conn.password:
             url = url.set(password=conn.password)
         return url.render_as_string(hide_password=False)
-    if conn_type in ("postgres", "postgresql"):
+    host = (conn.host or "").strip()
+    file_only = host.startswith(("/", "~", ".")) and not (conn.schema or conn.port or conn.login)
+    if conn_type == "sqlite" or (conn_type in (STORE_CONN_TYPE, "generic") and file_only):
+        if host or conn.schema:
+            return f"sqlite:///{host or conn.schema}"
+    elif conn_type in ("postgres", "postgresql", STORE_CONN_TYPE, "generic") and host:
         return URL.create(
             "postgresql+psycopg",
             username=conn.login or None,
             password=conn.password or None,
-            host=conn.host or None,
+            host=host,
             port=conn.port or None,
             database=conn.schema or None,
         ).render_as_string(hide_password=False)
-    if conn_type == "sqlite" and (conn.host or conn.schema):
-        return f"sqlite:///{conn.host or conn.schema}"
     raise ValueError(
-        f"Airflow connection {conn.conn_id!r} does not describe a Carerix event store: use connection type "
-        "postgres (host, port, schema, login, password) or sqlite (host = database file), or put the URL in "
-        'its extra as {"url": "..."}'
+        f"Airflow connection {conn.conn_id!r} (type {conn_type or 'none'}) does not describe a Carerix event "
+        f"store: use connection type {STORE_CONN_TYPE} or postgres with host, port, schema (the database), "
+        "login and password, or sqlite with host = the database file, or put the URL in its extra as "
+        '{"url": "..."}'
     )
 
 
@@ -207,6 +221,17 @@ def locate_store(
     The same order as everywhere (the connection first); :class:`ConfigurationError` names the conflict.
     """
     return CarerixEventStoreHook(store_conn_id=store_conn_id, store_url=store_url).get_store_location()
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception for a start-up error: its type, and the first line of its message unless it comes from
+    the database driver (which may quote connection details)."""
+    if isinstance(exc, ImportError) or type(exc).__module__.startswith(("sqlalchemy", "psycopg", "sqlite3")):
+        return type(exc).__name__
+    if type(exc).__name__ == "InvalidToken" or "InvalidToken" in repr(exc.__cause__ or exc.__context__):
+        return f"{type(exc).__name__}: the connection cannot be decrypted; [core] fernet_key must be the same on every component"
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _metastore_failure(conn_id: str | None) -> BaseException | None:
@@ -312,8 +337,13 @@ class CarerixEventStoreHook(BaseHook):
 
     conn_name_attr = "store_conn_id"
     default_conn_name = DEFAULT_CONN_ID
-    conn_type = "carerix_event_store"
+    conn_type = STORE_CONN_TYPE
     hook_name = "Carerix event store"
+
+    if not AIRFLOW_V_3_2_PLUS:
+        # Airflow 3.1 builds the connection form from the hook; 3.2+ reads the same from provider info.
+        get_connection_form_widgets = classmethod(connection_form_widgets)
+        get_ui_field_behaviour = classmethod(ui_field_behaviour)
 
     def __init__(self, store_conn_id: str | None = DEFAULT_CONN_ID, store_url: str | None = None) -> None:
         super().__init__()
@@ -339,7 +369,7 @@ class CarerixEventStoreHook(BaseHook):
         if failure is not None:
             raise ConfigurationError(
                 f"cannot tell whether the Airflow connection {self.store_conn_id!r} (the event store) exists: "
-                f"reading Airflow's metadata database failed ({type(failure).__name__}). Not falling back to "
+                f"reading Airflow's metadata database failed ({_reason(failure)}). Not falling back to "
                 "another store: events could go where no reader looks"
             ) from None
 
