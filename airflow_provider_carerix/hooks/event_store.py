@@ -546,7 +546,7 @@ class CarerixEventStoreHook(BaseHook):
             log.warning(
                 "No Carerix receiver has recorded a heartbeat in the event store %s for %s (last: %s). If a "
                 "receiver runs, it writes to another store and no event will reach this reader: give every "
-                "component the same store (docs/deployment.md)",
+                "component the same store (docs/configuration.md)",
                 self.get_store_location().describe(),
                 window_text,
                 iso(latest) if latest else "never",
