@@ -285,6 +285,7 @@ def test_page_and_its_data_need_an_airflow_login(served: Served) -> None:
         "/carerix/ui/api/consumers",
         "/carerix/ui/api/webhooks",
         "/carerix/ui/api/health",
+        "/carerix/ui/api/store",
     ):
         status, body = served.get(path)
         assert status == 401, (path, status)
@@ -304,6 +305,11 @@ def test_page_api_in_the_api_server(served: Served) -> None:
     assert payload["payload"] == served.sent[-1]
     status, consumers = served.get("/carerix/ui/api/consumers", token)
     assert [(c["name"], c["lag"]) for c in consumers] == [("carerix_candidates", 10)]
+    status, store = served.get("/carerix/ui/api/store", token)
+    with EventStore(served.store_url) as direct:
+        assert store["store_id"] == direct.identity().store_id  # the page names the store it reads
+    assert store["source"] == "environment variable CARERIX_EVENT_STORE_URL"
+    assert store["url"] == served.store_url and store["receivers"] == []
     status, body = served.get("/carerix/ui/api/events?since=yesterday", token)
     assert status == 422 and "since" in json.dumps(body)
     status, plugins = served.get("/api/v2/plugins", token)
