@@ -14,6 +14,7 @@ on, and the watcher or the first ``claim()`` register the consumer later (from w
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from airflow_provider_carerix.version_compat import hookimpl
@@ -62,10 +63,33 @@ def register_consumer(kwargs: dict[str, Any]) -> int | None:
         hook.close()
 
 
+# Long enough for a store that is slow to answer; the DAG processor's sync waits at most this per new asset.
+REGISTER_TIMEOUT = 60.0
+
+
 class CarerixAssetListener:
     """Airflow listener (``on_asset_created``), registered by the Carerix plugin."""
 
     @hookimpl
     def on_asset_created(self, asset: Any) -> None:
-        for kwargs in carerix_watchers(asset):
-            register_consumer(kwargs)
+        watchers = carerix_watchers(asset)
+        if not watchers:
+            return
+        # Airflow calls this inside its own DAG-sync transaction. Reading the store's connection from the
+        # metadata database would use Airflow's thread-local session and end that transaction under the
+        # caller (seen on Airflow 3.1: the DAG sync then fails with a KeyError). A thread of its own has a
+        # session of its own.
+        worker = threading.Thread(
+            target=lambda: [register_consumer(kwargs) for kwargs in watchers],
+            name="carerix-register-consumer",
+            daemon=True,
+        )
+        worker.start()
+        worker.join(REGISTER_TIMEOUT)
+        if worker.is_alive():
+            log.warning(
+                "Carerix consumer(s) %s: registration at deployment still running after %.0f s; the DAG sync "
+                "goes on without waiting",
+                ", ".join(repr(k["consumer"]) for k in watchers),
+                REGISTER_TIMEOUT,
+            )

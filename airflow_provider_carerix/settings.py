@@ -164,18 +164,34 @@ def _conf() -> Any | None:
     return conf
 
 
+def _env_value(name: str, form: str) -> str:
+    """An environment variable's value; the ``_CMD`` form runs the command and the ``_SECRET`` form asks the
+    secrets backend, with Airflow's own helpers (as Airflow does for its sensitive options). ``form`` is
+    given, not read off the name: ``AIRFLOW__CARERIX__RECEIVER_SECRET`` itself ends in ``_SECRET``."""
+    raw = os.environ[name]
+    if form == "cmd":
+        from airflow.configuration import run_command
+
+        return str(run_command(raw))
+    if form == "secret":
+        # A method of the config parser on Airflow 3.2+, a module function on 3.1.
+        getter = getattr(_conf(), "_get_config_value_from_secret_backend", None)
+        if getter is None:
+            from airflow.configuration import _get_config_value_from_secret_backend as getter
+        return str(getter(raw) or "")
+    return raw
+
+
 def get(option: str) -> Value:
     """The value of ``[carerix] option`` and its source, in the order of the module docstring."""
     setting = _BY_OPTION[option]
     found: list[Value] = []
-    for name in (setting.env, f"{setting.env}_CMD", f"{setting.env}_SECRET"):
+    forms = [(setting.env, "plain")]
+    if setting.sensitive:
+        forms += [(f"{setting.env}_CMD", "cmd"), (f"{setting.env}_SECRET", "secret")]
+    for name, form in forms:
         if os.environ.get(name) is not None:
-            conf = _conf()
-            if name == setting.env or conf is None:
-                raw = os.environ[name]
-            else:  # Airflow runs the command / asks the secrets backend
-                raw = conf.get(SECTION, option, fallback="")
-            found.append(Value(raw.strip(), f"environment variable {name}"))
+            found.append(Value(_env_value(name, form).strip(), f"environment variable {name}"))
             break
     if setting.legacy_env and os.environ.get(setting.legacy_env) is not None:
         found.append(

@@ -61,11 +61,18 @@ def test_a_setting_has_one_airflow_option_and_its_environment_name(monkeypatch: 
 
 
 def test_sensitive_settings_take_airflows_cmd_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The plain name of this option ends in _SECRET itself: it is a value, not a secrets-backend path.
+    monkeypatch.setenv("AIRFLOW__CARERIX__RECEIVER_SECRET", "plain-value")
+    assert settings.get("receiver_secret").value == "plain-value"
+    monkeypatch.delenv("AIRFLOW__CARERIX__RECEIVER_SECRET")
     monkeypatch.setenv("AIRFLOW__CARERIX__RECEIVER_SECRET_CMD", "echo ' from-a-command '")
     value = settings.get("receiver_secret")
     assert value == settings.Value(
         "from-a-command", "environment variable AIRFLOW__CARERIX__RECEIVER_SECRET_CMD"
     )
+    # Not for options that are not sensitive (as Airflow): the header name is no secret.
+    monkeypatch.setenv("AIRFLOW__CARERIX__RECEIVER_SECRET_HEADER_CMD", "echo X-From-Command")
+    assert settings.get("receiver_secret_header").value == "X-Carerix-Secret"
 
 
 def test_airflow_cfg_is_read_after_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
