@@ -491,3 +491,69 @@ def test_connections_add_and_the_store_id_command_find_the_real_store(
     last = result.stdout.strip().splitlines()[-1]
     assert last.endswith(f"(from {STORE_SOURCE}) id {expected_id}"), result.stdout
     assert f"@127.0.0.1:{postgres_cluster.port}/carerix" in last
+
+
+# -- the log lines quoted on the page ---------------------------------------------------------------------
+
+
+def test_the_log_lines_on_the_page_are_the_ones_the_code_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from airflow_provider_carerix import plugins
+    from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook, locate_store
+
+    quoted = [b.body for b in BLOCKS if b.lang == "" and b.body.startswith(("Carerix", "No Carerix"))]
+    mounted, silent = quoted
+    text = PAGE.read_text()
+    for name in ("CARERIX_EVENT_STORE_URL", "AIRFLOW__CARERIX__EVENT_STORE_URL", "CARERIX_RECEIVER_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+
+    # The compose file's connection, as the API server and every other component name it.
+    compose_env = compose_file()["x-airflow-common"]["environment"]
+    monkeypatch.setenv(STORE_CONN, interpolate(compose_env[STORE_CONN]))
+    caplog.set_level("INFO")
+    where = locate_store()
+    assert f"Carerix event store: {where.describe()}" in caplog.text
+    assert f"`Carerix event store: {where.describe()}`" in text.replace("\n", " ")
+    # The receiver's line (its store lazily opened: nothing connects to the page's host here).
+    monkeypatch.setenv("AIRFLOW__CARERIX__RECEIVER_SECRET", "s")
+    app = plugins._receiver_app(where)
+    assert app is not None
+    app.state.heartbeat.stop()
+    assert f"Carerix receiver mounted at /carerix/events, event store {where.describe()}" in caplog.text
+    assert mounted == f"Carerix receiver mounted at /carerix/events, event store {where.describe()}"
+
+    # A reader on the image's default store, with no receiver anywhere.
+    monkeypatch.delenv(STORE_CONN)
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    caplog.clear()
+    hook = CarerixEventStoreHook()
+    try:
+        assert hook.check_receivers() is False
+    finally:
+        hook.close()
+    warning = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("No Carerix receiver"))
+    assert warning.replace(str(tmp_path), "/opt/airflow") == silent
+
+
+def test_every_connections_add_on_the_page_is_the_tested_one_but_for_host_and_password() -> None:
+    commands = re.findall(
+        r"airflow connections add carerix_event_store(?:[^\n`]|\\\n)*", PAGE.read_text().replace("\\\n", " ")
+    )
+    assert len(commands) >= 2, commands
+
+    def options(command: str) -> dict[str, str]:
+        words = shlex.split(command)[3:]
+        return dict(zip(words[1::2][: len(words) // 2], words[2::2], strict=False)) | {"conn_id": words[0]}
+
+    shapes = [options(c) for c in commands]
+    for shape in shapes:
+        assert shape["conn_id"] == "carerix_event_store" and shape["--conn-type"] == "carerix_event_store", (
+            shape
+        )
+        assert set(shape) == set(shapes[0]), (shape, shapes[0])
+        assert (shape["--conn-port"], shape["--conn-schema"], shape["--conn-login"]) == (
+            "5432",
+            "carerix",
+            "carerix",
+        )

@@ -324,10 +324,11 @@ def store_db(cluster: PostgresCluster) -> str:
     return url
 
 
-def test_transaction_pooling_refuses_the_store_startup_options(
-    cluster: PostgresCluster, store_db: str
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_pgbouncer_refuses_the_store_startup_options(
+    cluster: PostgresCluster, store_db: str, mode: str
 ) -> None:
-    with pgbouncer(cluster, "transaction") as port, pytest.raises(StoreUnavailable) as refused:
+    with pgbouncer(cluster, mode) as port, pytest.raises(StoreUnavailable) as refused:
         EventStore(bouncer_url(port)).last_sequence()
     assert "unsupported startup parameter: options" in str(refused.value.__cause__)
 
