@@ -318,28 +318,34 @@ def session_settings(url: str) -> tuple[str, str, str]:
 
 
 @pytest.fixture
-def store_db(cluster: PostgresCluster) -> str:
-    url = cluster.create_database("carerix")
+def store_db(postgres_cluster: PostgresCluster) -> str:
+    """A fresh store database on the session's cluster (these tests create no role)."""
+    url = postgres_cluster.create_database()
     EventStore(url).last_sequence()  # the schema, created directly
     return url
 
 
+def via(port: int, store_db: str) -> str:
+    """``store_db`` through the PgBouncer on ``port``."""
+    return bouncer_url(port, store_db.rsplit("/", 1)[1])
+
+
 @pytest.mark.parametrize("mode", ["transaction", "session"])
 def test_pgbouncer_refuses_the_store_startup_options(
-    cluster: PostgresCluster, store_db: str, mode: str
+    postgres_cluster: PostgresCluster, store_db: str, mode: str
 ) -> None:
-    with pgbouncer(cluster, mode) as port, pytest.raises(StoreUnavailable) as refused:
-        EventStore(bouncer_url(port)).last_sequence()
+    with pgbouncer(postgres_cluster, mode) as port, pytest.raises(StoreUnavailable) as refused:
+        EventStore(via(port, store_db)).last_sequence()
     assert "unsupported startup parameter: options" in str(refused.value.__cause__)
 
 
 @pytest.mark.parametrize("mode", ["transaction", "session"])
 def test_ignored_startup_options_are_silently_not_applied(
-    cluster: PostgresCluster, store_db: str, mode: str
+    postgres_cluster: PostgresCluster, store_db: str, mode: str
 ) -> None:
     assert session_settings(store_db) == ("1s", "5s", "10s")  # directly: the store's own settings
-    with pgbouncer(cluster, mode, "ignore_startup_parameters = options") as port:
-        assert session_settings(bouncer_url(port)) == ("0", "0", "0")
+    with pgbouncer(postgres_cluster, mode, "ignore_startup_parameters = options") as port:
+        assert session_settings(via(port, store_db)) == ("0", "0", "0")
 
 
 def test_the_role_settings_on_the_page_apply_through_pgbouncer(cluster: PostgresCluster) -> None:
@@ -354,33 +360,34 @@ def test_the_role_settings_on_the_page_apply_through_pgbouncer(cluster: Postgres
     ("mode", "arrives"), [("direct", True), ("session", True), ("transaction", False)], ids=str
 )
 def test_notify_reaches_listeners_except_through_transaction_pooling(
-    cluster: PostgresCluster, store_db: str, mode: str, arrives: bool
+    postgres_cluster: PostgresCluster, store_db: str, mode: str, arrives: bool
 ) -> None:
     writer = EventStore(store_db)
     try:
         if mode == "direct":
             assert asyncio.run(notified(store_db, writer, wait=5.0))
             return
-        with pgbouncer(cluster, mode, "ignore_startup_parameters = options") as port:
+        with pgbouncer(postgres_cluster, mode, "ignore_startup_parameters = options") as port:
             # A positive control first: the same listener directly.
             assert asyncio.run(notified(store_db, writer, wait=5.0))
-            assert (
-                asyncio.run(notified(bouncer_url(port), writer, wait=3.0 if not arrives else 5.0)) is arrives
-            )
+            got = asyncio.run(notified(via(port, store_db), writer, wait=5.0 if arrives else 3.0))
+            assert got is arrives
     finally:
         writer.close()
 
 
 @pytest.mark.parametrize(("mode", "breaks"), [("transaction", True), ("session", False)])
 def test_prepared_statements_break_through_transaction_pooling(
-    cluster: PostgresCluster, store_db: str, mode: str, breaks: bool
+    postgres_cluster: PostgresCluster, store_db: str, mode: str, breaks: bool
 ) -> None:
     """The store's own engine (psycopg 3, prepare_threshold 5): two of its connections run the same statement
     in turn, each in its own committed transaction. With ``server_round_robin`` PgBouncer hands each
     transaction the server connection idle longest, so the statement prepared on one server connection is
     executed on another: deterministic here, timing-dependent with PgBouncer's default (see ``measure``)."""
-    with pgbouncer(cluster, mode, "ignore_startup_parameters = options", "server_round_robin = 1") as port:
-        store = EventStore(bouncer_url(port))
+    with pgbouncer(
+        postgres_cluster, mode, "ignore_startup_parameters = options", "server_round_robin = 1"
+    ) as port:
+        store = EventStore(via(port, store_db))
         try:
             store.last_sequence()
             errors: list[str] = []
