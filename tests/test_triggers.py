@@ -856,12 +856,22 @@ def test_poller_backs_off_doubling_from_its_interval_while_the_store_is_down(
 
 
 @pytest.mark.postgres
-def test_on_postgresql_a_stored_event_wakes_the_poller_at_once(postgres_database: str) -> None:
+@pytest.mark.parametrize("password", [None, "a b:c@d/e%f"])
+def test_on_postgresql_a_stored_event_wakes_the_poller_at_once(
+    postgres_database: str, password: str | None
+) -> None:
     """LISTEN/NOTIFY: with a poll interval of ten minutes, an event stored now is read now (the interval is only
-    the safety net behind the notification)."""
+    the safety net behind the notification). Also with a password that a URL must encode (spaces, ``:@/%``):
+    the listener's own connection once got it unencoded and fell back to polling."""
+    from sqlalchemy.engine import make_url
+
     from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
     from airflow_provider_carerix.triggers.shared_stream import StorePoller
 
+    if password is not None:  # the test cluster trusts local connections: any password is accepted
+        postgres_database = (
+            make_url(postgres_database).set(password=password).render_as_string(hide_password=False)
+        )
     store = EventStore(postgres_database)
     store.ping()
     poller = StorePoller(

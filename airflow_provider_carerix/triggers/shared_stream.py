@@ -119,8 +119,9 @@ class NotifyListener:
 
             from airflow_provider_carerix.store import NOTIFY_CHANNEL
 
-            conninfo = make_url(self._url).set(drivername="postgresql").render_as_string(hide_password=False)
-            self._conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+            self._conn = await psycopg.AsyncConnection.connect(
+                _conninfo(make_url(self._url)), autocommit=True
+            )
             await self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
             self._task = asyncio.create_task(self._read(), name="carerix-notify-listener")
         except Exception as exc:
@@ -142,6 +143,23 @@ class NotifyListener:
             with contextlib.suppress(Exception):
                 await self._conn.close()
             self._conn = None
+
+
+def _conninfo(url: Any) -> str:
+    """libpq connection string from the store's URL, each part quoted by psycopg: a URL rendered back to text
+    keeps a password's spaces unencoded, which libpq refuses (and LISTEN would silently fall back to polling)."""
+    from psycopg.conninfo import make_conninfo
+
+    parts = {
+        "host": url.host,
+        "port": url.port,
+        "dbname": url.database,
+        "user": url.username,
+        "password": url.password,
+    }
+    for key, value in url.query.items():
+        parts[key] = " ".join(value) if isinstance(value, tuple) else value
+    return make_conninfo("", **{k: v for k, v in parts.items() if v is not None})
 
 
 class StorePoller:
