@@ -360,6 +360,22 @@ def airflow_metadata_db() -> str | None:
     return _display(url)
 
 
+def _in_a_task() -> bool:
+    """A task (or a trigger) asks Airflow for connections through its supervisor, never the database."""
+    try:
+        from airflow.sdk.execution_time import task_runner
+    except Exception:
+        return False
+    return getattr(task_runner, "SUPERVISOR_COMMS", None) is not None
+
+
+def reads_metadata_db() -> bool:
+    """Whether connection lookups in this process read Airflow's metadata database, decided as Airflow's own
+    lookup decides it: a task's supervisor first (a LocalExecutor task inherits the scheduler's
+    ``_AIRFLOW_PROCESS_CONTEXT=server`` but may not touch the database), then the process context."""
+    return not _in_a_task() and os.environ.get("_AIRFLOW_PROCESS_CONTEXT") == "server"
+
+
 def use_airflow_metadata_db() -> str | None:
     """Let connection and Variable lookups in this process read Airflow's metadata database, as
     ``airflow connections get`` does, when Airflow is configured here and this is not a task.
@@ -367,15 +383,10 @@ def use_airflow_metadata_db() -> str | None:
     Returns where the metadata database is (password hidden), or None when it is not used. Inside a task or
     a trigger Airflow itself answers lookups (through its API), so nothing changes there.
     """
+    if _in_a_task():
+        return None
     if os.environ.get("_AIRFLOW_PROCESS_CONTEXT"):
         return airflow_metadata_db() if os.environ["_AIRFLOW_PROCESS_CONTEXT"] == "server" else None
-    try:
-        from airflow.sdk.execution_time import task_runner
-
-        if getattr(task_runner, "SUPERVISOR_COMMS", None) is not None:
-            return None
-    except Exception:
-        pass
     where = airflow_metadata_db()
     if where is not None:
         os.environ["_AIRFLOW_PROCESS_CONTEXT"] = "server"
@@ -399,7 +410,7 @@ def where_airflow_looks(kind: str, key: str) -> str:
             backend = ""
     if backend.strip():
         places.append(f"the secrets backend {backend.strip().rsplit('.', 1)[-1]}")
-    if os.environ.get("_AIRFLOW_PROCESS_CONTEXT") == "server":
+    if reads_metadata_db():
         where = airflow_metadata_db()
         places.append(f"Airflow's metadata database ({where})" if where else "Airflow's metadata database")
     else:

@@ -221,3 +221,23 @@ def test_metadata_db_is_used_only_where_airflow_is_configured(
     missing.write_bytes(b"")
     assert settings.use_airflow_metadata_db() == f"sqlite:///{missing}"
     assert __import__("os").environ["_AIRFLOW_PROCESS_CONTEXT"] == "server"
+
+
+def test_a_task_never_reads_the_metadata_db_even_with_the_schedulers_context(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A LocalExecutor task inherits the scheduler's ``_AIRFLOW_PROCESS_CONTEXT=server`` but may not use the
+    ORM ("Direct database access via the ORM is not allowed"): a missing store connection there is simply
+    missing, as Airflow's supervisor answered."""
+    from airflow.sdk.execution_time import task_runner
+
+    from airflow_provider_carerix.hooks.event_store import _metastore_failure
+
+    monkeypatch.setenv("_AIRFLOW_PROCESS_CONTEXT", "server")
+    assert settings.reads_metadata_db()
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", object(), raising=False)
+    assert not settings.reads_metadata_db()
+    assert settings.use_airflow_metadata_db() is None
+    assert _metastore_failure("carerix_event_store") is None
+    monkeypatch.setenv("AIRFLOW__CARERIX__EVENT_STORE_URL", f"sqlite:///{tmp_path / 'x.db'}")
+    assert locate_store().url == f"sqlite:///{tmp_path / 'x.db'}"

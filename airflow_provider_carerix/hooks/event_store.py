@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -241,7 +240,7 @@ def _metastore_failure(conn_id: str | None) -> BaseException | None:
     connection that difference decides between the right store and a silent split. A metadata database
     without Airflow's tables (``airflow db migrate`` never ran) holds no connection: that is not a failure.
     """
-    if not conn_id or os.environ.get("_AIRFLOW_PROCESS_CONTEXT") != "server":
+    if not conn_id or not settings.reads_metadata_db():
         return None
     try:
         from airflow.secrets.metastore import MetastoreBackend
