@@ -29,7 +29,7 @@ import typer
 
 from airflow_provider_carerix.exceptions import CarerixError
 from airflow_provider_carerix.spec import Spec, load_spec
-from airflow_provider_carerix.sync import SyncPlan, SyncResult, _planned_result, apply, plan
+from airflow_provider_carerix.sync import SyncResult, _planned_result, apply, plan
 from airflow_provider_carerix.validation import SpecValidationError, targets_public_carerix
 
 SpecArg = Annotated[Path, typer.Argument(help="YAML or JSON spec file.", exists=True, dir_okay=False)]
@@ -285,8 +285,13 @@ def apply_command(
     typer.echo(the_plan.render())
     if not the_plan.has_changes:
         if record_keys:
+            unchanged = apply(the_plan, hook)  # nothing to write: no call to Carerix, only a result to record
             _record_keys(
-                hook, [a.application_id for a in the_plan.applications], store, store_conn_id, the_plan
+                hook,
+                [a.application_id for a in unchanged.applications],
+                store,
+                store_conn_id,
+                unchanged.snapshot(),
             )
         return
     if not yes:
@@ -306,7 +311,9 @@ def apply_command(
         )
         raise _fail(exc) from None
     if record_keys:
-        _record_keys(hook, [a.application_id for a in result.applications], store, store_conn_id, the_plan)
+        _record_keys(
+            hook, [a.application_id for a in result.applications], store, store_conn_id, result.snapshot()
+        )
     typer.echo(result.to_json())
 
 
@@ -315,10 +322,10 @@ def _record_keys(
     application_ids: list[str | None],
     store_url: str | None,
     store_conn_id: str | None,
-    seen: SyncPlan | None = None,
+    webhooks: dict[str, list[dict[str, Any]]] | None = None,
 ) -> None:
-    """Signing keys (and the webhooks the plan saw) to the event store (messages on stderr: stdout holds the
-    plan and the JSON summary)."""
+    """Signing keys (and the webhooks as the run left them, ``SyncResult.snapshot()``) to the event store
+    (messages on stderr: stdout holds the plan and the JSON summary)."""
     from airflow_provider_carerix.exceptions import CarerixError
     from airflow_provider_carerix.signing import record_signing_keys
     from airflow_provider_carerix.store import EventStore, StoreUnavailable
@@ -326,7 +333,7 @@ def _record_keys(
     try:
         with EventStore(open_store_location(store_url, store_conn_id).url) as event_store:
             record_signing_keys(hook, application_ids, event_store, say=lambda m: typer.echo(m, err=True))
-            for application_id, rows in (seen.snapshot() if seen else {}).items():
+            for application_id, rows in (webhooks or {}).items():
                 event_store.record_webhooks(application_id, rows)
     except (CarerixError, StoreUnavailable) as exc:
         typer.echo("The webhooks are in place, but their signing keys could not be recorded.", err=True)

@@ -327,35 +327,24 @@ class SyncPlan:
     def lines(self) -> list[str]:
         return [line for app in self.applications for line in app.lines()]
 
-    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
-        """What the plan saw of each existing application's webhooks (no header values), for the event store."""
-        out: dict[str, list[dict[str, Any]]] = {}
-        for app in self.applications:
-            if app.application_id is None:
-                continue
-            rows = out.setdefault(app.application_id, [])
-            for action in app.actions:
-                seen = action.actual
-                if seen is None or seen.id is None:
-                    continue
-                rows.append(
-                    {
-                        "webhook_id": seen.id,
-                        "application_name": app.name,
-                        "url": display_url(seen.url) if seen.url else None,
-                        "filters": [
-                            {"eventType": f.event_type, **({"condition": f.condition} if f.condition else {})}
-                            for f in seen.filters
-                        ],
-                        "status": seen.status or "enabled",
-                        "sync_action": action.action.value,
-                    }
-                )
-        return out
-
     def render(self) -> str:
         text = "\n".join(self.lines())
         return text + ("" if self.has_changes else "\nNo changes: Carerix matches the spec.")
+
+
+def _snapshot_row(application_name: str, action: Action, webhook: Webhook) -> dict[str, Any]:
+    """One webhook as the Carerix page shows it: masked URL, filters, status; never header values."""
+    return {
+        "webhook_id": webhook.id,
+        "application_name": application_name,
+        "url": display_url(webhook.url) if webhook.url else None,
+        "filters": [
+            {"eventType": f.event_type, **({"condition": f.condition} if f.condition else {})}
+            for f in webhook.filters
+        ],
+        "status": webhook.status or "enabled",
+        "sync_action": action.value,
+    }
 
 
 def check_spec(spec: Spec) -> None:
@@ -422,6 +411,9 @@ class ApplicationResult:
     enabled: list[str | None] = field(default_factory=list)
     unchanged: list[str | None] = field(default_factory=list)
     kept: list[str | None] = field(default_factory=list)
+    # What Carerix has of this application after the run, each with the step that left it so: created and
+    # replacement webhooks with their new ids, enabled ones enabled, deleted ones gone. Not in the summary.
+    webhooks: list[tuple[Action, Webhook]] = field(default_factory=list, repr=False)
 
     def summary(self, dry_run: bool) -> dict[str, Any]:
         return {
@@ -453,6 +445,18 @@ class SyncResult:
     def to_json(self) -> str:
         return json.dumps(self.summary(), indent=2)
 
+    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        """Each application's webhooks as this run left them (no header values), for the event store's page.
+
+        After a real run that is what Carerix has now, so an application and webhooks the run created show
+        at once, not only after the next sync; a dry run changed nothing, so it is what the plan saw.
+        """
+        return {
+            app.application_id: [_snapshot_row(app.name, action, w) for action, w in app.webhooks if w.id]
+            for app in self.applications
+            if app.application_id is not None  # a dry run of an application that does not exist yet
+        }
+
 
 def _planned_result(app_plan: ApplicationPlan) -> ApplicationResult:
     """What a dry run reports: ids that exist; ``None`` for webhooks that would be created."""
@@ -471,6 +475,8 @@ def _planned_result(app_plan: ApplicationPlan) -> ApplicationResult:
             result.unchanged.append(actual_id)
         else:
             result.kept.append(actual_id)
+        if step.actual is not None:  # nothing was written: Carerix still has everything the plan saw
+            result.webhooks.append((step.action, step.actual))
     return result
 
 
@@ -493,16 +499,15 @@ def _apply_application(
     # order loses every event in between, and if the run dies there, until the next run (a day for @daily).
     # Dying between the two leaves the new version (matching the spec, kept) plus the old one at a URL the
     # spec owns, which the next run deletes whatever `prune` says: it converges, with no duplicate left.
-    replacements: dict[int, str | None] = {}
+    replacements: dict[int, Webhook] = {}
     for index, step in enumerate(app_plan.actions):
         if step.action in (Action.CREATE, Action.REPLACE):
             assert step.desired is not None
             created = hook.create_webhook(app_id, step.desired.to_create_body())
             say(f"created webhook {created.id}: {describe_webhook(step.desired)}")
+            replacements[index] = created
             if step.action is Action.CREATE:
                 result.created.append(created.id)
-            else:
-                replacements[index] = created.id
     for step in app_plan.of(Action.ENABLE):
         assert step.actual is not None and step.actual.id
         hook.enable_webhook(app_id, step.actual.id)
@@ -517,13 +522,21 @@ def _apply_application(
         except CarerixNotFoundError:
             pass  # already gone (a concurrent run, or by hand): the goal is reached either way
         if step.action is Action.REPLACE:
-            say(f"deleted webhook {step.actual.id}, replaced by {replacements[index]} ({step.reason})")
-            result.replaced.append({"old": step.actual.id, "new": replacements[index]})
+            new_id = replacements[index].id
+            say(f"deleted webhook {step.actual.id}, replaced by {new_id} ({step.reason})")
+            result.replaced.append({"old": step.actual.id, "new": new_id})
         else:
             say(f"deleted webhook {step.actual.id} ({step.reason})")
             result.deleted.append(step.actual.id)
     result.unchanged = [s.actual.id for s in app_plan.of(Action.UNCHANGED) if s.actual]
     result.kept = [s.actual.id for s in app_plan.of(Action.KEEP) if s.actual]
+    for index, step in enumerate(app_plan.actions):
+        if index in replacements:
+            result.webhooks.append((step.action, replacements[index]))
+        elif step.action is Action.ENABLE and step.actual is not None:
+            result.webhooks.append((step.action, step.actual.model_copy(update={"status": "enabled"})))
+        elif step.action in (Action.UNCHANGED, Action.KEEP) and step.actual is not None:
+            result.webhooks.append((step.action, step.actual))
     return result
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_carerix.store import EventStore
+from airflow_provider_carerix.ui.plugin import webhooks as page_webhooks
 
 ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "carerix_provision_webhooks"
@@ -150,7 +151,11 @@ def test_create_from_nothing_then_second_run_writes_nothing(
         assert store.signing_keys(app_id(emulator), rotation_window=timedelta(0)) == [
             emulator.public_key(app_id(emulator))
         ]
+        # ... and the webhooks as this first run left them: the Carerix page shows them without a second run.
+        shown = page_webhooks(store)
     assert sorted(first.summary["created"]) == sorted(wid(h) for h in webhooks(emulator))
+    assert sorted(w["webhook_id"] for w in shown) == sorted(first.summary["created"])
+    assert {(w["application_id"], w["sync_action"]) for w in shown} == {(app_id(emulator), "create")}
     assert "+ create application 'airflow-carerix'" in first.output
 
     emulator.reset_log()

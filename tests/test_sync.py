@@ -670,11 +670,32 @@ def test_dry_run_says_so_first_and_returns_the_plan_it_printed() -> None:
 # ---------------------------------------------------------------------------------------------- snapshot
 
 
-def test_snapshot_is_what_the_plan_saw_per_existing_application_without_header_values() -> None:
-    """Recorded by the operator for the UI page: ids, masked URLs, filters, status and the step taken."""
+def test_snapshot_after_the_first_apply_holds_the_new_application_and_every_webhook_it_created() -> None:
+    """The Carerix page must show what the first sync made, not wait for a second one to list it."""
+    carerix = FakeCarerix()
+    result = sync(spec_of(*DESIRED), carerix, say=lambda _: None)
+    [app_id] = carerix.apps
+    snapshot = result.snapshot()
+    assert list(snapshot) == [app_id]
+    assert [row["webhook_id"] for row in snapshot[app_id]] == result.summary()["created"]
+    assert {row["webhook_id"] for row in snapshot[app_id]} == set(carerix.hooks[app_id])
+    assert snapshot[app_id][0] == {
+        "webhook_id": result.summary()["created"][0],
+        "application_name": "airflow-carerix",
+        "url": URL,
+        "filters": [{"eventType": "crjob:updated", "condition": "data.tostatusnode eq '1234'"}],
+        "status": "enabled",
+        "sync_action": "create",
+    }
+    assert {row["sync_action"] for row in snapshot[app_id]} == {"create"}
+    assert SECRET not in json.dumps(snapshot)
+
+
+def test_snapshot_is_what_carerix_has_after_the_run_per_application_without_header_values() -> None:
+    """Recorded by the operator and `apply` for the UI page: ids, masked URLs, filters, status, the step taken."""
     carerix = FakeCarerix()
     app_id = carerix.create_application("existing").id or ""
-    carerix.create_webhook(app_id, DESIRED[0])
+    unchanged = carerix.create_webhook(app_id, DESIRED[0])
     disabled = carerix.create_webhook(app_id, DESIRED[1])
     carerix.hooks[app_id][disabled.id or ""].status = "disabled"
     foreign = carerix.create_webhook(
@@ -683,47 +704,89 @@ def test_snapshot_is_what_the_plan_saw_per_existing_application_without_header_v
     carerix.hooks[app_id][foreign.id or ""].status = None
     no_url = carerix.create_webhook(app_id, wh(url="https://foreign.example.com/y"))
     carerix.hooks[app_id][no_url.id or ""].url = None
-    # A new application comes first and a create comes before the steps with a webhook: both are skipped.
+    stale = carerix.create_webhook(app_id, wh(filters=[("crmatch:updated", None)]))  # at the spec's URL
+    changed = wh(filters=[("crpublication:created", "data.statusinfo eq '1'")])
     spec = FakeSpec(
         FakeSpecApp("new", [DESIRED[2]]),
-        FakeSpecApp("existing", [DESIRED[2], DESIRED[0], DESIRED[1]]),
+        FakeSpecApp("existing", [DESIRED[2], DESIRED[0], DESIRED[1], changed]),
     )
-    snapshot = plan(spec, carerix, prune=False).snapshot()
+    dry = sync(spec, carerix, prune=False, dry_run=True, say=lambda _: None)
+    # A dry run changed nothing: the application to create has no id yet, the rest is what the plan saw.
+    assert list(dry.snapshot()) == [app_id]
+    assert [(r["webhook_id"], r["sync_action"]) for r in dry.snapshot()[app_id]] == [
+        (unchanged.id, "unchanged"),
+        (disabled.id, "enable"),
+        (stale.id, "replace"),
+        (foreign.id, "keep"),
+        (no_url.id, "keep"),
+    ]
+    assert dry.snapshot()[app_id][1]["status"] == "disabled"
+
+    result = sync(spec, carerix, prune=False, say=lambda _: None)
+    snapshot = result.snapshot()
+    [new_id] = [i for i, name in carerix.apps.items() if name == "new"]
+    assert set(snapshot) == {app_id, new_id}
+    for application_id, rows in snapshot.items():  # exactly what Carerix has now
+        assert {r["webhook_id"] for r in rows} == set(carerix.hooks[application_id])
+    [created] = result.applications[1].created
+    [replacement] = result.applications[1].replaced
     event_filter = {"eventType": "crjob:updated"}
-    assert snapshot == {
-        app_id: [
-            {
-                "webhook_id": "wh-2",
-                "application_name": "existing",
-                "url": URL,
-                "filters": [{"eventType": "crjob:updated", "condition": "data.tostatusnode eq '1234'"}],
-                "status": "enabled",
-                "sync_action": "unchanged",
-            },
-            {
-                "webhook_id": "wh-3",
-                "application_name": "existing",
-                "url": URL,
-                "filters": [{"eventType": "crmatch:created"}],
-                "status": "disabled",
-                "sync_action": "enable",
-            },
-            {
-                "webhook_id": "wh-4",
-                "application_name": "existing",
-                "url": "https://***@foreign.example.com/x?***",
-                "filters": [event_filter],
-                "status": "enabled",
-                "sync_action": "keep",
-            },
-            {
-                "webhook_id": "wh-5",
-                "application_name": "existing",
-                "url": None,
-                "filters": [event_filter],
-                "status": "enabled",
-                "sync_action": "keep",
-            },
-        ]
-    }
+    assert snapshot[app_id] == [
+        {
+            "webhook_id": unchanged.id,
+            "application_name": "existing",
+            "url": URL,
+            "filters": [{"eventType": "crjob:updated", "condition": "data.tostatusnode eq '1234'"}],
+            "status": "enabled",
+            "sync_action": "unchanged",
+        },
+        {
+            "webhook_id": disabled.id,
+            "application_name": "existing",
+            "url": URL,
+            "filters": [{"eventType": "crmatch:created"}],
+            "status": "enabled",  # as the run left it
+            "sync_action": "enable",
+        },
+        {
+            "webhook_id": replacement["new"],
+            "application_name": "existing",
+            "url": URL,
+            "filters": [{"eventType": "crpublication:created"}],
+            "status": "enabled",
+            "sync_action": "replace",
+        },
+        {
+            "webhook_id": created,
+            "application_name": "existing",
+            "url": URL,
+            "filters": [{"eventType": "crpublication:created", "condition": "data.statusinfo eq '1'"}],
+            "status": "enabled",
+            "sync_action": "create",
+        },
+        {
+            "webhook_id": foreign.id,
+            "application_name": "existing",
+            "url": "https://***@foreign.example.com/x?***",
+            "filters": [event_filter],
+            "status": "enabled",
+            "sync_action": "keep",
+        },
+        {
+            "webhook_id": no_url.id,
+            "application_name": "existing",
+            "url": None,
+            "filters": [event_filter],
+            "status": "enabled",
+            "sync_action": "keep",
+        },
+    ]
+    assert replacement["old"] == stale.id and stale.id not in {r["webhook_id"] for r in snapshot[app_id]}
     assert SECRET not in json.dumps(snapshot)
+
+    # A run with nothing to do writes nothing and records the same webhooks as unchanged or kept.
+    again = sync(spec, carerix, prune=False, say=lambda _: None).snapshot()
+    assert {a: {r["webhook_id"] for r in rows} for a, rows in again.items()} == {
+        a: {r["webhook_id"] for r in rows} for a, rows in snapshot.items()
+    }
+    assert {r["sync_action"] for rows in again.values() for r in rows} == {"unchanged", "keep"}

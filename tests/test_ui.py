@@ -173,7 +173,7 @@ def test_health_reports_the_last_event(any_store: EventStore) -> None:
     assert health["store"] == "ok" and health["last_sequence"] == 4 and health["events_last_hour"] == 4
 
 
-def test_webhooks_as_the_last_sync_saw_them(
+def test_webhooks_as_the_last_sync_left_them(
     emulator: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from typer.testing import CliRunner
@@ -186,22 +186,34 @@ def test_webhooks_as_the_last_sync_saw_them(
     spec = str(ROOT / "example_dags" / "specs" / "carerix_webhooks.yaml")
     first = CliRunner().invoke(app, ["apply", "--yes", "--store", store_url, spec])
     assert first.exit_code == 0, first.output
-    with EventStore(store_url) as store:
-        assert sections.webhooks(store) == []  # the first sync saw no webhooks: it created them
     [application] = emulator.applications()
     app_id = str(application.get("_id", application.get("id")))
     created = emulator.webhooks(app_id)
+    # The first sync created the application and its six webhooks: the page shows them at once.
+    with EventStore(store_url) as store:
+        after_first = {w["webhook_id"]: w for w in sections.webhooks(store)}
+    assert len(created) == 6 and set(after_first) == {w["_id"] for w in created}
+    assert {(w["status"], w["sync_action"], w["application_id"]) for w in after_first.values()} == {
+        ("enabled", "create", app_id)
+    }
     emulator.set_webhook_status(app_id, created[0]["_id"], "disabled")
     second = CliRunner().invoke(app, ["apply", "--yes", "--store", store_url, spec])
     assert second.exit_code == 0, second.output
     with EventStore(store_url) as store:
         seen = {w["webhook_id"]: w for w in sections.webhooks(store)}
     assert set(seen) == {w["_id"] for w in created}
-    disabled = seen[created[0]["_id"]]
-    assert (disabled["status"], disabled["sync_action"]) == ("disabled", "enable")
-    assert {w["status"] for w in seen.values()} == {"enabled", "disabled"}
+    enabled = seen[created[0]["_id"]]
+    assert (enabled["status"], enabled["sync_action"]) == ("enabled", "enable")
+    assert {w["sync_action"] for w in seen.values()} == {"unchanged", "enable"}
     assert "ui-test-secret" not in json.dumps(list(seen.values()))  # header values never reach the page
     assert all(w["application_name"] == "airflow-carerix" and w["filters"] for w in seen.values())
+    # A third run with nothing to change records the same webhooks again, all unchanged.
+    third = CliRunner().invoke(app, ["apply", "--yes", "--store", store_url, spec])
+    assert third.exit_code == 0, third.output
+    with EventStore(store_url) as store:
+        assert {w["webhook_id"]: w["sync_action"] for w in sections.webhooks(store)} == {
+            w["_id"]: "unchanged" for w in created
+        }
 
 
 # -- the page in a real API server -------------------------------------------------------------------------

@@ -323,7 +323,7 @@ class CarerixSyncWebhooksOperator(_CarerixOperator):
                 record_signing_keys(
                     self.hook, [a.application_id for a in result.applications], store, say=self.log.info
                 )
-                for application_id, rows in result.plan.snapshot().items():
+                for application_id, rows in result.snapshot().items():
                     store.record_webhooks(application_id, rows)
             finally:
                 store_hook.close()

@@ -2,7 +2,7 @@
 
 Kept apart from :mod:`.queries` because both read state other parts of the provider write: consumers come
 from the event store's cursor and consumer tables (written by watchers and by tasks that claim events), the
-webhooks from the snapshot the provisioning sync records each time it lists them.
+webhooks from the snapshot the provisioning sync records after each run (what it left in Carerix).
 """
 
 from __future__ import annotations
