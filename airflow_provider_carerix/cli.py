@@ -13,21 +13,20 @@ from typing import Annotated
 
 import typer
 
+from airflow_provider_carerix.cli_common import EXIT_PROBLEMS, Typer, version_option
 from airflow_provider_carerix.cli_recover import register as register_recover_commands
+from airflow_provider_carerix.cli_sync import UNKNOWN_HINT, UnknownOpt
 from airflow_provider_carerix.cli_sync import register as register_sync_commands
 from airflow_provider_carerix.spec import check_spec
 
-app = typer.Typer(
+app = Typer(
     name="carerix-webhooks",
     help="Validate, plan and apply Carerix webhook definitions (spec files or Carerix webhook bodies).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
 
 
 @app.callback()
-def _root() -> None:
+def _root(version: Annotated[bool, version_option("carerix-webhooks")] = False) -> None:
     """Validate, plan and apply Carerix webhook definitions."""
     # A callback keeps typer in multi-command mode even while only one command is registered.
 
@@ -36,25 +35,33 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-@app.command()
+@app.command(short_help="Check spec files and webhook bodies, offline.")
 def validate(
     files: Annotated[
-        list[Path], typer.Argument(help="Spec files (YAML or JSON), or Carerix webhook bodies (JSON).")
-    ],
-    allow_unknown_event_types: Annotated[
-        bool,
-        typer.Option(
-            "--allow-unknown-event-types", help="Accept entities missing from the provider's catalogue."
+        list[Path],
+        typer.Argument(
+            help="Spec files (YAML or JSON), or Carerix webhook bodies (JSON).",
+            metavar="FILE",
+            exists=True,
+            dir_okay=False,
+            readable=True,
         ),
-    ] = False,
+    ],
+    allow_unknown_event_types: UnknownOpt = False,
 ) -> None:
     """Check files without contacting Carerix: print every problem as file:line:col: path: message.
 
-    Exits 1 when anything is wrong, else prints a one-line summary and exits 0.
+    Exits 1 when anything is wrong, else prints a one-line summary and exits 0. A file that does not exist
+    or cannot be read is a usage error (exit 2), as for plan and apply.
     """
     problem_count = webhook_count = bad_files = 0
     for path in files:
-        result = check_spec(path, allow_unknown_event_types=allow_unknown_event_types, filename=str(path))
+        result = check_spec(
+            path,
+            allow_unknown_event_types=allow_unknown_event_types,
+            filename=str(path),
+            unknown_event_types_hint=UNKNOWN_HINT,
+        )
         webhook_count += result.webhook_count
         if result.problems:
             bad_files += 1
@@ -65,7 +72,7 @@ def validate(
                 typer.echo(textwrap.indent(problem.detail, "  "))
     if problem_count:
         typer.echo(f"{_plural(problem_count, 'problem')} in {bad_files} of {_plural(len(files), 'file')}")
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PROBLEMS)
     typer.echo(f"{_plural(len(files), 'file')}, {_plural(webhook_count, 'webhook')}: valid")
 
 

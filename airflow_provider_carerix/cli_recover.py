@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from airflow_provider_carerix.cli_common import EXIT_PROBLEMS, EXIT_USAGE
 from airflow_provider_carerix.cli_sync import StoreConnOpt, StoreOpt
 
 
@@ -40,7 +41,7 @@ def recover_command(
         since_at = parse_since(since)
     except ValueError as exc:
         typer.echo(f"error: --{exc}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_USAGE) from None
     _own_logging()
     location = open_store_location(store, store_conn_id)
     hook = _hook(conn_id)
@@ -48,7 +49,7 @@ def recover_command(
         hook.settings  # noqa: B018  (the connection, read before anything else)
     except Exception as exc:
         typer.echo(f"error: {_connection_error(conn_id, exc)}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_PROBLEMS) from None
     try:
         with EventStore(location.url) as event_store:
             result = recover_events(
@@ -60,12 +61,14 @@ def recover_command(
     except (CarerixError, StoreUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         typer.echo("Events stored before the failure stay stored; run recover again to finish.", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_PROBLEMS) from None
     typer.echo(json.dumps(result.summary()))
     if result.invalid:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PROBLEMS)
 
 
 def register(app: typer.Typer) -> None:
     """Add ``recover`` to the ``carerix-webhooks`` app."""
-    app.command("recover")(recover_command)
+    app.command("recover", short_help="Store events the receiver missed, from Carerix's delivery log.")(
+        recover_command
+    )

@@ -27,12 +27,18 @@ from typing import Annotated, Any
 
 import typer
 
+from airflow_provider_carerix.cli_common import EXIT_PROBLEMS, EXIT_USAGE
 from airflow_provider_carerix.exceptions import CarerixError
 from airflow_provider_carerix.spec import Spec, load_spec
 from airflow_provider_carerix.sync import SyncResult, _planned_result, apply, plan
 from airflow_provider_carerix.validation import SpecValidationError, targets_public_carerix
 
-SpecArg = Annotated[Path, typer.Argument(help="YAML or JSON spec file.", exists=True, dir_okay=False)]
+SpecArg = Annotated[
+    Path,
+    typer.Argument(
+        help="YAML or JSON spec file.", metavar="SPEC", exists=True, dir_okay=False, readable=True
+    ),
+]
 ConnIdOpt = Annotated[
     str,
     typer.Option(
@@ -45,6 +51,8 @@ UnknownOpt = Annotated[
         "--allow-unknown-event-types", help="Accept entities missing from the provider's catalogue."
     ),
 ]
+# What an unknown entity's problem suggests on the command line: the flag above, not the operator's parameter.
+UNKNOWN_HINT = "pass --allow-unknown-event-types"
 UnreachableOpt = Annotated[
     bool,
     typer.Option(
@@ -128,19 +136,22 @@ def _missing_variable(path: Path, template: str, exc: Exception) -> str | None:
 def load_spec_file(
     path: Path, *, allow_unknown_event_types: bool = False, require_public_urls: bool = False
 ) -> Spec:
-    """Read, render, validate; exits 1 printing every problem (file:line:column) when the spec is invalid."""
+    """Read, render, validate; exits 1 printing every problem (file:line:column) when the spec is invalid.
+
+    A spec that cannot be read exits 2, a usage error like a missing one (which click refuses before this).
+    """
     _own_logging()
     try:
         template = path.read_text(encoding="utf-8")
     except OSError as exc:
         typer.echo(f"error: cannot read {path}: {exc.strerror or exc}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_USAGE) from None
     try:
         text = render_spec_text(template)
     except Exception as exc:  # jinja2 errors, Variable/Connection not found
         message = _missing_variable(path, template, exc)
         typer.echo(f"error: {message or f'cannot render the templates in {path}: {exc}'}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_PROBLEMS) from None
     try:
         return load_spec(
             text,
@@ -148,12 +159,13 @@ def load_spec_file(
             filename=str(path),
             require_public_urls=require_public_urls,
             template=template if text != template else None,
+            unknown_event_types_hint=UNKNOWN_HINT,
         )
     except SpecValidationError as exc:
         for problem in exc.problems:
             typer.echo(str(problem), err=True)
         typer.echo(f"{path}: {len(exc.problems)} problem(s); nothing was changed", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_PROBLEMS) from None
 
 
 def open_store_location(store: str | None, store_conn_id: str | None) -> Any:
@@ -168,7 +180,7 @@ def open_store_location(store: str | None, store_conn_id: str | None) -> Any:
         )
     except ConfigurationError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_USAGE) from None
     typer.echo(f"Event store: {location.describe()}", err=True)
     return location
 
@@ -220,7 +232,7 @@ def _connection_error(conn_id: str, exc: Exception) -> Exception:
 
 def _fail(exc: Exception) -> typer.Exit:
     typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(1)
+    return typer.Exit(EXIT_PROBLEMS)
 
 
 def plan_command(
@@ -271,7 +283,10 @@ def apply_command(
     store: StoreOpt = None,
     store_conn_id: StoreConnOpt = None,
 ) -> None:
-    """Converge Carerix onto the spec (the sync operator's code path); asks first unless --yes."""
+    """Converge Carerix onto the spec (the sync operator's code path); asks first unless --yes.
+
+    Declining exits 1 (nothing was changed); without --yes and without a terminal to ask on, exits 2.
+    """
     loaded, hook = _connect_and_load(
         spec,
         conn_id,
@@ -299,10 +314,10 @@ def apply_command(
             typer.echo(
                 "error: refusing to apply without --yes: stdin is not a terminal to confirm on", err=True
             )
-            raise typer.Exit(2)
+            raise typer.Exit(EXIT_USAGE)
         if not typer.confirm("Apply these changes to Carerix?", default=False):
             typer.echo("Nothing was changed.", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(EXIT_PROBLEMS)
     try:
         result = apply(the_plan, hook, say=typer.echo)
     except CarerixError as exc:
@@ -342,5 +357,5 @@ def _record_keys(
 
 def register(app: typer.Typer) -> None:
     """Add ``plan`` and ``apply`` to the ``carerix-webhooks`` app (owned by :mod:`airflow_provider_carerix.cli`)."""
-    app.command("plan")(plan_command)
-    app.command("apply")(apply_command)
+    app.command("plan", short_help="Show what apply would change in Carerix (reads only).")(plan_command)
+    app.command("apply", short_help="Converge Carerix onto the spec.")(apply_command)

@@ -52,6 +52,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import typer
 
 from airflow_provider_carerix import conditions, emulator_graphql, event_types
+from airflow_provider_carerix.cli_common import Typer, version_option
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -1155,12 +1156,7 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("emulator: " + format, *args)
 
 
-cli = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="A local Carerix for offline work.",
-    pretty_exceptions_enable=False,
-)
+cli = Typer(name="carerix-emulator", help="A local Carerix for offline work.")
 
 
 def _schedule(text: str) -> tuple[float, ...]:
@@ -1168,17 +1164,18 @@ def _schedule(text: str) -> tuple[float, ...]:
         return tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise typer.BadParameter(
-            f"expected seconds separated by commas, e.g. 30,120,600; got {text!r}"
+            f"expected seconds separated by commas, e.g. 30,120,600; got {text!r}",
+            param_hint="--retry-schedule",
         ) from None
 
 
 @cli.callback()
-def _root() -> None:
+def _root(version: Annotated[bool, version_option("carerix-emulator")] = False) -> None:
     """A local Carerix for offline work."""
     # A callback keeps typer in multi-command mode while ``serve`` is the only command.
 
 
-@cli.command()
+@cli.command(short_help="Run the emulator until interrupted.")
 def serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="0 picks a free port (printed on start).")] = 8089,

@@ -23,6 +23,7 @@ import yaml
 from airflow_provider_carerix.conditions import parse
 from airflow_provider_carerix.models import Webhook
 from airflow_provider_carerix.validation import (
+    UNKNOWN_EVENT_TYPES_HINT,
     Problem,
     SpecValidationError,
     _join,
@@ -383,6 +384,7 @@ def _check_application(
     webhooks_path: str,
     allow_unknown: bool,
     require_public: bool,
+    unknown_hint: str,
 ) -> tuple[list[Problem], ApplicationSpec | None, int]:
     problems = _check_name(name, name_path, "application")
     if webhooks is None:
@@ -400,7 +402,11 @@ def _check_application(
     for index, raw in enumerate(webhooks):
         path = _join(webhooks_path, index)
         found = validate_webhook(
-            raw, path=path, allow_unknown_event_types=allow_unknown, require_public_url=require_public
+            raw,
+            path=path,
+            allow_unknown_event_types=allow_unknown,
+            require_public_url=require_public,
+            unknown_event_types_hint=unknown_hint,
         )
         problems += found
         if found:
@@ -432,7 +438,7 @@ def _check_application(
 
 
 def _check_document(
-    data: Any, allow_unknown: bool, require_public: bool
+    data: Any, allow_unknown: bool, require_public: bool, unknown_hint: str
 ) -> tuple[str, list[Problem], Spec | None, int]:
     if data is None:
         return (
@@ -460,7 +466,10 @@ def _check_document(
     if "applications" not in data and "application" not in data and ({"_kind", "url", "filters"} & set(data)):
         # A bare Carerix webhook body (like the guide's examples): validate it as such.
         problems = validate_webhook(
-            dict(data), allow_unknown_event_types=allow_unknown, require_public_url=require_public
+            dict(data),
+            allow_unknown_event_types=allow_unknown,
+            require_public_url=require_public,
+            unknown_event_types_hint=unknown_hint,
         )
         return "webhook", problems, None, 1
     problems: list[Problem] = []
@@ -500,6 +509,7 @@ def _check_document(
                 _join(path, "webhooks"),
                 allow,
                 require_public,
+                unknown_hint,
             )
             problems += found
             count += n
@@ -518,7 +528,13 @@ def _check_document(
     elif "application" in data:
         problems += _unknown(data, _TOP_KEYS[1:], "")
         found, app, count = _check_application(
-            data["application"], data.get("webhooks"), "application", "webhooks", allow, require_public
+            data["application"],
+            data.get("webhooks"),
+            "application",
+            "webhooks",
+            allow,
+            require_public,
+            unknown_hint,
         )
         problems += found
         if app is not None:
@@ -549,6 +565,7 @@ def check_spec(
     filename: str | None = None,
     require_public_urls: bool = False,
     template: str | Mapping[str, Any] | None = None,
+    unknown_event_types_hint: str = UNKNOWN_EVENT_TYPES_HINT,
 ) -> CheckResult:
     """Validate a spec (or a bare webhook body) and return every problem, located, instead of raising.
 
@@ -556,6 +573,8 @@ def check_spec(
     containing ``": "``), or an already-parsed mapping. ``filename`` names text sources in problems.
     ``require_public_urls``: the spec is bound for Carerix itself, so every webhook URL must be one Carerix
     can reach from the internet. ``template``: the document before Jinja rendering (text or mapping).
+    ``unknown_event_types_hint``: how the caller's users accept an unknown entity (the command line names its
+    flag; see :data:`~airflow_provider_carerix.validation.UNKNOWN_EVENT_TYPES_HINT`).
     """
     text: str | None = None
     if isinstance(source, Path) or (isinstance(source, str) and not _looks_like_text(source)):
@@ -575,7 +594,9 @@ def check_spec(
             return CheckResult(filename, "spec", problems, None, 0)
     else:
         data, positions = source, None
-    kind, problems, spec, count = _check_document(data, allow_unknown_event_types, require_public_urls)
+    kind, problems, spec, count = _check_document(
+        data, allow_unknown_event_types, require_public_urls, unknown_event_types_hint
+    )
     if template is not None:
         problems = explain_templates(problems, _parsed_template(template))
     if positions is not None:
@@ -604,6 +625,7 @@ def load_spec(
     filename: str | None = None,
     require_public_urls: bool = False,
     template: str | Mapping[str, Any] | None = None,
+    unknown_event_types_hint: str = UNKNOWN_EVENT_TYPES_HINT,
 ) -> Spec:
     """Load and validate a spec; raises :class:`SpecValidationError` carrying every problem, located.
 
@@ -615,6 +637,7 @@ def load_spec(
         filename=filename,
         require_public_urls=require_public_urls,
         template=template,
+        unknown_event_types_hint=unknown_event_types_hint,
     )
     if result.problems:
         raise SpecValidationError(result.problems)

@@ -194,7 +194,15 @@ def _spacing_problem(text: str) -> str | None:
     return None
 
 
-def _event_type_error(text: Any, allow_unknown: bool) -> tuple[str | None, str | None]:
+# How the unknown-entity problem tells people to accept entities the catalogue lacks. Python callers (the
+# operators, ``CarerixEvents``) and spec files name the parameter / key; the command line passes the wording
+# of its flag (``--allow-unknown-event-types``) instead, as ``unknown_event_types_hint``.
+UNKNOWN_EVENT_TYPES_HINT = "set allow_unknown_event_types"
+
+
+def _event_type_error(
+    text: Any, allow_unknown: bool, unknown_hint: str = UNKNOWN_EVENT_TYPES_HINT
+) -> tuple[str | None, str | None]:
     """``(normalised, None)`` or ``(None, message)``."""
     if not isinstance(text, str):
         return None, f"eventType must be a string like 'crjob:updated', got {_type_name(text)}"
@@ -219,7 +227,7 @@ def _event_type_error(text: Any, allow_unknown: bool) -> tuple[str | None, str |
     hint = f": did you mean '{guess}'?" if guess else _suggestion(entity, sorted(ENTITIES))
     return None, (
         f"unknown entity {entity!r} in eventType {text!r}{hint} "
-        "(set allow_unknown_event_types to accept entities this provider does not know)"
+        f"({unknown_hint} to accept entities this provider does not know)"
     )
 
 
@@ -359,7 +367,7 @@ def _check_condition(condition: Any, path: str) -> list[Problem]:
     return []
 
 
-def _check_filters(filters: Any, path: str, allow_unknown: bool) -> list[Problem]:
+def _check_filters(filters: Any, path: str, allow_unknown: bool, unknown_hint: str) -> list[Problem]:
     if filters is None:
         return [Problem(path, "filters is required: a webhook needs at least one filter (an eventType)")]
     if not isinstance(filters, list):
@@ -388,7 +396,7 @@ def _check_filters(filters: Any, path: str, allow_unknown: bool) -> list[Problem
         if key is None:
             problems.append(Problem(item_path, "eventType is required, e.g. 'crjob:updated'"))
         else:
-            normalised, error = _event_type_error(event_type, allow_unknown)
+            normalised, error = _event_type_error(event_type, allow_unknown, unknown_hint)
             if error:
                 problems.append(Problem(_join(item_path, key), error))
         condition = item.get("condition")
@@ -489,13 +497,15 @@ def validate_webhook(
     path: str = "",
     allow_unknown_event_types: bool = False,
     require_public_url: bool = False,
+    unknown_event_types_hint: str = UNKNOWN_EVENT_TYPES_HINT,
 ) -> list[Problem]:
     """Every problem with one webhook definition (Carerix's or Python field names), or ``[]`` if it is fine.
 
     ``path`` prefixes every problem's path, so a caller validating a document gets
     ``webhooks[0].filters[0].condition`` rather than ``filters[0].condition``. ``require_public_url`` is for
     definitions bound for Carerix itself (see :func:`targets_public_carerix`): the URL must then be one
-    Carerix can deliver to from the internet (https, a public host).
+    Carerix can deliver to from the internet (https, a public host). ``unknown_event_types_hint`` is how the
+    caller's users accept an entity the catalogue lacks, as an unknown entity's problem words it.
     """
     if isinstance(webhook, Webhook):
         webhook = webhook.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -517,7 +527,9 @@ def validate_webhook(
             Problem(_join(path, "status"), f"status must be one of {', '.join(_STATUSES)}, got {status!r}")
         )
     key, filters = _get(webhook, _WEBHOOK_KEYS, "filters")
-    problems += _check_filters(filters, _join(path, key or "filters"), allow_unknown_event_types)
+    problems += _check_filters(
+        filters, _join(path, key or "filters"), allow_unknown_event_types, unknown_event_types_hint
+    )
     key, headers = _get(webhook, _WEBHOOK_KEYS, "customHeaders")
     problems += _check_headers(headers, _join(path, key or "customHeaders"))
     return problems

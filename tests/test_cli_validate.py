@@ -72,7 +72,7 @@ def test_spec_problems_and_unknown_event_type_opt_in(runner: CliRunner, tmp_path
     assert result.exit_code == 1
     assert result.output == (
         f"{spec}:5:20: webhooks[0].filters[0].eventType: unknown entity 'crnewthing' in eventType "
-        "'crnewthing:updated' (set allow_unknown_event_types to accept entities this provider does not know)\n"
+        "'crnewthing:updated' (pass --allow-unknown-event-types to accept entities this provider does not know)\n"
         f"{spec}:6:38: webhooks[0].filters[0].condition: unknown operator 'equals': did you mean 'eq'?\n"
         "    data.tostatusnode equals '1234'\n"
         "                      ^\n"
@@ -83,13 +83,14 @@ def test_spec_problems_and_unknown_event_type_opt_in(runner: CliRunner, tmp_path
     assert "eventType" not in result.output and "2 problems" not in result.output
 
 
-def test_missing_file_is_a_problem(runner: CliRunner, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["validate", str(tmp_path / "nope.yaml"), str(EXAMPLE)])
-    assert result.exit_code == 1
-    assert (
-        result.output
-        == f"{tmp_path / 'nope.yaml'}: cannot read: No such file or directory\n1 problem in 1 of 2 files\n"
-    )
+def test_a_missing_file_is_a_usage_error_as_for_plan(runner: CliRunner, tmp_path: Path) -> None:
+    """One convention for every command: a file that cannot be read is a usage error (2), nothing is checked."""
+    missing = tmp_path / "nope.yaml"
+    result = runner.invoke(app, ["validate", str(missing), str(EXAMPLE)])
+    assert result.exit_code == 2
+    assert f"Invalid value for 'FILE': file '{missing}' does not exist." in result.output
+    assert ": valid" not in result.output  # nothing was checked
+    assert runner.invoke(app, ["validate", str(tmp_path)]).exit_code == 2  # a directory is no spec file
 
 
 def test_no_arguments_is_a_usage_error(runner: CliRunner) -> None:

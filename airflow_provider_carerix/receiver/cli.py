@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from airflow_provider_carerix import settings
+from airflow_provider_carerix.cli_common import EXIT_PROBLEMS, EXIT_USAGE, Typer, version_option
 from airflow_provider_carerix.receiver.auth import load_secrets
 from airflow_provider_carerix.receiver.server import ServerLimits
 from airflow_provider_carerix.receiver.validation import DEFAULT_MAX_BODY
@@ -22,7 +23,13 @@ __all__ = ["cli", "main"]
 
 log = logging.getLogger(__name__)
 
-cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Carerix webhook receiver.")
+cli = Typer(name="carerix-receiver", help="Carerix webhook receiver.")
+
+
+@cli.callback()
+def _root(version: Annotated[bool, version_option("carerix-receiver")] = False) -> None:
+    """Carerix webhook receiver."""
+
 
 StoreOpt = Annotated[
     str | None,
@@ -53,7 +60,7 @@ def locate(store: str | None, store_conn_id: str | None) -> StoreLocation:
         return locate_store(store, store_conn_id=DEFAULT_CONN_ID if store_conn_id is None else store_conn_id)
     except ConfigurationError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_USAGE) from None
 
 
 @cli.command()
@@ -68,14 +75,20 @@ def serve(
         str | None,
         typer.Option(help="Header carrying the secret (default: [carerix] receiver_secret_header)."),
     ] = None,
-    secret_file: Annotated[Path | None, typer.Option(help="File with one valid secret per line.")] = None,
+    secret_file: Annotated[
+        Path | None,
+        typer.Option(help="File with one valid secret per line.", exists=True, dir_okay=False, readable=True),
+    ] = None,
     insecure: Annotated[
         bool, typer.Option(help="Accept events without a secret (local experiments only).")
     ] = False,
     public_key_file: Annotated[
         Path | None,
         typer.Option(
-            help="RSA public key (PEM) for Cx-Signature (default: [carerix] receiver_public_key_file)."
+            help="RSA public key (PEM) for Cx-Signature (default: [carerix] receiver_public_key_file).",
+            exists=True,
+            dir_okay=False,
+            readable=True,
         ),
     ] = None,
     verify_signatures: Annotated[
@@ -135,12 +148,12 @@ def serve(
             trusted_proxy = settings.get_list("receiver_trusted_proxies")[0]
     except ConfigurationError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_USAGE) from None
     try:
         rotation_window = parse_duration(key_rotation_window)
     except ValueError as exc:
         typer.echo(f"error: --key-rotation-window: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_USAGE) from None
     if not secrets and not insecure and not require_signatures:
         typer.echo(
             "error: no receiver secret: set [carerix] receiver_secret (AIRFLOW__CARERIX__RECEIVER_SECRET) or "
@@ -148,12 +161,20 @@ def serve(
             "(or --require-signatures, or --insecure for local experiments only)",
             err=True,
         )
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_USAGE)
     if not secrets and not require_signatures:
         log.warning(
             "Running with --insecure and no secret: anyone who can reach %s:%d can post events", host, port
         )
-    public_key = public_key_file.read_bytes() if public_key_file else None
+    try:
+        public_key = public_key_file.read_bytes() if public_key_file else None
+    except (
+        OSError
+    ) as exc:  # the configured file ([carerix] receiver_public_key_file); click checks the option's
+        typer.echo(
+            f"error: cannot read the public key file {public_key_file}: {exc.strerror or exc}", err=True
+        )
+        raise typer.Exit(EXIT_USAGE) from None
     location = locate(store, store_conn_id)
     event_store = EventStore(location.url)
     app = create_app(
@@ -188,7 +209,7 @@ def serve(
         heartbeat.stop()
 
 
-@cli.command()
+@cli.command(short_help="Delete old events and give the space back.")
 def purge(
     older_than: Annotated[
         str, typer.Option(help="Delete events received longer ago (30d, 12h, 2w).")
@@ -214,14 +235,14 @@ def purge(
     try:
         age = parse_duration(older_than)
     except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        typer.echo(f"error: --older-than: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
     with EventStore(locate(store, store_conn_id).url) as event_store:
         try:
             deleted = event_store.purge(age, batch_size=batch_size, vacuum=vacuum)
         except StoreUnavailable as exc:
             typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(EXIT_PROBLEMS) from None
     typer.echo(f"deleted {deleted} events received more than {older_than} ago")
 
 
