@@ -5,7 +5,9 @@ Run through ``make demo`` (which creates the venv first). ``--headless`` runs th
 outcome and exits (0 when every expected DAG run succeeded with the delivered payloads): that is what the
 demo test runs. Everything listens on 127.0.0.1 only. Every process is started in a session of its own; Ctrl-C
 or SIGTERM sends SIGTERM to every process group of those sessions at once and SIGKILL after a short grace,
-also to what a previous demo left running when it was killed without cleaning up.
+also to what a previous demo left running when it was killed without cleaning up. Stopping never depends on
+printing: under ``make demo 2>&1 | tee demo.log`` Ctrl-C ends ``tee`` too, and every later print meets a
+closed pipe.
 """
 
 from __future__ import annotations
@@ -36,6 +38,20 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 # Wide enough for the event table when the output is a file or a test pipe, not a terminal.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 130)
+
+
+def say(*objects: Any, **kwargs: Any) -> None:
+    """Print on the stop path, where a closed output must not cut the stop short.
+
+    Rich answers a broken pipe by pointing stdout at /dev/null and raising ``SystemExit``. Anywhere else that
+    is right (the output is gone: the demo unwinds and stops what it started); while stopping, the processes
+    still have to be stopped, so the print is dropped and the console kept quiet from then on.
+    """
+    try:
+        console.print(*objects, **kwargs)
+    except (OSError, SystemExit):
+        console.quiet = True
+
 
 PROVISION_DAG = "carerix_provision_webhooks"
 EVENT_DRIVEN_DAG = "carerix_event_driven"
@@ -76,10 +92,28 @@ GUIDE_EVENTS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
+# "Deliver more events": a candidate set to "Open for work", which meets the condition of the spec's
+# cremployee:updated webhook (data.touser.tosinglestatusnode eq '1234'), so Carerix delivers it.
+MORE_EVENTS = {
+    "type": "cremployee:updated",
+    "data": {
+        "entityId": "3",
+        "changedFields": ["touser.tosinglestatusnode"],
+        "touser": {"tosinglestatusnode": "1234"},
+    },
+    "tenant": "demo",
+}
+
+
 def free_port(preferred: int) -> int:
-    """The preferred port when it is free on loopback, else any free one."""
+    """The preferred port when it is free on loopback, else any free one.
+
+    With ``SO_REUSEADDR``, as the servers bind: a port a previous run left in TIME_WAIT is free for them, so a
+    quick rerun keeps its ports instead of moving the emulator to a random one.
+    """
     for port in (preferred, 0):
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
@@ -133,25 +167,31 @@ class Stack:
         return self.procs[name].poll() is None
 
     def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop every process started, whatever happens to the output (see :func:`say`)."""
         if not self.procs:
             return
         # A second Ctrl-C must not cut the stopping short: that would leave processes behind.
         previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-        console.print(f"stopping every process the demo started (SIGTERM, SIGKILL after {grace:.0f} s)")
         started = time.monotonic()
         try:
-            stopped = stop_sessions({p.pid: n for n, p in self.procs.items()}, grace)
+            stopped = stop_sessions(
+                {p.pid: n for n, p in self.procs.items()},
+                grace,
+                on_signalled=lambda: say(
+                    f"stopping every process the demo started (SIGTERM, SIGKILL after {grace:.0f} s)"
+                ),
+            )
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         for proc in self.procs.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1)
-        for name, how in stopped.items():
-            console.print(f"[dim]stopped {name}: {how}[/dim]")
-        console.print(f"[dim]every process stopped in {time.monotonic() - started:.1f} s[/dim]")
         self.procs.clear()
         self.pidfile.unlink(missing_ok=True)
+        for name, how in stopped.items():
+            say(f"[dim]stopped {name}: {how}[/dim]")
+        say(f"[dim]every process stopped in {time.monotonic() - started:.1f} s[/dim]")
 
 
 def session_members(session_ids: set[int]) -> dict[int, tuple[int, int]]:
@@ -168,10 +208,13 @@ def session_members(session_ids: set[int]) -> dict[int, tuple[int, int]]:
     return members
 
 
-def stop_sessions(leaders: dict[int, str], grace: float) -> dict[str, str]:
+def stop_sessions(
+    leaders: dict[int, str], grace: float, on_signalled: Callable[[], None] | None = None
+) -> dict[str, str]:
     """SIGTERM every process group of these sessions at once, SIGKILL what is left after ``grace`` seconds.
 
     ``leaders`` maps each started process (a session leader) to its name; returns how each session ended.
+    ``on_signalled`` runs once SIGTERM is out (to tell people, while the processes wind down).
     """
     sessions = set(leaders)
     started = time.monotonic()
@@ -190,6 +233,8 @@ def stop_sessions(leaders: dict[int, str], grace: float) -> dict[str, str]:
         return not alive
 
     signal_all(signal.SIGTERM)
+    if on_signalled is not None:
+        on_signalled()
     while time.monotonic() - started < grace:
         if note_ended("exited on SIGTERM"):
             return ended
@@ -213,7 +258,7 @@ def stop_leftovers(state_dir: Path) -> None:
             if cmdline.exists() and str(ROOT) in cmdline.read_bytes().decode(errors="replace") + os.readlink(
                 f"/proc/{pid}/cwd"
             ):
-                console.print(f"[yellow]stopping {name} left by a previous demo (pid {pid})[/yellow]")
+                say(f"[yellow]stopping {name} left by a previous demo (pid {pid})[/yellow]")
                 leaders[int(pid)] = name
     if leaders:
         stop_sessions(leaders, STOP_GRACE)
@@ -239,6 +284,7 @@ class Airflow:
     """The few REST calls the demo needs (the API server runs in all-admins mode: no token)."""
 
     def __init__(self, base: str) -> None:
+        self.base = base
         self.client = httpx.Client(base_url=f"{base}/api/v2", timeout=10)
 
     def healthy(self) -> bool:
@@ -271,6 +317,12 @@ class Airflow:
         r = self.client.get(f"/dags/{dag_id}/dagRuns/{run_id}")
         r.raise_for_status()
         return str(r.json()["state"])
+
+    def carerix_page_webhooks(self) -> set[str]:
+        """The ids of the webhooks the Carerix page shows (what the last sync recorded in the event store)."""
+        r = self.client.get(f"{self.base}/carerix/ui/api/webhooks")
+        r.raise_for_status()
+        return {str(w["webhook_id"]) for w in r.json()}
 
     def xcoms(self, dag_id: str, run_id: str) -> list[Any]:
         """Every XCom value of a run: where the DAGs put the payloads they handled."""
@@ -486,7 +538,13 @@ def run_demo(args: argparse.Namespace) -> int:
         )
 
         console.print(f"[bold]3. Provisioning the spec's webhooks ({PROVISION_DAG})[/bold]")
-        run_id = api.trigger(PROVISION_DAG)
+        # The DAG's daily schedule starts its first run as soon as Airflow has the DAG, as it would after a
+        # deployment: that one sync has to be enough, for Carerix and for the Carerix page alike.
+        run_id = wait_until(
+            "the provisioning DAG's first run",
+            lambda: [r["dag_run_id"] for r in api.runs(PROVISION_DAG)],
+            args.timeout,
+        )[0]
         state = wait_until(
             "the provisioning run",
             lambda: (s := api.run_state(PROVISION_DAG, run_id)) in ("success", "failed") and s,
@@ -498,6 +556,13 @@ def run_demo(args: argparse.Namespace) -> int:
             f"   provisioning run {run_id}: {state}; {len(webhooks)} webhooks now in Carerix (emulator)"
         )
         ok &= state == "success" and len(webhooks) > 0
+        shown = api.carerix_page_webhooks()
+        syncs = len(api.runs(PROVISION_DAG))
+        console.print(
+            f"   the Carerix page after {syncs} sync(s): {len(shown)} webhooks, "
+            f"{'the same as' if shown == {w['_id'] for w in webhooks} else 'NOT the same as'} in Carerix"
+        )
+        ok &= syncs == 1 and shown == {w["_id"] for w in webhooks}
 
         console.print(f"[bold]4. Waiting for an Intake match ({WAIT_DAG}, deferrable sensor)[/bold]")
         wait_run = api.trigger(WAIT_DAG)
@@ -597,22 +662,48 @@ def run_demo(args: argparse.Namespace) -> int:
         console.print(f"   {'task runs':<14} {state_dir / 'airflow' / 'logs'}/dag_id=*/run_id=*/task_id=*/")
 
         if not args.headless:
-            console.print(
-                f"\nAirflow UI: {info['api_url']}  (no login needed in this demo mode)\n"
-                f"Carerix page: {info['api_url']}/plugin/carerix  (events, consumers' lag, webhooks)\n"
-                f"Deliver more events: curl -X POST {info['emulator_url']}/_emulator/deliver "
-                '-H "Content-Type: application/json" '
-                '-d \'{"type": "cremployee:updated", "data": {"entityId": "3"}}\'\n'
-                "Press Ctrl-C to stop every process the demo started."
-            )
-            with contextlib.suppress(KeyboardInterrupt):
-                while all(stack.alive(n) for n in list(stack.procs)):
-                    time.sleep(1)
+            print_explore_hints(info)
+            wait_for_ctrl_c(stack)
     return 0 if ok else 1
+
+
+def deliver_more_command(emulator_url: str) -> str:
+    """A ``curl`` that has the emulator deliver :data:`MORE_EVENTS` (one line, for a shell)."""
+    return (
+        f"curl -X POST {emulator_url}/_emulator/deliver -H 'Content-Type: application/json' "
+        f"-d '{json.dumps(MORE_EVENTS)}'"
+    )
+
+
+def print_explore_hints(info: dict[str, Any]) -> None:
+    console.print(
+        f"\nAirflow UI: {info['api_url']}  (no login needed in this demo mode)\n"
+        f"Carerix page: {info['api_url']}/plugin/carerix  (events, consumers' lag, webhooks)"
+    )
+    # One line whatever the width, no markup: it is copied into a shell, also out of `make demo | tee` logs.
+    console.print(
+        f"Deliver more events: {deliver_more_command(info['emulator_url'])}",
+        soft_wrap=True,
+        markup=False,
+    )
+    console.print("Press Ctrl-C to stop every process the demo started.")
+
+
+def wait_for_ctrl_c(stack: Stack) -> None:
+    """Keep running until Ctrl-C or SIGTERM (see :func:`install_signal_handlers`), or a process exits."""
+    with contextlib.suppress(KeyboardInterrupt):
+        while all(stack.alive(n) for n in list(stack.procs)):
+            time.sleep(1)
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def install_signal_handlers() -> None:
+    """Ctrl-C must reach the demo even when started from a non-interactive shell; SIGTERM stops it the same."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def main() -> int:
@@ -624,16 +715,14 @@ def main() -> int:
     parser.add_argument("--ui-port", type=int, default=8080, help="preferred Airflow UI port")
     parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for each step")
     args = parser.parse_args()
-    # Ctrl-C must reach us even when started from a non-interactive shell.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
+    install_signal_handlers()
     try:
         return run_demo(args)
     except KeyboardInterrupt:  # the stack was stopped on the way out
-        console.print("interrupted")
+        say("interrupted")
         return 130
     except (TimeoutError, RuntimeError) as exc:
-        console.print(f"[red]demo failed: {exc}[/red]  (logs in {Path(args.state_dir) / 'logs'})")
+        say(f"[red]demo failed: {exc}[/red]  (logs in {Path(args.state_dir) / 'logs'})")
         return 1
 
 
