@@ -156,6 +156,25 @@ def test_no_build_notes_in_the_docs(page: Path) -> None:
     assert not notes, f"{page.name}: {notes}"
 
 
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_no_test_counts_that_go_stale(page: Path) -> None:
+    """ "807 passed" was true once; every test added makes it false. The commands print the counts."""
+    counts = re.findall(r"\b\d[\d,]* (?:passed|failed|skipped|errors?|xfailed)\b", page.read_text())
+    assert not counts, f"{page.name}: {counts}"
+
+
+def test_the_readme_says_what_make_test_installs() -> None:
+    """Running the tests as root may install system packages: the README's testing line says which, and how."""
+    from tests.test_ui import CHROMIUM_PACKAGES
+
+    text = (ROOT / "README.md").read_text()
+    [paragraph] = [p for p in text.split("\n\n") if p.startswith("`make test` ")]
+    paragraph = " ".join(paragraph.split())
+    assert "as root" in paragraph and "apt-get" in paragraph and "says so" in paragraph, paragraph
+    for package in CHROMIUM_PACKAGES:
+        assert f"`{package}`" in paragraph, (package, paragraph)
+
+
 def write() -> int:
     """Rewrite every snippet block of the pages from its source; returns the number of blocks changed."""
     changed = 0

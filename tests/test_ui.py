@@ -4,7 +4,8 @@ The browser test logs in to a real ``airflow api-server`` (simple auth manager, 
 Carerix entry of Airflow's navigation (``/plugin/carerix``, which embeds ``/carerix/ui/``) in headless
 Chromium, and checks what a person would see. The screenshot is kept in ``.artifacts/`` (or
 ``$CARERIX_TEST_ARTIFACTS``). Chromium and its driver come from Debian's packages: installed by the test when
-missing and possible (root with apt-get), skipped otherwise outside CI, a failure under ``CI=true``.
+missing and possible (root with apt-get, said on the terminal when it happens), skipped otherwise outside CI,
+a failure under ``CI=true``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -35,6 +37,8 @@ from tests.guide import guide_event
 
 PASSWORD = "carerix-ui-test-pw"
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# What the browser test installs with apt-get when they are missing and it may (README.md says so too).
+CHROMIUM_PACKAGES = ("chromium", "chromium-driver")
 
 
 def fill(store: EventStore, count: int = 30) -> list[dict[str, Any]]:
@@ -329,32 +333,83 @@ def test_page_api_in_the_api_server(served: Served) -> None:
     assert {"name": "Carerix", "href": "/carerix/ui/", "url_route": "carerix"}.items() <= views[0].items()
 
 
-def _chromium() -> tuple[str, str]:
-    """Debian's chromium and chromedriver; installed when missing and this process may install packages."""
+def _on_the_terminal(config: pytest.Config) -> Callable[[str], None]:
+    """Say something on the terminal while the test runs, past pytest's output capture."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+
+    def say(message: str) -> None:
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            if reporter is not None:
+                reporter.write_line(message)
+            else:
+                print(message, file=sys.stderr, flush=True)
+
+    return say
+
+
+def _chromium(say: Callable[[str], None]) -> tuple[str, str]:
+    """Debian's chromium and chromedriver; installed when missing and this process may install packages.
+
+    Installing system packages is never silent: ``say`` tells the person running the tests first, and after.
+    """
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if browser and driver:
         return browser, driver
     if os.geteuid() == 0 and shutil.which("apt-get"):
+        say(
+            "test_ui: running as root without chromium/chromedriver: installing Debian's chromium and "
+            "chromium-driver with apt-get (apt-get update, then apt-get install) for the browser test"
+        )
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"],
+        installed = subprocess.run(
+            ["apt-get", "install", "-y", "-qq", *CHROMIUM_PACKAGES],
             env=env,
             capture_output=True,
+            text=True,
             timeout=1200,
         )
         browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
         if browser and driver:
+            say(f"test_ui: installed {browser} and {driver} with apt-get")
             return browser, driver
+        say(f"test_ui: apt-get install failed (exit {installed.returncode}): {installed.stderr[-500:]}")
     if CI:
         pytest.fail("CI needs Debian's chromium and chromium-driver for the UI test (apt-get install failed)")
     pytest.skip("chromium/chromedriver not installed (apt-get install chromium chromium-driver)")
 
 
+def test_installing_chromium_as_root_is_said_before_apt_get_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make test` as root installs system packages when the browser is missing: never silently."""
+    happened: list[str] = []
+    installed: set[str] = set()
+
+    def which(name: str) -> str | None:
+        return "/usr/bin/apt-get" if name == "apt-get" else (f"/usr/bin/{name}" if installed else None)
+
+    def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        happened.append(" ".join(argv))
+        if argv[:2] == ["apt-get", "install"]:
+            installed.update(argv[4:])
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(shutil, "which", which)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(subprocess, "run", run)
+    assert _chromium(lambda message: happened.append(f"said: {message}")) == (
+        "/usr/bin/chromium",
+        "/usr/bin/chromedriver",
+    )
+    assert happened[0].startswith("said: ") and "apt-get" in happened[0] and "chromium-driver" in happened[0]
+    assert happened[1:3] == ["apt-get update -qq", "apt-get install -y -qq chromium chromium-driver"]
+    assert happened[3] == "said: test_ui: installed /usr/bin/chromium and /usr/bin/chromedriver with apt-get"
+
+
 @pytest.mark.airflow_e2e
 @pytest.mark.timeout(900)
-def test_a_person_sees_events_consumers_and_the_chart(served: Served) -> None:
-    browser, driver_path = _chromium()
+def test_a_person_sees_events_consumers_and_the_chart(served: Served, pytestconfig: pytest.Config) -> None:
+    browser, driver_path = _chromium(_on_the_terminal(pytestconfig))
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
