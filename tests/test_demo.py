@@ -293,6 +293,23 @@ def test_demo_runs_the_story_listens_on_loopback_only_and_ctrl_c_stops_everythin
         exposed = [s for s in sockets if not is_loopback(s[1])]
         assert not exposed, f"listening outside 127.0.0.0/8: {exposed}"
 
+        # The hint, as a user copies it out of the output: it delivers, and the receiver stores what it got.
+        [hint] = [line for line in output.splitlines() if line.startswith("Deliver more events: curl ")]
+        delivered = subprocess.run(
+            shlex.split(hint.removeprefix("Deliver more events: ")),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        deliveries = json.loads(delivered.stdout)["deliveries"]
+        assert deliveries and all(200 <= int(d["status"]) < 300 for d in deliveries), delivered.stdout
+        from airflow_provider_carerix.store import EventStore
+
+        with EventStore(f"sqlite:///{state_dir / 'carerix_events.db'}") as store:
+            stored_ids = {e.event_id for e in store.events_after(0, limit=10_000)}
+        assert {d["event"]["id"] for d in deliveries} <= stored_ids
+
         # What Ctrl-C in a terminal sends to the demo (its children run in sessions of their own).
         asked = time.monotonic()
         proc.send_signal(signal.SIGINT)
@@ -310,6 +327,9 @@ def test_demo_runs_the_story_listens_on_loopback_only_and_ctrl_c_stops_everythin
     # The story itself: the demo checks that the event-driven runs saw exactly the delivered candidate
     # payloads (by event id in their XCom) and that the sensor's run got the Intake match.
     assert "provisioning run" in output and ": success; 6 webhooks now in Carerix" in output, output
+    # One sync (the DAG's scheduled first run) and the Carerix page already lists exactly those six.
+    assert "the Carerix page after 1 sync(s): 6 webhooks, the same as in Carerix" in output, output
+    assert sum(line.startswith("│ carerix_provision_webhooks ") for line in output.splitlines()) == 1, output
     assert "handled 1/1 candidate events; carerix_wait_for_event: success" in output, output
     assert output.count("stored #") == 5, output
     # Signatures on by default: every stored event verified, a tampered and an unsigned delivery refused.
