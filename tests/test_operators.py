@@ -152,10 +152,10 @@ def test_create_from_nothing_then_second_run_writes_nothing(
             emulator.public_key(app_id(emulator))
         ]
         # ... and the webhooks as this first run left them: the Carerix page shows them without a second run.
-        shown = page_webhooks(store)
+        shown = [w for w in page_webhooks(store) if w["application_id"] == app_id(emulator)]
     assert sorted(first.summary["created"]) == sorted(wid(h) for h in webhooks(emulator))
     assert sorted(w["webhook_id"] for w in shown) == sorted(first.summary["created"])
-    assert {(w["application_id"], w["sync_action"]) for w in shown} == {(app_id(emulator), "create")}
+    assert {w["sync_action"] for w in shown} == {"create"}
     assert "+ create application 'airflow-carerix'" in first.output
 
     emulator.reset_log()
