@@ -340,7 +340,7 @@ class Airflow:
 
 
 @contextlib.contextmanager
-def running_stack(state_dir: Path, ui_port: int) -> Iterator[tuple[Stack, dict[str, Any]]]:
+def running_stack(state_dir: Path, ui_port: int, timeout: float) -> Iterator[tuple[Stack, dict[str, Any]]]:
     stop_leftovers(state_dir)
     # A fresh state each run: a second demo needs no cleaning up by hand.
     shutil.rmtree(state_dir, ignore_errors=True)
@@ -440,7 +440,7 @@ def running_stack(state_dir: Path, ui_port: int) -> Iterator[tuple[Stack, dict[s
         wait_until("the receiver", lambda: httpx.get(f"{receiver_url}/health").status_code == 200, 30)
         console.print(f"   emulator  {emulator_url}   receiver  {receiver_url}/events")
 
-        console.print("[bold]2. Starting Airflow (scheduler, triggerer, dag-processor, API server)[/bold]")
+        console.print("[bold]2. Starting Airflow (API server, scheduler, triggerer, dag-processor)[/bold]")
         migrate_log = stack.log_path("db-migrate")
         console.print(f"   [dim]creating Airflow's database, log {migrate_log}[/dim]")
         with migrate_log.open("wb") as log:
@@ -454,16 +454,24 @@ def running_stack(state_dir: Path, ui_port: int) -> Iterator[tuple[Stack, dict[s
             )
         if migrate.returncode != 0:
             raise RuntimeError(f"airflow db migrate failed, see {migrate_log}")
-        # --skip-serve-logs: Airflow's log servers listen on every interface (no host option). The API
-        # server reads the task and trigger logs from the local files, so the demo needs no log server.
-        for component in ("scheduler", "triggerer"):
-            stack.start(component, [str(BIN / "airflow"), component, "--skip-serve-logs"], airflow_env)
-        stack.start("dag-processor", [str(BIN / "airflow"), "dag-processor"], airflow_env)
+        # The API server first: tasks reach Airflow through its execution API, and the provisioning DAG's
+        # scheduled run starts as soon as the DAG is parsed. Started together, that first run could begin
+        # before the API server listens and fail (connection refused), leaving Carerix unprovisioned.
         stack.start(
             "api-server",
             [str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(ports["api"])],
             airflow_env,
         )
+        wait_until(
+            "Airflow's API server",
+            lambda: httpx.get(f"{api_url}/api/v2/monitor/health", timeout=10).status_code == 200,
+            timeout,
+        )
+        # --skip-serve-logs: Airflow's log servers listen on every interface (no host option). The API
+        # server reads the task and trigger logs from the local files, so the demo needs no log server.
+        for component in ("scheduler", "triggerer"):
+            stack.start(component, [str(BIN / "airflow"), component, "--skip-serve-logs"], airflow_env)
+        stack.start("dag-processor", [str(BIN / "airflow"), "dag-processor"], airflow_env)
         yield stack, info
     finally:
         stack.stop()
@@ -526,7 +534,7 @@ def run_demo(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).resolve()
     intro(state_dir, args.headless)
     ok = True
-    with running_stack(state_dir, args.ui_port) as (stack, info):
+    with running_stack(state_dir, args.ui_port, args.timeout) as (stack, info):
         api = Airflow(info["api_url"])
         wait_until("Airflow's API server and scheduler", api.healthy, args.timeout)
         for dag_id in (PROVISION_DAG, EVENT_DRIVEN_DAG, WAIT_DAG):

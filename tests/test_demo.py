@@ -349,7 +349,7 @@ def test_sigterm_while_airflow_starts_stops_everything(tmp_path: Path) -> None:
     state_dir = tmp_path / "demo"
     proc, out = start_demo(state_dir, "--headless")
     try:
-        wait_for_output(proc, out, "started api-server")
+        wait_for_output(proc, out, "started dag-processor")  # the last one
         sessions = started_sessions(state_dir)
         assert len(sessions) == 6, sessions
         asked = time.monotonic()
