@@ -17,7 +17,7 @@ from airflow_provider_carerix.cli_common import EXIT_PROBLEMS, Typer, version_op
 from airflow_provider_carerix.cli_recover import register as register_recover_commands
 from airflow_provider_carerix.cli_sync import UNKNOWN_HINT, UnknownOpt
 from airflow_provider_carerix.cli_sync import register as register_sync_commands
-from airflow_provider_carerix.spec import check_spec
+from airflow_provider_carerix.definitions.spec import check_spec
 
 app = Typer(
     name="carerix-webhooks",

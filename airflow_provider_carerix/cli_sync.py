@@ -28,10 +28,10 @@ from typing import Annotated, Any
 import typer
 
 from airflow_provider_carerix.cli_common import EXIT_PROBLEMS, EXIT_USAGE
+from airflow_provider_carerix.definitions.spec import Spec, load_spec
+from airflow_provider_carerix.definitions.validation import SpecValidationError, targets_public_carerix
 from airflow_provider_carerix.exceptions import CarerixError
-from airflow_provider_carerix.spec import Spec, load_spec
-from airflow_provider_carerix.sync import SyncResult, _planned_result, apply, plan
-from airflow_provider_carerix.validation import SpecValidationError, targets_public_carerix
+from airflow_provider_carerix.provisioning.sync import SyncResult, _planned_result, apply, plan
 
 SpecArg = Annotated[
     Path,

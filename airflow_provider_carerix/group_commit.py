@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow_provider_carerix.models import WebhookEvent
+from airflow_provider_carerix.definitions.models import WebhookEvent
 from airflow_provider_carerix.store import EventRejected, EventStore, Provenance, StoreUnavailable
 
 __all__ = ["GroupCommitter"]

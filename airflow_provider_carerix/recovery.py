@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_carerix.store import Provenance, parse_duration
 
 if TYPE_CHECKING:
-    from airflow_provider_carerix.models import DeliveryJob, WebhookEvent
+    from airflow_provider_carerix.definitions.models import DeliveryJob, WebhookEvent
     from airflow_provider_carerix.store import EventStore
 
 __all__ = ["RecoveryResult", "parse_since", "recover_events"]

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-    from airflow_provider_carerix.models import SignatureVerification
+    from airflow_provider_carerix.definitions.models import SignatureVerification
     from airflow_provider_carerix.store import EventStore
 
 __all__ = [

@@ -59,9 +59,9 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from airflow_provider_carerix import event_types as _types
 from airflow_provider_carerix import settings
-from airflow_provider_carerix.models import WebhookEvent
+from airflow_provider_carerix.definitions import event_types as _types
+from airflow_provider_carerix.definitions.models import WebhookEvent
 
 __all__ = [
     "NOTIFY_CHANNEL",
@@ -444,7 +444,7 @@ def _utcnow() -> datetime:
 
 
 def _type_filter(patterns: Iterable[str]) -> sa.ColumnElement[bool] | None:
-    """SQL for :mod:`~airflow_provider_carerix.event_types` patterns; stored types are lowercase."""
+    """SQL for :mod:`~airflow_provider_carerix.definitions.event_types` patterns; stored types are lowercase."""
     exact: list[str] = []
     clauses: list[sa.ColumnElement[bool]] = []
     for pattern in patterns:

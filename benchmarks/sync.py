@@ -43,7 +43,7 @@ def generate_spec(count: int) -> dict[str, Any]:
 
 def measure(emulator: Any, spec: Any, label: str) -> dict[str, Any]:
     from airflow_provider_carerix.hooks.carerix import CarerixHook, clear_token_cache
-    from airflow_provider_carerix.sync import sync
+    from airflow_provider_carerix.provisioning.sync import sync
 
     clear_token_cache()  # each run is a new task process in Airflow: no token carried over
     emulator.reset_log()
@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    from airflow_provider_carerix.definitions.spec import load_spec
     from airflow_provider_carerix.emulator import CarerixEmulator
-    from airflow_provider_carerix.spec import load_spec
 
     spec = load_spec(generate_spec(args.webhooks))
     with CarerixEmulator(slim=args.slim) as emulator:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_carerix.models import WebhookEvent
+from airflow_provider_carerix.definitions.models import WebhookEvent
 from airflow_provider_carerix.store import EventStore
 from tests.guide import guide_event
 

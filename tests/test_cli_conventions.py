@@ -18,10 +18,10 @@ import typer
 from airflow_provider_carerix import __version__
 from airflow_provider_carerix.cli import app as webhooks_app
 from airflow_provider_carerix.cli_common import EXIT_CODES
+from airflow_provider_carerix.definitions.spec import load_spec
+from airflow_provider_carerix.definitions.validation import SpecValidationError
 from airflow_provider_carerix.emulator import cli as emulator_app
 from airflow_provider_carerix.receiver.cli import cli as receiver_app
-from airflow_provider_carerix.spec import load_spec
-from airflow_provider_carerix.validation import SpecValidationError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "example_dags" / "specs" / "carerix_webhooks.yaml"

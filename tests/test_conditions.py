@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_carerix.conditions import (
+from airflow_provider_carerix.definitions.conditions import (
     KEYWORDS,
     And,
     Comparison,

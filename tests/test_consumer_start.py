@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from airflow_provider_carerix.definitions.models import WebhookEvent
 from airflow_provider_carerix.hooks.event_store import (
     CarerixEventStoreHook,
     normalise_start_from,
     start_sequence,
 )
 from airflow_provider_carerix.listeners import CarerixAssetListener, carerix_watchers
-from airflow_provider_carerix.models import WebhookEvent
 from airflow_provider_carerix.store import EventStore
 from airflow_provider_carerix.utils.event_filter import EventFilter
 from tests.guide import guide_event

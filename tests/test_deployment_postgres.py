@@ -36,7 +36,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from airflow_provider_carerix.models import WebhookEvent
+from airflow_provider_carerix.definitions.models import WebhookEvent
 from airflow_provider_carerix.store import EventStore, StoreUnavailable
 from airflow_provider_carerix.triggers.shared_stream import NotifyListener
 from tests.fixtures.postgres import PostgresCluster, _os_user_for_root, _require_postgres, find_pg_bin

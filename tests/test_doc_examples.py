@@ -74,7 +74,7 @@ def test_emulator_in_a_test(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_condition_language_in_python() -> None:
     # [START howto_conditions]
-    from airflow_provider_carerix.conditions import parse
+    from airflow_provider_carerix.definitions.conditions import parse
 
     condition = parse("data.tostatusnode EQ '1234'  or data.tostatusnode eq 5678", strict=False)
     assert str(condition) == "data.tostatusnode eq '1234' or data.tostatusnode eq 5678"
@@ -96,8 +96,8 @@ def test_load_spec_reports_every_problem(tmp_path: Path) -> None:
         "        condition: data.tostatusnode eq  '1234'\n"
     )
     # [START howto_load_spec]
-    from airflow_provider_carerix.spec import load_spec
-    from airflow_provider_carerix.validation import SpecValidationError
+    from airflow_provider_carerix.definitions.spec import load_spec
+    from airflow_provider_carerix.definitions.validation import SpecValidationError
 
     try:
         spec = load_spec(spec_file)  # a path, YAML/JSON text or a dict
@@ -156,6 +156,6 @@ def test_the_guides_popular_examples() -> None:
     consumers = [a.watchers[0].trigger.serialize()[1]["consumer"] for a in assets]
     assert len(set(consumers)) == 6, consumers
     assert wait_for_intake.task_id == "wait_for_intake"
-    from airflow_provider_carerix.conditions import parse
+    from airflow_provider_carerix.definitions.conditions import parse
 
     assert parse("data.touser.tosinglestatusnode eq '1234'").matches(GUIDE_EMPLOYEE_EVENT)

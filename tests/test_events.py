@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from airflow_provider_carerix.definitions.models import WebhookEvent
 from airflow_provider_carerix.hooks.event_store import (
     CarerixEventStoreHook,
     ConsumerBusy,
@@ -30,7 +31,6 @@ from airflow_provider_carerix.hooks.event_store import (
     LeaseLost,
     store_url_from_connection,
 )
-from airflow_provider_carerix.models import WebhookEvent
 from airflow_provider_carerix.store import EventStore
 from airflow_provider_carerix.utils.event_filter import EventFilter
 from tests.guide import guide_event

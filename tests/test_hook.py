@@ -14,6 +14,7 @@ import requests
 import structlog.testing
 from airflow.sdk import Connection
 
+from airflow_provider_carerix.definitions.models import Application, Webhook
 from airflow_provider_carerix.emulator import CarerixEmulator
 from airflow_provider_carerix.exceptions import (
     CarerixApiError,
@@ -24,7 +25,6 @@ from airflow_provider_carerix.exceptions import (
 )
 from airflow_provider_carerix.hooks import carerix as carerix_module
 from airflow_provider_carerix.hooks.carerix import CarerixHook, resolve_settings
-from airflow_provider_carerix.models import Application, Webhook
 
 WEBHOOK = {
     "url": "https://receiver.example.com/events",

@@ -335,8 +335,8 @@ def test_create_application_create_webhook_delete_webhook(emulator: Any) -> None
 
 
 def test_create_webhook_is_validated_before_any_call(emulator: Any) -> None:
+    from airflow_provider_carerix.definitions.validation import SpecValidationError
     from airflow_provider_carerix.operators.webhooks import CarerixCreateWebhookOperator
-    from airflow_provider_carerix.validation import SpecValidationError
     from airflow_provider_carerix.version_compat import AirflowFailException
 
     operator = CarerixCreateWebhookOperator(

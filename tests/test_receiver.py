@@ -20,7 +20,7 @@ import pytest
 
 # Imported up front: importing Airflow configures logging, which would detach caplog inside a test.
 from airflow_provider_carerix import plugins
-from airflow_provider_carerix.models import WebhookEvent
+from airflow_provider_carerix.definitions.models import WebhookEvent
 from airflow_provider_carerix.receiver import GroupCommitter, create_app, load_secrets, main
 from airflow_provider_carerix.store import EventStore, StoreUnavailable
 from tests.fixtures.receiver import start_receiver, start_receiver_process

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_carerix.models import WebhookEvent
+from airflow_provider_carerix.definitions.models import WebhookEvent
 from airflow_provider_carerix.sensors.events import CarerixEventError, CarerixEventSensor
 from airflow_provider_carerix.store import EventStore, resolve_store_url
 from airflow_provider_carerix.triggers.events import CarerixEventSensorTrigger

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from airflow_provider_carerix.cli import app
+from airflow_provider_carerix.definitions.models import WebhookEvent
 from airflow_provider_carerix.hooks.carerix import CarerixHook
-from airflow_provider_carerix.models import WebhookEvent
 from airflow_provider_carerix.signing import SigningKeyCache, record_signing_keys
 from airflow_provider_carerix.store import EventStore, Provenance, key_fingerprint
 

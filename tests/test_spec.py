@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from airflow_provider_carerix.models import Webhook
-from airflow_provider_carerix.spec import ApplicationSpec, Spec, check_spec, load_spec
-from airflow_provider_carerix.validation import SpecValidationError
+from airflow_provider_carerix.definitions.models import Webhook
+from airflow_provider_carerix.definitions.spec import ApplicationSpec, Spec, check_spec, load_spec
+from airflow_provider_carerix.definitions.validation import SpecValidationError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "example_dags" / "specs" / "carerix_webhooks.yaml"

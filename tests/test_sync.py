@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_carerix.definitions.models import Application, Webhook
+from airflow_provider_carerix.definitions.redaction import display_url
 from airflow_provider_carerix.exceptions import CarerixNotFoundError
-from airflow_provider_carerix.models import Application, Webhook
-from airflow_provider_carerix.sync import (
+from airflow_provider_carerix.provisioning.sync import (
     Action,
     SyncError,
     apply,
     diff_webhooks,
-    display_url,
     plan,
     sync,
     webhook_key,
@@ -538,7 +538,7 @@ def test_an_application_created_without_an_id_stops_the_sync(caplog: pytest.LogC
 
 
 def test_progress_goes_to_the_log_without_a_say_callback(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="airflow_provider_carerix.sync"):
+    with caplog.at_level(logging.INFO, logger="airflow_provider_carerix.provisioning.sync"):
         sync(spec_of(DESIRED[1], name="logged"), FakeCarerix())
     assert "created application 'logged': app-1" in caplog.text
 

@@ -15,9 +15,9 @@ import pytest
 import sqlalchemy as sa
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
-from airflow_provider_carerix.conditions import ConditionSyntaxError
+from airflow_provider_carerix.definitions.conditions import ConditionSyntaxError
+from airflow_provider_carerix.definitions.models import WebhookEvent
 from airflow_provider_carerix.hooks.event_store import cursor_names
-from airflow_provider_carerix.models import WebhookEvent
 from airflow_provider_carerix.store import EventStore, StoredEvent, cursors
 from airflow_provider_carerix.triggers.events import (
     HAS_SHARED_STREAMS,

@@ -28,7 +28,7 @@ import pytest
 import sqlalchemy as sa
 
 from airflow_provider_carerix import store as store_module
-from airflow_provider_carerix.models import WebhookEvent
+from airflow_provider_carerix.definitions.models import WebhookEvent
 from airflow_provider_carerix.store import EventStore
 from airflow_provider_carerix.ui import plugin as sections
 from airflow_provider_carerix.ui.queries import EventBrowser, EventQuery

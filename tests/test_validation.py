@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_carerix.models import Webhook
-from airflow_provider_carerix.validation import (
+from airflow_provider_carerix.definitions.models import Webhook
+from airflow_provider_carerix.definitions.validation import (
     MAX_FILTERS,
     Problem,
     SpecValidationError,

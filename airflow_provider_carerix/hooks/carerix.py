@@ -30,6 +30,12 @@ from requests.auth import AuthBase
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from airflow_provider_carerix import __version__
+from airflow_provider_carerix.definitions.models import (
+    Application,
+    DeliveryJob,
+    SignatureVerification,
+    Webhook,
+)
 from airflow_provider_carerix.exceptions import (
     CarerixApiError,
     CarerixAuthError,
@@ -40,7 +46,6 @@ from airflow_provider_carerix.exceptions import (
     api_error,
     scrub,
 )
-from airflow_provider_carerix.models import Application, DeliveryJob, SignatureVerification, Webhook
 from airflow_provider_carerix.version_compat import (
     AIRFLOW_V_3_2_PLUS,
     BaseHook,

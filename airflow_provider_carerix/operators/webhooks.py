@@ -20,18 +20,18 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import yaml
 from airflow.sdk.log import mask_secret
 
-from airflow_provider_carerix.conditions import parse
-from airflow_provider_carerix.exceptions import CarerixNotFoundError
-from airflow_provider_carerix.hooks.event_store import DEFAULT_CONN_ID as DEFAULT_STORE_CONN_ID
-from airflow_provider_carerix.operators.base import CarerixBaseOperator
-from airflow_provider_carerix.spec import Spec, load_spec
-from airflow_provider_carerix.sync import SyncError, sync
-from airflow_provider_carerix.validation import (
+from airflow_provider_carerix.definitions.conditions import parse
+from airflow_provider_carerix.definitions.spec import Spec, load_spec
+from airflow_provider_carerix.definitions.validation import (
     SpecValidationError,
     explain_templates,
     targets_public_carerix,
     validate_webhook,
 )
+from airflow_provider_carerix.exceptions import CarerixNotFoundError
+from airflow_provider_carerix.hooks.event_store import DEFAULT_CONN_ID as DEFAULT_STORE_CONN_ID
+from airflow_provider_carerix.operators.base import CarerixBaseOperator
+from airflow_provider_carerix.provisioning.sync import SyncError, sync
 from airflow_provider_carerix.version_compat import AirflowFailException
 
 if TYPE_CHECKING:

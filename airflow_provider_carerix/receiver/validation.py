@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from airflow_provider_carerix.event_types import EventTypeError, parse_event_type
-from airflow_provider_carerix.models import WebhookEvent
+from airflow_provider_carerix.definitions.event_types import EventTypeError, parse_event_type
+from airflow_provider_carerix.definitions.models import WebhookEvent
 
 __all__ = [
     "DEFAULT_MAX_BODY",

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_carerix.event_types import normalise_patterns
+from airflow_provider_carerix.definitions.event_types import normalise_patterns
 from airflow_provider_carerix.hooks.event_store import (
     DEFAULT_CONN_ID,
     CarerixEventStoreHook,

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_carerix.event_types import matches_any, normalise_patterns
+from airflow_provider_carerix.definitions.event_types import matches_any, normalise_patterns
 
 if TYPE_CHECKING:
-    from airflow_provider_carerix.conditions import Condition
+    from airflow_provider_carerix.definitions.conditions import Condition
     from airflow_provider_carerix.store import StoredEvent
 
 __all__ = [
@@ -45,7 +45,7 @@ def clean_id(value: Any) -> str | None:
 
 
 def _parse_condition(text: str) -> Condition:
-    from airflow_provider_carerix.conditions import parse
+    from airflow_provider_carerix.definitions.conditions import parse
 
     return parse(text)
 

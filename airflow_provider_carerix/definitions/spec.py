@@ -20,9 +20,9 @@ from typing import Any
 
 import yaml
 
-from airflow_provider_carerix.conditions import parse
-from airflow_provider_carerix.models import Webhook
-from airflow_provider_carerix.validation import (
+from airflow_provider_carerix.definitions.conditions import parse
+from airflow_provider_carerix.definitions.models import Webhook
+from airflow_provider_carerix.definitions.validation import (
     UNKNOWN_EVENT_TYPES_HINT,
     Problem,
     SpecValidationError,
@@ -574,7 +574,7 @@ def check_spec(
     ``require_public_urls``: the spec is bound for Carerix itself, so every webhook URL must be one Carerix
     can reach from the internet. ``template``: the document before Jinja rendering (text or mapping).
     ``unknown_event_types_hint``: how the caller's users accept an unknown entity (the command line names its
-    flag; see :data:`~airflow_provider_carerix.validation.UNKNOWN_EVENT_TYPES_HINT`).
+    flag; see :data:`~airflow_provider_carerix.definitions.validation.UNKNOWN_EVENT_TYPES_HINT`).
     """
     text: str | None = None
     if isinstance(source, Path) or (isinstance(source, str) and not _looks_like_text(source)):

@@ -3,7 +3,7 @@
 Carerix accepts any webhook body without checking it, and a mistake (a misspelt event type, a doubled space
 in a condition, a relative URL) gives a webhook that silently never fires. Everything here therefore
 *collects* problems rather than stopping at the first, and names each by its JSON path, so a user fixes a
-definition in one round. The models in :mod:`airflow_provider_carerix.models` stay lenient on purpose: they
+definition in one round. The models in :mod:`airflow_provider_carerix.definitions.models` stay lenient on purpose: they
 must load whatever Carerix returns.
 """
 
@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from airflow_provider_carerix.conditions import ConditionSyntaxError, parse
-from airflow_provider_carerix.models import Webhook
-from airflow_provider_carerix.sync import display_url
+from airflow_provider_carerix.definitions.conditions import ConditionSyntaxError, parse
+from airflow_provider_carerix.definitions.models import Webhook
+from airflow_provider_carerix.definitions.redaction import display_url
 
 __all__ = [
     "ACTIONS",

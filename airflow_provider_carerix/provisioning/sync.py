@@ -29,18 +29,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
-from airflow_provider_carerix import conditions
+from airflow_provider_carerix.definitions import conditions
+from airflow_provider_carerix.definitions.models import Application, Webhook
+from airflow_provider_carerix.definitions.redaction import MASK, display_url
 from airflow_provider_carerix.exceptions import CarerixError, CarerixNotFoundError
-from airflow_provider_carerix.models import Application, Webhook
 
 if TYPE_CHECKING:
-    from airflow_provider_carerix.spec import Spec
+    from airflow_provider_carerix.definitions.spec import Spec
 
 log = logging.getLogger(__name__)
-
-MASK = "***"
 
 
 class SyncError(CarerixError):
@@ -163,26 +161,6 @@ class WebhookAction:
         return text
 
 
-def display_url(url: str | None) -> str:
-    """The URL without what may be a secret: credentials and the query string."""
-    if not url:
-        return "<no url>"
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # parsed lazily: a port out of range or not a number raises here
-    except ValueError:
-        return "<invalid url>"
-    netloc = parts.hostname or ""
-    if ":" in netloc:  # an IPv6 address keeps its brackets
-        netloc = f"[{netloc}]"
-    if port:
-        netloc += f":{port}"
-    if parts.username or parts.password:
-        netloc = f"{MASK}@{netloc}"
-    query = MASK if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-
-
 def describe_webhook(webhook: Webhook) -> str:
     filters = []
     for f in webhook.filters:
@@ -222,7 +200,7 @@ def diff_webhooks(
 ) -> list[WebhookAction]:
     """The actions that turn ``actual`` into ``desired``. Pure: no I/O, deterministic.
 
-    ``desired`` must not hold two webhooks with the same key (:func:`check_spec` rejects that).
+    ``desired`` must not hold two webhooks with the same key (:func:`require_unambiguous` rejects that).
     """
     label_of = {id(w): label for w, label in zip(desired, labels or [], strict=False)}
     desired_keys = [webhook_key(w) for w in desired]
@@ -347,7 +325,7 @@ def _snapshot_row(application_name: str, action: Action, webhook: Webhook) -> di
     }
 
 
-def check_spec(spec: Spec) -> None:
+def require_unambiguous(spec: Spec) -> None:
     """What validation of single webhooks cannot see: repeats, which would make the sync ambiguous."""
     problems: list[str] = []
     seen_apps: set[str] = set()
@@ -370,7 +348,7 @@ def check_spec(spec: Spec) -> None:
 
 def plan(spec: Spec, hook: WebhookApi, *, prune: bool) -> SyncPlan:
     """Read Carerix and compute what to do. Reads only: one list of applications, one list per application."""
-    check_spec(spec)
+    require_unambiguous(spec)
     existing: dict[str, list[Application]] = {}
     for application in hook.list_applications():
         existing.setdefault(application.name or "", []).append(application)

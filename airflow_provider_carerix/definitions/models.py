@@ -6,7 +6,7 @@ they accept Python names too, so users can build them from plain dicts either wa
 
 Parsing here is deliberately lenient: what Carerix returns must always load, even a webhook someone created by
 hand with a typo in it. Strict checking of what *we* are about to send lives in
-:mod:`airflow_provider_carerix.validation`.
+:mod:`airflow_provider_carerix.definitions.validation`.
 """
 
 from __future__ import annotations
