@@ -52,7 +52,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import typer
 
 from airflow_provider_carerix import emulator_graphql
-from airflow_provider_carerix.cli_common import Typer, version_option
+from airflow_provider_carerix.console import Typer, version_option
 from airflow_provider_carerix.definitions import conditions, event_types
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ import typer
 
 from airflow_provider_carerix import __version__
 from airflow_provider_carerix.cli import app as webhooks_app
-from airflow_provider_carerix.cli_common import EXIT_CODES
+from airflow_provider_carerix.console import EXIT_CODES
 from airflow_provider_carerix.definitions.spec import load_spec
 from airflow_provider_carerix.definitions.validation import SpecValidationError
 from airflow_provider_carerix.emulator import cli as emulator_app

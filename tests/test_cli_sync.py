@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from airflow_provider_carerix import cli_sync
+from airflow_provider_carerix.cli import sync as cli_sync
 from airflow_provider_carerix.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from airflow_provider_carerix import settings
-from airflow_provider_carerix.cli_common import EXIT_PROBLEMS, EXIT_USAGE, Typer, version_option
+from airflow_provider_carerix.console import EXIT_PROBLEMS, EXIT_USAGE, Typer, version_option
 from airflow_provider_carerix.receiver.auth import load_secrets
 from airflow_provider_carerix.receiver.server import ServerLimits
 from airflow_provider_carerix.receiver.validation import DEFAULT_MAX_BODY

@@ -13,10 +13,10 @@ from typing import Annotated
 
 import typer
 
-from airflow_provider_carerix.cli_common import EXIT_PROBLEMS, Typer, version_option
-from airflow_provider_carerix.cli_recover import register as register_recover_commands
-from airflow_provider_carerix.cli_sync import UNKNOWN_HINT, UnknownOpt
-from airflow_provider_carerix.cli_sync import register as register_sync_commands
+from airflow_provider_carerix.cli.recover import register as register_recover_commands
+from airflow_provider_carerix.cli.sync import UNKNOWN_HINT, UnknownOpt
+from airflow_provider_carerix.cli.sync import register as register_sync_commands
+from airflow_provider_carerix.console import EXIT_PROBLEMS, Typer, version_option
 from airflow_provider_carerix.definitions.spec import check_spec
 
 app = Typer(
@@ -82,7 +82,3 @@ register_recover_commands(app)  # recover
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()

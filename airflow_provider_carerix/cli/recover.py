@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from airflow_provider_carerix.cli_common import EXIT_PROBLEMS, EXIT_USAGE
-from airflow_provider_carerix.cli_sync import StoreConnOpt, StoreOpt
+from airflow_provider_carerix.cli.common import StoreConnOpt, StoreOpt
+from airflow_provider_carerix.console import EXIT_PROBLEMS, EXIT_USAGE
 
 
 def recover_command(
@@ -32,7 +32,12 @@ def recover_command(
 
     Prints the counts as JSON; exits 1 when Carerix or the store fails, or a payload is invalid.
     """
-    from airflow_provider_carerix.cli_sync import _connection_error, _hook, _own_logging, open_store_location
+    from airflow_provider_carerix.cli.common import (
+        carerix_hook,
+        connection_error,
+        open_store_location,
+        own_logging,
+    )
     from airflow_provider_carerix.exceptions import CarerixError
     from airflow_provider_carerix.recovery import parse_since, recover_events
     from airflow_provider_carerix.store import EventStore, StoreUnavailable
@@ -42,13 +47,13 @@ def recover_command(
     except ValueError as exc:
         typer.echo(f"error: --{exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
-    _own_logging()
+    own_logging()
     location = open_store_location(store, store_conn_id)
-    hook = _hook(conn_id)
+    hook = carerix_hook(conn_id)
     try:
         hook.settings  # noqa: B018  (the connection, read before anything else)
     except Exception as exc:
-        typer.echo(f"error: {_connection_error(conn_id, exc)}", err=True)
+        typer.echo(f"error: {connection_error(conn_id, exc)}", err=True)
         raise typer.Exit(EXIT_PROBLEMS) from None
     try:
         with EventStore(location.url) as event_store:

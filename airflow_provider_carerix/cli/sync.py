@@ -27,7 +27,16 @@ from typing import Annotated, Any
 
 import typer
 
-from airflow_provider_carerix.cli_common import EXIT_PROBLEMS, EXIT_USAGE
+from airflow_provider_carerix.cli.common import (
+    ConnIdOpt,
+    StoreConnOpt,
+    StoreOpt,
+    carerix_hook,
+    connection_error,
+    open_store_location,
+    own_logging,
+)
+from airflow_provider_carerix.console import EXIT_PROBLEMS, EXIT_USAGE
 from airflow_provider_carerix.definitions.spec import Spec, load_spec
 from airflow_provider_carerix.definitions.validation import SpecValidationError, targets_public_carerix
 from airflow_provider_carerix.exceptions import CarerixError
@@ -37,12 +46,6 @@ SpecArg = Annotated[
     Path,
     typer.Argument(
         help="YAML or JSON spec file.", metavar="SPEC", exists=True, dir_okay=False, readable=True
-    ),
-]
-ConnIdOpt = Annotated[
-    str,
-    typer.Option(
-        "--conn-id", help="Airflow connection id, resolved as Airflow does (AIRFLOW_CONN_<ID> env vars too)."
     ),
 ]
 UnknownOpt = Annotated[
@@ -61,40 +64,7 @@ UnreachableOpt = Annotated[
         "although the connection points at Carerix itself.",
     ),
 ]
-StoreOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--store",
-        help="Event store URL (default: the connection carerix_event_store, then [carerix] event_store_url, "
-        "then $AIRFLOW_HOME/carerix_events.db, as every component).",
-    ),
-]
-StoreConnOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--store-conn-id",
-        help="Airflow connection of the event store (default [carerix] event_store_conn_id, i.e. "
-        "carerix_event_store); '' to ignore connections.",
-    ),
-]
 _MISSING_VARIABLE = re.compile(r"Variable (\S+) not found")
-
-
-def _own_logging() -> None:
-    """Send Airflow's logs to stderr, so stdout holds only the plan and the JSON summary (pipeable), and let
-    lookups read Airflow's metadata database where Airflow is configured (as ``airflow connections get``).
-
-    Logging only when this command is the first to import Airflow in the process (the console script):
-    inside a process that already uses Airflow (a test runner, a notebook) its logging is not ours to change.
-    """
-    from airflow_provider_carerix import settings
-
-    if "airflow" not in sys.modules:
-        import airflow  # noqa: F401  (configures logging to stdout on import)
-        from airflow.sdk.log import configure_logging
-
-        configure_logging(output=sys.stderr)
-    settings.use_airflow_metadata_db()
 
 
 def render_spec_text(text: str) -> str:
@@ -140,7 +110,7 @@ def load_spec_file(
 
     A spec that cannot be read exits 2, a usage error like a missing one (which click refuses before this).
     """
-    _own_logging()
+    own_logging()
     try:
         template = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -168,32 +138,9 @@ def load_spec_file(
         raise typer.Exit(EXIT_PROBLEMS) from None
 
 
-def open_store_location(store: str | None, store_conn_id: str | None) -> Any:
-    """The event store as every component finds it; a configuration problem exits 2 saying which."""
-    from airflow_provider_carerix.hooks.event_store import DEFAULT_CONN_ID, locate_store
-    from airflow_provider_carerix.settings import ConfigurationError
-
-    _own_logging()
-    try:
-        location = locate_store(
-            store, store_conn_id=DEFAULT_CONN_ID if store_conn_id is None else store_conn_id
-        )
-    except ConfigurationError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
-    typer.echo(f"Event store: {location.describe()}", err=True)
-    return location
-
-
 def _stdin_is_tty() -> bool:
     """Whether a person can answer the confirmation (a pipe or CI cannot: apply then needs --yes)."""
     return sys.stdin.isatty()
-
-
-def _hook(conn_id: str) -> Any:
-    from airflow_provider_carerix.hooks.carerix import CarerixHook  # imports Airflow: see module docstring
-
-    return CarerixHook(carerix_conn_id=conn_id)
 
 
 def _connect_and_load(
@@ -203,31 +150,20 @@ def _connect_and_load(
 
     Resolving the connection reads Airflow's connection (environment or secrets backend), never Carerix.
     """
-    _own_logging()
-    hook = _hook(conn_id)
+    own_logging()
+    hook = carerix_hook(conn_id)
     try:
         public = targets_public_carerix(hook.settings.api_url)
     except (
         Exception
     ) as exc:  # connection not defined (Airflow's not-found error) or incomplete (CarerixError)
-        raise _fail(_connection_error(conn_id, exc)) from None
+        raise _fail(connection_error(conn_id, exc)) from None
     loaded = load_spec_file(
         spec,
         allow_unknown_event_types=allow_unknown_event_types,
         require_public_urls=public and not allow_unreachable_urls,
     )
     return loaded, hook
-
-
-def _connection_error(conn_id: str, exc: Exception) -> Exception:
-    """Airflow's "isn't defined" with where this process looked (environment, backends, metadata database)."""
-    if type(exc).__name__ not in ("AirflowNotFoundException", "ConnectionNotFound"):
-        return exc
-    from airflow_provider_carerix.settings import where_airflow_looks
-
-    return LookupError(
-        f"the Airflow connection {conn_id!r} is not defined: looked in {where_airflow_looks('connection', conn_id)}"
-    )
 
 
 def _fail(exc: Exception) -> typer.Exit:
