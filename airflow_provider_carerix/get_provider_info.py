@@ -37,7 +37,11 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "Carerix",
-                "python-modules": ["airflow_provider_carerix.operators.webhooks"],
+                "python-modules": [
+                    "airflow_provider_carerix.operators.base",
+                    "airflow_provider_carerix.operators.webhooks",
+                    "airflow_provider_carerix.operators.recovery",
+                ],
             }
         ],
         "sensors": [

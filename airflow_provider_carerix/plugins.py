@@ -78,7 +78,7 @@ def build_fastapi_apps() -> list[dict[str, Any]]:
     from airflow_provider_carerix.hooks.event_store import locate_store
     from airflow_provider_carerix.store import EventStore
     from airflow_provider_carerix.ui.app import airflow_authorization, create_ui_router
-    from airflow_provider_carerix.ui.plugin import page_sections
+    from airflow_provider_carerix.ui.sections import page_sections
 
     location = locate_store()
     app = _receiver_app(location)

@@ -16,16 +16,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_carerix.store import Provenance, parse_duration
+from airflow_provider_carerix.store import Provenance
 
 if TYPE_CHECKING:
     from airflow_provider_carerix.definitions.models import DeliveryJob, WebhookEvent
     from airflow_provider_carerix.store import EventStore
 
-__all__ = ["RecoveryResult", "parse_since", "recover_events"]
+__all__ = ["RecoveryResult", "recover_events"]
 
 log = logging.getLogger(__name__)
 
@@ -53,29 +52,6 @@ class RecoveryResult:
             "skipped_delivered": self.skipped_delivered,
             "invalid": self.invalid,
         }
-
-
-def parse_since(value: datetime | str | timedelta | None, *, now: datetime | None = None) -> datetime | None:
-    """``None`` (everything), an aware datetime, an ISO 8601 time, or a duration back from now (``2h``, ``7d``)."""
-    now = now or datetime.now(timezone.utc)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, timedelta):
-        return now - value
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    text = str(value).strip()
-    try:
-        return now - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(
-            f"since: expected a duration (2h, 30m, 7d) or an ISO 8601 time, got {text!r}"
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def _check(job: DeliveryJob, max_body: int) -> tuple[bytes, WebhookEvent]:

@@ -43,7 +43,6 @@ import functools
 import hashlib
 import json
 import logging
-import re
 import sqlite3
 import threading
 import uuid
@@ -1539,19 +1538,3 @@ def _warn_if_body_differs(event_id: str, stored: bytes | str, new: bytes | str) 
             _digest(stored_b),
             _digest(new_b),
         )
-
-
-_MAX_DURATION_SECONDS = 36500 * 86400
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
-
-
-def parse_duration(text: str) -> timedelta:
-    """``30d``, ``12h``, ``90m``, ``45s``, ``2w``: the retention syntax of ``carerix-receiver purge``."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(f"invalid duration {text!r}: use a number with s, m, h, d or w, e.g. 30d")
-    amount, unit = int(match.group(1)), match.group(2).lower()
-    seconds = amount * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
-    if seconds > _MAX_DURATION_SECONDS:
-        raise ValueError(f"duration {text.strip()!r} too large: at most 36500d (100 years)")
-    return timedelta(seconds=seconds)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from airflow_provider_carerix import store as store_module  # noqa: E402
 from airflow_provider_carerix.store import EventStore  # noqa: E402
 from airflow_provider_carerix.ui.app import create_ui_router  # noqa: E402
-from airflow_provider_carerix.ui.plugin import page_sections  # noqa: E402
+from airflow_provider_carerix.ui.sections import page_sections  # noqa: E402
 
 TYPES = [
     "cremployee:updated",

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from airflow_provider_carerix.cli import sync as cli_sync
 from airflow_provider_carerix.cli import app
+from airflow_provider_carerix.cli import sync as cli_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_SPEC = ROOT / "example_dags" / "specs" / "carerix_webhooks.yaml"

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import requests
-import structlog.testing
 from airflow.sdk import Connection
 
 from airflow_provider_carerix.definitions.models import Application, Webhook
@@ -400,37 +399,37 @@ def test_a_token_answer_without_a_token_is_an_auth_error(
     assert error.reason == "the answer holds no access_token" and sleeps == []
 
 
-def test_a_token_without_a_lifetime_is_kept_for_five_minutes(emulator: CarerixEmulator) -> None:
+def test_a_token_without_a_lifetime_is_kept_for_five_minutes(
+    emulator: CarerixEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
     emulator.token_lifetime = 0  # "expires_in": 0, as if absent
-    with structlog.testing.capture_logs() as logs:
-        make_hook().get_access_token()
-    assert [entry["event"] for entry in logs] == [
+    caplog.set_level(logging.INFO, logger="airflow_provider_carerix.hooks.carerix")
+    make_hook().get_access_token()
+    assert [r.getMessage() for r in caplog.records if r.name == "airflow_provider_carerix.hooks.carerix"] == [
         "Obtained a Carerix access token for client demo-client (valid 300s)"
     ]
 
 
 def test_fetching_a_token_is_logged_with_the_client_and_lifetime_never_the_secret(
-    emulator: CarerixEmulator,
+    emulator: CarerixEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
-    previous = structlog.get_config()["wrapper_class"]
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
-    try:
-        with structlog.testing.capture_logs() as logs:
-            hook = make_hook()
-            token = hook.get_access_token()
-    finally:
-        structlog.configure(wrapper_class=previous)
+    caplog.set_level(logging.DEBUG, logger="airflow_provider_carerix.hooks.carerix")
+    hook = make_hook()
+    token = hook.get_access_token()
     settings = hook.settings
-    assert [(entry["log_level"], entry["event"]) for entry in logs] == [
+    logs = [
+        (r.levelname.lower(), r.getMessage())
+        for r in caplog.records
+        if r.name == "airflow_provider_carerix.hooks.carerix"
+    ]
+    assert logs == [
         (
             "debug",
             f"Fetching a Carerix access token for client {settings.client_id} from {settings.token_url}",
         ),
         ("info", f"Obtained a Carerix access token for client {settings.client_id} (valid 300s)"),
     ]
-    assert token not in json.dumps(logs, default=str) and settings.client_secret not in json.dumps(
-        logs, default=str
-    )
+    assert token not in caplog.text and settings.client_secret not in caplog.text
 
 
 def test_token_without_the_management_scope_gets_403(
@@ -769,28 +768,28 @@ def test_no_secret_or_token_in_logs_or_errors(
     caplog: pytest.LogCaptureFixture,
     sleeps: list[float],
 ) -> None:
-    caplog.set_level(logging.DEBUG)  # stdlib loggers: requests/urllib3, the emulator
-    # The hook logs through Airflow's structlog-based ``self.log``, which caplog does not see.
-    with structlog.testing.capture_logs() as hook_logs:
-        hook = make_hook()
-        app = hook.create_application("a")
-        hook.create_webhook(str(app.id), WEBHOOK)
-        emulator.expire_tokens()
-        hook.list_webhooks(str(app.id))
-        emulator.inject_fault(status=500, times=10, method="GET")
-        errors: list[str] = []
-        with pytest.raises(CarerixApiError) as info:
-            hook.list_applications()
-        errors.append(str(info.value))
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_CARERIX_DEFAULT", emulator.connection_json(client_secret="other-secret-77")
-        )
-        with pytest.raises(CarerixAuthError) as auth_info:
-            make_hook().get_access_token()
-        errors.append(str(auth_info.value))
+    caplog.set_level(logging.DEBUG)  # the hook's module logger, requests/urllib3, the emulator
+    hook = make_hook()
+    app = hook.create_application("a")
+    hook.create_webhook(str(app.id), WEBHOOK)
+    emulator.expire_tokens()
+    hook.list_webhooks(str(app.id))
+    emulator.inject_fault(status=500, times=10, method="GET")
+    errors: list[str] = []
+    with pytest.raises(CarerixApiError) as info:
+        hook.list_applications()
+    errors.append(str(info.value))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CARERIX_DEFAULT", emulator.connection_json(client_secret="other-secret-77")
+    )
+    with pytest.raises(CarerixAuthError) as auth_info:
+        make_hook().get_access_token()
+    errors.append(str(auth_info.value))
 
-    hook_text = "\n".join(json.dumps(entry, default=str) for entry in hook_logs)
-    text = caplog.text + hook_text
+    hook_text = "\n".join(
+        r.getMessage() for r in caplog.records if r.name == "airflow_provider_carerix.hooks.carerix"
+    )
+    text = caplog.text
     assert "Obtained a Carerix access token" in hook_text  # the hook's own logs were captured
     assert "retrying" in hook_text
     assert "Carerix refused the access token (HTTP 401); fetching a new one" in hook_text  # says why

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_carerix.store import EventStore
-from airflow_provider_carerix.ui.plugin import webhooks as page_webhooks
+from airflow_provider_carerix.ui.sections import webhooks as page_webhooks
 
 ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "carerix_provision_webhooks"

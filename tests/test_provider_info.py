@@ -71,6 +71,33 @@ def test_every_listed_module_and_class_imports(info: dict[str, Any]) -> None:
         assert isinstance(getattr(importlib.import_module(module), name), type), path
 
 
+def test_every_module_with_a_hook_operator_sensor_or_trigger_is_listed(info: dict[str, Any]) -> None:
+    """Airflow finds a provider's hooks, operators, sensors and triggers through this list only."""
+    import pkgutil
+
+    import airflow_provider_carerix
+    from airflow_provider_carerix.version_compat import BaseHook, BaseOperator, BaseTrigger
+
+    listed = set(_modules(info))
+    found = set()
+    for module_info in pkgutil.walk_packages(airflow_provider_carerix.__path__, "airflow_provider_carerix."):
+        if module_info.name.split(".")[1] not in ("hooks", "operators", "sensors", "triggers"):
+            continue
+        module = importlib.import_module(module_info.name)
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and value.__module__ == module.__name__
+                and issubclass(value, (BaseHook, BaseOperator, BaseTrigger))
+            ):
+                found.add(module.__name__)
+    assert found == listed
+    assert (
+        "airflow_provider_carerix.operators.recovery" in found
+        and "airflow_provider_carerix.hooks.event_store" in found
+    )
+
+
 def test_connection_type_matches_the_hook(info: dict[str, Any]) -> None:
     from airflow_provider_carerix.hooks.carerix import CarerixHook
 

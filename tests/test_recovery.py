@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 
 from airflow_provider_carerix.cli import app as cli_app
 from airflow_provider_carerix.definitions.models import DeliveryJob
+from airflow_provider_carerix.durations import parse_since
 from airflow_provider_carerix.events import CarerixEvents
 from airflow_provider_carerix.exceptions import CarerixApiError
 from airflow_provider_carerix.hooks.carerix import CarerixHook
-from airflow_provider_carerix.recovery import parse_since, recover_events
+from airflow_provider_carerix.recovery import recover_events
 from airflow_provider_carerix.signing import record_signing_keys
 from airflow_provider_carerix.store import EventStore
 

@@ -12,12 +12,12 @@ import pytest
 import sqlalchemy as sa
 
 from airflow_provider_carerix.definitions.models import WebhookEvent
+from airflow_provider_carerix.durations import parse_duration
 from airflow_provider_carerix.store import (
     NOTIFY_CHANNEL,
     SCHEMA_VERSION,
     EventStore,
     StoreUnavailable,
-    parse_duration,
     resolve_store_url,
 )
 from tests.fixtures.store import PATIENT, FollowingReader, pause_after_insert, run_in_threads, with_options

@@ -38,8 +38,9 @@ def recover_command(
         open_store_location,
         own_logging,
     )
+    from airflow_provider_carerix.durations import parse_since
     from airflow_provider_carerix.exceptions import CarerixError
-    from airflow_provider_carerix.recovery import parse_since, recover_events
+    from airflow_provider_carerix.recovery import recover_events
     from airflow_provider_carerix.store import EventStore, StoreUnavailable
 
     try:

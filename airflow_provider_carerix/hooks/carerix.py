@@ -425,7 +425,7 @@ class CarerixHook(BaseHook):
         what = f"HTTP {exc.response.status_code}" if isinstance(exc, _RetryableStatus) else type(exc).__name__
         wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
         method, url = retry_state.args[0], retry_state.args[1]
-        self.log.warning(
+        log.warning(
             "Carerix %s %s: %s; retrying in %.2fs (attempt %d of %d)",
             method,
             url,
@@ -512,7 +512,7 @@ class CarerixHook(BaseHook):
             "client_secret": settings.client_secret,
             "scope": settings.scope,
         }
-        self.log.debug(
+        log.debug(
             "Fetching a Carerix access token for client %s from %s", settings.client_id, settings.token_url
         )
         response = self._send("POST", settings.token_url, idempotent=True, data=form)
@@ -553,7 +553,7 @@ class CarerixHook(BaseHook):
             expires_in = float(payload.get("expires_in") or 300)
         except (TypeError, ValueError):
             expires_in = 300.0
-        self.log.info(
+        log.info(
             "Obtained a Carerix access token for client %s (valid %ds)", settings.client_id, int(expires_in)
         )
         return value, expires_in
@@ -584,9 +584,7 @@ class CarerixHook(BaseHook):
         response = self._send(method, url, idempotent=idempotent, **kwargs)
         if response.status_code == 401:
             sent = (response.request.headers.get("Authorization") or "").removeprefix("Bearer ")
-            self.log.info(
-                "Carerix refused the access token (HTTP 401); fetching a new one and trying once more"
-            )
+            log.info("Carerix refused the access token (HTTP 401); fetching a new one and trying once more")
             self._invalidate_token(sent)
             response = self._send(method, url, idempotent=idempotent, **kwargs)
         if response.status_code >= 400:

@@ -41,13 +41,13 @@ from typing import Any
 from sqlalchemy.engine import URL, make_url
 
 from airflow_provider_carerix import settings
+from airflow_provider_carerix.durations import parse_duration
 from airflow_provider_carerix.settings import ConfigurationError, StoreLocation
 from airflow_provider_carerix.store import (
     ConsumerOwned,
     EventStore,
     StoredEvent,
     StoreUnavailable,
-    parse_duration,
 )
 from airflow_provider_carerix.utils.event_filter import EventFilter, iso
 from airflow_provider_carerix.version_compat import (
@@ -199,7 +199,7 @@ def start_sequence(store: EventStore, start_from: str, *, now: datetime | None =
         return 0
     if choice in ("deployed", "new"):
         return store.last_sequence()
-    from airflow_provider_carerix.recovery import parse_since
+    from airflow_provider_carerix.durations import parse_since
 
     since = parse_since(choice, now=now)
     assert since is not None

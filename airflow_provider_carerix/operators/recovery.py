@@ -54,9 +54,10 @@ class CarerixRecoverEventsOperator(CarerixBaseOperator):
         self.fail_on_invalid = fail_on_invalid
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_carerix.durations import parse_since
         from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
         from airflow_provider_carerix.operators.webhooks import _as_bool
-        from airflow_provider_carerix.recovery import parse_since, recover_events
+        from airflow_provider_carerix.recovery import recover_events
         from airflow_provider_carerix.version_compat import AirflowException, AirflowFailException
 
         since_value = None if isinstance(self.since, str) and self.since.strip() == "None" else self.since

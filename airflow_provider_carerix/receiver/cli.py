@@ -12,12 +12,13 @@ import typer
 
 from airflow_provider_carerix import settings
 from airflow_provider_carerix.console import EXIT_PROBLEMS, EXIT_USAGE, Typer, version_option
+from airflow_provider_carerix.durations import parse_duration
 from airflow_provider_carerix.receiver.auth import load_secrets
 from airflow_provider_carerix.receiver.server import ServerLimits
 from airflow_provider_carerix.receiver.validation import DEFAULT_MAX_BODY
 from airflow_provider_carerix.settings import ConfigurationError, StoreLocation
 from airflow_provider_carerix.signing import SigningKeyCache
-from airflow_provider_carerix.store import EventStore, StoreUnavailable, parse_duration
+from airflow_provider_carerix.store import EventStore, StoreUnavailable
 
 __all__ = ["cli", "main"]
 
