@@ -175,9 +175,11 @@ def _env_value(name: str, form: str) -> str:
         return str(run_command(raw))
     if form == "secret":
         # A method of the config parser on Airflow 3.2+, a module function on 3.1.
-        getter = getattr(_conf(), "_get_config_value_from_secret_backend", None)
+        getter: Any = getattr(_conf(), "_get_config_value_from_secret_backend", None)
         if getter is None:
-            from airflow.configuration import _get_config_value_from_secret_backend as getter
+            import airflow.configuration
+
+            getter = getattr(airflow.configuration, "_get_config_value_from_secret_backend")  # noqa: B009
         return str(getter(raw) or "")
     return raw
 

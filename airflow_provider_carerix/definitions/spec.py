@@ -465,13 +465,17 @@ def _check_document(
         )
     if "applications" not in data and "application" not in data and ({"_kind", "url", "filters"} & set(data)):
         # A bare Carerix webhook body (like the guide's examples): validate it as such.
-        problems = validate_webhook(
-            dict(data),
-            allow_unknown_event_types=allow_unknown,
-            require_public_url=require_public,
-            unknown_event_types_hint=unknown_hint,
+        return (
+            "webhook",
+            validate_webhook(
+                dict(data),
+                allow_unknown_event_types=allow_unknown,
+                require_public_url=require_public,
+                unknown_event_types_hint=unknown_hint,
+            ),
+            None,
+            1,
         )
-        return "webhook", problems, None, 1
     problems: list[Problem] = []
     opt_in = data.get("allow_unknown_event_types", False)
     if not isinstance(opt_in, bool):

@@ -355,8 +355,8 @@ class CarerixHook(BaseHook):
 
     if not AIRFLOW_V_3_2_PLUS:
         # Airflow 3.1 builds the connection form from the hook; 3.2+ reads the same fields from provider info.
-        get_connection_form_widgets = classmethod(connection_form_widgets)
-        get_ui_field_behaviour = classmethod(ui_field_behaviour)
+        get_connection_form_widgets: Any = classmethod(connection_form_widgets)
+        get_ui_field_behaviour: Any = classmethod(ui_field_behaviour)
 
     def __init__(
         self,
@@ -583,7 +583,7 @@ class CarerixHook(BaseHook):
             kwargs["json"] = json
         response = self._send(method, url, idempotent=idempotent, **kwargs)
         if response.status_code == 401:
-            sent = (response.request.headers.get("Authorization") or "").removeprefix("Bearer ")
+            sent = str(response.request.headers.get("Authorization") or "").removeprefix("Bearer ")
             log.info("Carerix refused the access token (HTTP 401); fetching a new one and trying once more")
             self._invalidate_token(sent)
             response = self._send(method, url, idempotent=idempotent, **kwargs)
@@ -724,7 +724,7 @@ class CarerixHook(BaseHook):
                 response.status_code,
                 "POST",
                 url,
-                None,
+                "",
                 reason=f"GraphQL error: {message or 'answer holds no data'}",
                 secrets=self._secrets(),
             )

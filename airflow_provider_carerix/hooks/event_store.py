@@ -341,8 +341,8 @@ class CarerixEventStoreHook(BaseHook):
 
     if not AIRFLOW_V_3_2_PLUS:
         # Airflow 3.1 builds the connection form from the hook; 3.2+ reads the same from provider info.
-        get_connection_form_widgets = classmethod(connection_form_widgets)
-        get_ui_field_behaviour = classmethod(ui_field_behaviour)
+        get_connection_form_widgets: Any = classmethod(connection_form_widgets)
+        get_ui_field_behaviour: Any = classmethod(ui_field_behaviour)
 
     def __init__(self, store_conn_id: str | None = DEFAULT_CONN_ID, store_url: str | None = None) -> None:
         super().__init__()

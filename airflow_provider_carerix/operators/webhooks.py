@@ -240,15 +240,17 @@ class CarerixSyncWebhooksOperator(_CarerixOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.spec = str(spec) if isinstance(spec, Path) else spec
+        self.spec: str | Mapping[str, Any] = str(spec) if isinstance(spec, Path) else spec
         self.record_signing_keys = record_signing_keys
         self.event_store_url = event_store_url
         self.store_conn_id = store_conn_id
         self.prune = prune
-        self.dry_run = dry_run
+        # A template field of this name is public API; it hides BaseOperator.dry_run(), a method Airflow 3
+        # never calls on a task (``airflow tasks test`` renders templates itself).
+        self.dry_run = dry_run  # type: ignore[method-assign,assignment]
         self.allow_unknown_event_types = allow_unknown_event_types
         self.allow_unreachable_urls = allow_unreachable_urls
-        self._spec_source: str | None = self.spec if _is_spec_path(self.spec) else None
+        self._spec_source: str | None = str(self.spec) if _is_spec_path(self.spec) else None
         self._spec_template: str | Mapping[str, Any] | None = None  # the spec before rendering
 
     def resolve_template_files(self) -> None:

@@ -211,12 +211,14 @@ class CarerixEventTrigger(BaseEventTrigger):
         """Yield this watcher's events of one batch, catching up from its cursor first if it is behind."""
         assert self._position is not None
         fired = False
-        if batch.after > self._position:
+        position = self._position
+        assert position is not None  # set by _start, before the first batch
+        if batch.after > position:
             # Joined late, or restarted: events between the cursor and the batch were broadcast before this
             # watcher subscribed. Read them with this watcher's own filters, inside this batch's ack window.
             rows = await retry_while_unavailable(
                 f"catching up Carerix watcher {self.consumer!r}",
-                lambda: list(hook.matching_after(self.filter, self._position, upto=batch.after)),
+                lambda: list(hook.matching_after(self.filter, position, upto=batch.after)),
             )
             for stored, matched in rows:
                 if matched:
