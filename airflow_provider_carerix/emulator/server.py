@@ -51,9 +51,9 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import typer
 
-from airflow_provider_carerix import emulator_graphql
 from airflow_provider_carerix.console import Typer, version_option
 from airflow_provider_carerix.definitions import conditions, event_types
+from airflow_provider_carerix.emulator import graphql as emulator_graphql
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
