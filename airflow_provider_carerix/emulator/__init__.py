@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from airflow_provider_carerix.emulator.server import (
+from airflow_provider_carerix.emulator.server import CarerixEmulator, cli, main
+from airflow_provider_carerix.emulator.state import (
     API_PREFIX,
     APPLICATION_KINDS,
     CONTROL_PREFIX,
@@ -11,12 +12,9 @@ from airflow_provider_carerix.emulator.server import (
     MANAGE_SCOPE,
     SIGNATURE_ALGORITHM,
     SIGNATURE_HEADER,
-    CarerixEmulator,
     Delivery,
     Fault,
     RecordedRequest,
-    cli,
-    main,
 )
 
 __all__ = [

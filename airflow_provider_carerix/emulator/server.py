@@ -42,11 +42,10 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import typer
@@ -54,123 +53,32 @@ import typer
 from airflow_provider_carerix.console import Typer, version_option
 from airflow_provider_carerix.definitions import conditions, event_types
 from airflow_provider_carerix.emulator import graphql as emulator_graphql
-
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from airflow_provider_carerix.emulator.state import (
+    API_PREFIX,
+    APPLICATION_KINDS,
+    CONTROL_PREFIX,
+    DEFAULT_RETRY_SCHEDULE,
+    GRAPHQL_PATH,
+    MANAGE_SCOPE,
+    SIGNATURE_ALGORITHM,
+    SIGNATURE_HEADER,
+    Delivery,
+    EmulatorState,
+    Fault,
+    RecordedRequest,
+    _Job,
+    _json_object,
+    _now_iso,
+    _Response,
+    _SigningKey,
+    _Token,
+)
 
 log = logging.getLogger(__name__)
 
-MANAGE_SCOPE = "urn:cx/webhooks:data:manage"
-API_PREFIX = "/webhooks/v1"
-CONTROL_PREFIX = "/_emulator"
-GRAPHQL_PATH = "/graphql/v1/graphql"
-SIGNATURE_HEADER = "Cx-Signature"
-#: What ``signatureVerification.algorithm`` says; Carerix has not published its values, this is the Java name.
-SIGNATURE_ALGORITHM = "SHA256withRSA"
-APPLICATION_KINDS = ("Application", "WebhookApplication")
-#: Seconds between a failed attempt and the next one; Carerix's own schedule is not published.
-DEFAULT_RETRY_SCHEDULE = (30.0, 120.0, 600.0)
 _TOKEN_PATH = re.compile(r"^/auth/realms/(?P<realm>[^/]+)/protocol/openid-connect/token/?$")
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _WEBHOOK_FIELDS = ("url", "filters", "customHeaders", "status", "_createdDateTime", "_updatedDateTime")
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request the emulator answered (control endpoints are not recorded)."""
-
-    method: str
-    path: str
-    status: int
-    query: str = ""
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One POST of an event to a webhook's URL. ``status`` is 0 when the receiver could not be reached."""
-
-    webhook_id: str
-    url: str
-    status: int
-    event: dict[str, Any]
-    error: str | None = None
-    job_id: str | None = None
-    attempt: int = 1
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
-
-
-@dataclass
-class Fault:
-    """An injected failure: the next ``times`` matching requests get ``status`` (``None``: only ``delay``).
-
-    ``processed=True`` applies the request first and then answers with the fault: what a gateway timeout in
-    front of a working backend looks like, and the case where retrying a create would make a duplicate.
-    """
-
-    status: int | None = 500
-    times: int = 1
-    method: str | None = None
-    path_contains: str | None = None
-    retry_after: str | int | float | None = None
-    delay: float = 0.0
-    processed: bool = False
-    body: dict[str, Any] | None = None  # the answer's JSON; default: {"error": "injected fault", ...}
-
-    def applies(self, method: str, path: str) -> bool:
-        return (
-            self.times > 0
-            and (self.method is None or self.method.upper() == method)
-            and (self.path_contains is None or self.path_contains in path)
-        )
-
-
-@dataclass
-class _SigningKey:
-    private_key: RSAPrivateKey = field(repr=False)
-    public_pem: str
-    created: float
-    retired_at: float | None = None
-
-
-@dataclass
-class _Job:
-    """A delivery job: one event on its way to one webhook, with every attempt (Carerix's ``WebhookDeliveryJob``)."""
-
-    id: str
-    created: str
-    application_id: str
-    webhook_id: str
-    url: str
-    headers: list[dict[str, str]]
-    payload: str
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    next_attempt_at: float | None = None
-    signing: str = "current"
-
-    @property
-    def delivered(self) -> bool:
-        return any(a["deliveryStatus"] == "successful" for a in self.attempts)
-
-
-@dataclass
-class _Token:
-    client_id: str
-    scopes: frozenset[str]
-    expires_at: float
-
-
-@dataclass
-class _Response:
-    status: int
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _event_type_matches(filter_type: str, event_type: str) -> bool:
@@ -207,7 +115,7 @@ class _EmulatorServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-class CarerixEmulator:
+class CarerixEmulator(EmulatorState):
     """An in-memory Carerix on loopback. Thread-safe; every knob can be changed while it runs.
 
     List behaviour (what Carerix does not publish): ``list_shape`` ``"array"`` or ``"items"``; ``slim=True``
@@ -1113,14 +1021,6 @@ class CarerixEmulator:
             self.clear()
             return _Response(204)
         return _Response(404, {"error": "unknown control endpoint"})
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        data = json.loads(body or b"{}")
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
 
 
 class _Handler(BaseHTTPRequestHandler):
