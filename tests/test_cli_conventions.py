@@ -20,7 +20,7 @@ from airflow_provider_carerix.cli import app as webhooks_app
 from airflow_provider_carerix.console import EXIT_CODES
 from airflow_provider_carerix.definitions.spec import load_spec
 from airflow_provider_carerix.definitions.validation import SpecValidationError
-from airflow_provider_carerix.emulator import cli as emulator_app
+from airflow_provider_carerix.emulator.cli import cli as emulator_app
 from airflow_provider_carerix.receiver.cli import cli as receiver_app
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from airflow_provider_carerix.emulator.server import CarerixEmulator, cli, main
+from airflow_provider_carerix.emulator.cli import main
+from airflow_provider_carerix.emulator.server import CarerixEmulator
 from airflow_provider_carerix.emulator.state import (
     API_PREFIX,
     APPLICATION_KINDS,
@@ -30,6 +31,5 @@ __all__ = [
     "Delivery",
     "Fault",
     "RecordedRequest",
-    "cli",
     "main",
 ]
