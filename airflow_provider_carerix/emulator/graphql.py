@@ -6,6 +6,8 @@ with arguments (variables, strings, numbers, booleans, null, enums, lists, input
 selection sets. Like a real server it answers only the selected fields and refuses unknown fields, a scalar
 with a selection or an object without one, so a client query that would fail at Carerix fails here too.
 Fragments, directives and mutations are not supported (an error says so).
+
+:class:`GraphQLMixin` is the one root field served: the delivery log, ``webhookDeliveryJobPage``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SCHEMA", "GraphQLError", "execute"]
+from airflow_provider_carerix.emulator.delivery import DeliveryMixin
+
+__all__ = ["SCHEMA", "GraphQLError", "GraphQLMixin", "execute"]
 
 
 class GraphQLError(Exception):
@@ -317,3 +321,43 @@ def execute(request: dict[str, Any], resolvers: dict[str, Callable[[dict[str, An
     except GraphQLError as exc:
         return {"errors": [{"message": str(exc)}], "data": None}
     return {"data": data}
+
+
+class GraphQLMixin(DeliveryMixin):
+    """The root resolvers of the emulator's GraphQL endpoint: the delivery log, one page at a time."""
+
+    def _graphql_root(self) -> dict[str, Any]:
+        return {"webhookDeliveryJobPage": lambda args: self._job_page(args)}
+
+    def _job_page(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``webhookDeliveryJobPage(pageable: Pageable)``: Spring-style pages, optionally sorted by a field."""
+        pageable = args.get("pageable") or {}
+        page = int(pageable.get("page") or 0)
+        size = int(pageable.get("size") or 20)
+        if page < 0 or size < 1:
+            raise GraphQLError("pageable: page must be >= 0 and size >= 1")
+        jobs = list(self._jobs.values())
+        orders = pageable.get("sort") or []
+        sort_keys = {"_createdDateTime": "created", "_id": "id"}
+        for order in reversed(orders):
+            prop = str(order.get("property") or "")
+            if prop not in sort_keys:
+                raise GraphQLError(f"cannot sort delivery jobs by {prop!r}")
+            descending = str(order.get("direction") or "ASC").upper() == "DESC"
+            jobs.sort(key=lambda job, a=sort_keys[prop]: getattr(job, a), reverse=descending)
+        total = len(jobs)
+        pages = (total + size - 1) // size
+        chunk = [self._job_view(job) for job in jobs[page * size : (page + 1) * size]]
+        return {
+            "items": chunk,
+            "page": page,
+            "size": size,
+            "totalElements": total,
+            "totalPages": pages,
+            "numberOfElements": len(chunk),
+            "first": page == 0,
+            "last": page >= pages - 1,
+            "sort": ", ".join(
+                f"{o.get('property')}: {str(o.get('direction') or 'ASC').upper()}" for o in orders
+            ),
+        }

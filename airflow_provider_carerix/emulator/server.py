@@ -42,7 +42,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from airflow_provider_carerix.emulator import graphql as emulator_graphql
-from airflow_provider_carerix.emulator.delivery import DeliveryMixin
+from airflow_provider_carerix.emulator.graphql import GraphQLMixin
 from airflow_provider_carerix.emulator.management import ManagementMixin
 from airflow_provider_carerix.emulator.state import (
     API_PREFIX,
@@ -84,7 +84,7 @@ class _EmulatorServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-class CarerixEmulator(ManagementMixin, DeliveryMixin, TokenMixin):
+class CarerixEmulator(ManagementMixin, GraphQLMixin, TokenMixin):
     """An in-memory Carerix on loopback. Thread-safe; every knob can be changed while it runs.
 
     List behaviour (what Carerix does not publish): ``list_shape`` ``"array"`` or ``"items"``; ``slim=True``
@@ -396,42 +396,6 @@ class CarerixEmulator(ManagementMixin, DeliveryMixin, TokenMixin):
             with self._lock:
                 return _Response(200, emulator_graphql.execute(request, self._graphql_root()))
         return _Response(404, {"error": "not found"})
-
-    def _graphql_root(self) -> dict[str, Any]:
-        return {"webhookDeliveryJobPage": lambda args: self._job_page(args)}
-
-    def _job_page(self, args: dict[str, Any]) -> dict[str, Any]:
-        """``webhookDeliveryJobPage(pageable: Pageable)``: Spring-style pages, optionally sorted by a field."""
-        pageable = args.get("pageable") or {}
-        page = int(pageable.get("page") or 0)
-        size = int(pageable.get("size") or 20)
-        if page < 0 or size < 1:
-            raise emulator_graphql.GraphQLError("pageable: page must be >= 0 and size >= 1")
-        jobs = list(self._jobs.values())
-        orders = pageable.get("sort") or []
-        sort_keys = {"_createdDateTime": "created", "_id": "id"}
-        for order in reversed(orders):
-            prop = str(order.get("property") or "")
-            if prop not in sort_keys:
-                raise emulator_graphql.GraphQLError(f"cannot sort delivery jobs by {prop!r}")
-            descending = str(order.get("direction") or "ASC").upper() == "DESC"
-            jobs.sort(key=lambda job, a=sort_keys[prop]: getattr(job, a), reverse=descending)
-        total = len(jobs)
-        pages = (total + size - 1) // size
-        chunk = [self._job_view(job) for job in jobs[page * size : (page + 1) * size]]
-        return {
-            "items": chunk,
-            "page": page,
-            "size": size,
-            "totalElements": total,
-            "totalPages": pages,
-            "numberOfElements": len(chunk),
-            "first": page == 0,
-            "last": page >= pages - 1,
-            "sort": ", ".join(
-                f"{o.get('property')}: {str(o.get('direction') or 'ASC').upper()}" for o in orders
-            ),
-        }
 
     def _control(self, method: str, path: str, query: str, body: bytes) -> _Response:
         action = path[len(CONTROL_PREFIX) :].strip("/")
