@@ -1,30 +1,10 @@
-"""A local Carerix: Keycloak-style token endpoint, Webhooks Management API and event delivery, over real HTTP.
+"""The emulator as one HTTP server: :class:`CarerixEmulator`, and the stdlib server and handler it runs on.
 
-Why it exists: Carerix has no sandbox one can script, and a mock of the hook would only test the hook against
-its own assumptions. This is a real HTTP server (stdlib ``ThreadingHTTPServer`` in a background thread), so
-the hook, the operators, the demo and users' offline development all talk HTTP to it exactly as they would to
-Carerix, including the parts Carerix does not publish and the hook must survive: slim list entries, bare or
-``items``-wrapped lists, ``id`` instead of ``_id``, a trailing slash either way, 401 on expired tokens, 429
-with ``Retry-After``, 5xx, slow answers.
-
-Like Carerix it signs every delivery: each application has an RSA key pair, the public key is served on the
-application (``signatureVerification: {"algorithm", "publicKey": <PEM>}``) and every delivery carries
-``Cx-Signature``, the base64 RSASSA-PKCS1-v1_5/SHA-256 signature of the raw body. Keys rotate on request
-(``rotate_key``); the previous key is kept for ``key_retention`` seconds so tests can send with it.
-
-Like Carerix it keeps a delivery log: one job per event and webhook with every attempt (failed ones too, e.g.
-while the receiver is down), retried on ``retry_schedule`` (seconds after the previous attempt; tests shorten
-it) and readable through the GraphQL query ``webhookDeliveryJobPage`` at ``/graphql/v1/graphql``.
-
-It must not import Airflow: the console script runs it on machines and in processes without Airflow set up.
-
-Run it: ``carerix-emulator serve --port 8089 --realm demo --client-id demo-client`` (secret from the
-environment variable ``CARERIX_EMULATOR_CLIENT_SECRET``, default ``demo-secret``), or in Python::
-
-    with CarerixEmulator() as emulator:
-        os.environ["AIRFLOW_CONN_CARERIX_DEFAULT"] = emulator.connection_json()
-        ...
-        emulator.deliver("cremployee:updated", {"entityId": "1", "changedFields": ["lastname"]})
+:class:`CarerixEmulator` puts the parts together (tokens, the Management API, signing, delivery and the
+GraphQL delivery log: mixins from the sibling modules over :class:`~.state.EmulatorState`) and keeps what is
+the server's own: starting and stopping, its addresses and connection strings, routing each request to its
+part, injected faults, the request log, and the control API under ``/_emulator`` through which tests, the
+demo and users drive it.
 """
 
 from __future__ import annotations
@@ -41,8 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from airflow_provider_carerix.emulator import graphql as emulator_graphql
-from airflow_provider_carerix.emulator.graphql import GraphQLMixin
+from airflow_provider_carerix.emulator.graphql import GraphQLMixin, execute
 from airflow_provider_carerix.emulator.management import ManagementMixin
 from airflow_provider_carerix.emulator.state import (
     API_PREFIX,
@@ -394,7 +373,7 @@ class CarerixEmulator(ManagementMixin, GraphQLMixin, TokenMixin):
             if request is None:
                 return _Response(400, {"errors": [{"message": "body must be a JSON object"}]})
             with self._lock:
-                return _Response(200, emulator_graphql.execute(request, self._graphql_root()))
+                return _Response(200, execute(request, self._graphql_root()))
         return _Response(404, {"error": "not found"})
 
     def _control(self, method: str, path: str, query: str, body: bytes) -> _Response:
