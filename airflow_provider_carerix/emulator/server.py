@@ -44,7 +44,6 @@ from airflow_provider_carerix.emulator.token import _TOKEN_PATH, TokenMixin
 log = logging.getLogger(__name__)
 
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_WEBHOOK_FIELDS = ("url", "filters", "customHeaders", "status", "_createdDateTime", "_updatedDateTime")
 
 
 class _EmulatorServer(ThreadingHTTPServer):
