@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from airflow_provider_carerix.emulator.delivery import DeliveryMixin
@@ -344,7 +345,7 @@ class GraphQLMixin(DeliveryMixin):
             if prop not in sort_keys:
                 raise GraphQLError(f"cannot sort delivery jobs by {prop!r}")
             descending = str(order.get("direction") or "ASC").upper() == "DESC"
-            jobs.sort(key=lambda job, a=sort_keys[prop]: getattr(job, a), reverse=descending)
+            jobs.sort(key=attrgetter(sort_keys[prop]), reverse=descending)
         total = len(jobs)
         pages = (total + size - 1) // size
         chunk = [self._job_view(job) for job in jobs[page * size : (page + 1) * size]]
