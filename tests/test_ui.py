@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from airflow_provider_carerix import store as store_module
 from airflow_provider_carerix.definitions.models import WebhookEvent
 from airflow_provider_carerix.store import EventStore
-from airflow_provider_carerix.ui import plugin as sections
+from airflow_provider_carerix.ui import sections
 from airflow_provider_carerix.ui.queries import EventBrowser, EventQuery
 from tests.fixtures.airflow_stack import ROOT, AirflowStack, wait_for
 from tests.guide import guide_event
