@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from typing import Any
 
 from airflow_provider_carerix.models import WebhookEvent
-from airflow_provider_carerix.store import EventRejected, EventStore, Provenance, StoreUnavailable
+from airflow_provider_carerix.store import (
+    EventRejected,
+    EventStore,
+    Provenance,
+    StoreUnavailable,
+    unavailable_cause,
+)
 
 __all__ = ["GroupCommitter"]
 
@@ -30,13 +36,20 @@ class GroupCommitter:
 
     Started lazily on the first request because a FastAPI app mounted inside Airflow's API server does not
     receive lifespan events.
+
+    It remembers how its last write ended (:meth:`last_outcome`): a receiver under load knows from its own
+    commits, without another probe, whether a write reaches the disk now.
     """
 
-    def __init__(self, store: EventStore, *, max_batch: int = 256) -> None:
+    def __init__(
+        self, store: EventStore, *, max_batch: int = 256, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.store = store
         self.max_batch = max_batch
         self.batches = 0
         self.committed = 0
+        self.clock = clock
+        self._outcome: tuple[float, StoreUnavailable | None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carerix-commit")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[tuple[_Item, asyncio.Future[tuple[int, bool]]]] | None = None
@@ -91,6 +104,7 @@ class GroupCommitter:
             else:
                 self.batches += 1
                 self.committed += len(batch)
+            self._record(results)
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue
@@ -99,31 +113,21 @@ class GroupCommitter:
                 else:
                     future.set_result(result)
 
-    def _insert(self, items: list[_Item]) -> list[tuple[int, bool] | BaseException]:
-        """``insert_many``, except deliveries that may replay a purged event (see ``purge_horizon``).
+    def _record(self, results: Sequence[Any]) -> None:
+        """A write that failed for the store's sake (not an event refused for its own) is the outcome."""
+        failed = next((r for r in results if isinstance(r, StoreUnavailable)), None)
+        self._outcome = (self.clock(), failed)
 
-        Runs in the writer thread: one small read of the horizon per group, not per request.
-        """
-        horizon = self.store.purge_horizon()
-        old = [i for i, item in enumerate(items) if horizon is not None and _utc(item[1].time) < horizon]
-        if not old:
-            return list(self.store.insert_many(items))
-        stored = self.store.stored_ids([items[i][1].id for i in old])
-        refused = {i for i in old if items[i][1].id not in stored}  # a stored id is a plain duplicate
-        keep = [item for i, item in enumerate(items) if i not in refused]
-        inserted = iter(self.store.insert_many(keep))
-        assert horizon is not None
-        return [
-            EventRejected(
-                f"time is before the store's purge horizon {horizon.isoformat()}: a replay of a purged "
-                "event is not stored again",
-                items[i][1].id,
-                "time",
-            )
-            if i in refused
-            else next(inserted)
-            for i in range(len(items))
-        ]
+    def last_outcome(self, within: float) -> tuple[StoreUnavailable | None] | None:
+        """``(None,)`` if the last write within ``within`` seconds committed, ``(error,)`` if it failed; ``None``
+        when nothing was written that recently (then only a probe can tell)."""
+        if self._outcome is None or self.clock() - self._outcome[0] > within:
+            return None
+        return (self._outcome[1],)
+
+    def _insert(self, items: list[_Item]) -> list[tuple[int, bool] | BaseException]:
+        """``insert_deliveries``: deliveries that may replay a purged event are refused (see ``purge``)."""
+        return list(self.store.insert_deliveries(items))
 
     async def _one_by_one(self, batch: Sequence[tuple[_Item, Any]]) -> list[Any]:
         loop = asyncio.get_running_loop()
@@ -142,10 +146,6 @@ class GroupCommitter:
         self._executor.shutdown(wait=False)
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
-
-
 def _classify(exc: BaseException, event: WebhookEvent) -> BaseException:
     """What a request learns about its event: refused (4xx), or the store failed (503, Carerix retries).
 
@@ -157,4 +157,4 @@ def _classify(exc: BaseException, event: WebhookEvent) -> BaseException:
     if isinstance(exc, EventRejected):
         return exc if exc.event_id == event.id else EventRejected(str(exc), event.id, exc.field)
     log.error("Event %s could not be stored: unexpected %s", event.id, type(exc).__name__)
-    return StoreUnavailable(f"event store failed: {type(exc).__name__}")
+    return StoreUnavailable(f"event store failed: {type(exc).__name__}", unavailable_cause(exc))

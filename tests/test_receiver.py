@@ -370,18 +370,12 @@ class _GatedStore:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def insert_many(self, items: list[tuple[bytes, WebhookEvent]]) -> list[tuple[int, bool]]:
+    def insert_deliveries(self, items: list[tuple[bytes, WebhookEvent]]) -> list[tuple[int, bool]]:
         self.calls.append(len(items))
         if len(self.calls) == 1:
             self.entered.set()
             self.release.wait(30)
         return [(i + 1, True) for i in range(len(items))]
-
-    def insert(self, raw: bytes, event: WebhookEvent) -> tuple[int, bool]:
-        return self.insert_many([(raw, event)])[0]
-
-    def purge_horizon(self) -> None:
-        return None
 
 
 def test_group_commit_batches_waiting_requests() -> None:
@@ -405,18 +399,12 @@ def test_group_commit_batches_waiting_requests() -> None:
 
 def test_group_commit_one_bad_item_does_not_fail_the_group() -> None:
     class Flaky:
-        def insert_many(self, items: list[Any]) -> list[tuple[int, bool]]:
+        def insert_deliveries(self, items: list[Any]) -> list[tuple[int, bool]]:
             if len(items) > 1:
                 raise RuntimeError("boom")
-            return self.insert(*items[0]) and [self.insert(*items[0])]
-
-        def insert(self, raw: bytes, event: WebhookEvent, *_provenance: Any) -> tuple[int, bool]:
-            if raw == b"bad":
+            if items[0][0] == b"bad":
                 raise RuntimeError("bad item")
-            return (1, True)
-
-        def purge_horizon(self) -> None:
-            return None
+            return [(1, True)]
 
     committer = GroupCommitter(Flaky(), max_batch=100)  # type: ignore[arg-type]
     event = WebhookEvent.model_validate_json(event_body())
