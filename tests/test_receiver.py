@@ -815,15 +815,21 @@ def test_sqlite_file_removed_or_replaced_is_503_and_reported(tmp_path: Path, how
             shutil.rmtree(directory)
         response = post(base, event_body())
         assert response.status_code == 503, response.text
+        cause = "file_replaced" if how == "file-replaced" else "file_removed"
+        assert response.json()["cause"] == cause
         health = httpx.get(f"{base}/health", timeout=30)
         assert health.status_code == 503
-        assert health.json()["reason"] == (
+        reason = (
             "the SQLite event store file was removed while in use; restore it and restart"
             if how != "file-replaced"
             else "the SQLite event store file was replaced while in use (another file "
             "is at its path now); restart to use it"
         )
-        assert httpx.get(f"{base}/health/live", timeout=30).status_code == 200
+        assert (health.json()["reason"], health.json()["cause"]) == (reason, cause)
+        # Only a restart opens the file now at the path: liveness fails so an orchestrator restarts it.
+        live = httpx.get(f"{base}/health/live", timeout=30)
+        assert live.status_code == 503
+        assert live.json() == {"status": "restart needed", "cause": cause, "reason": reason}
     finally:
         stop()
 
@@ -1021,7 +1027,19 @@ def limited(tmp_path: Path) -> Iterator[Any]:
         f"sqlite:///{tmp_path / 'events.db'}",
         secrets=[SECRET],
         log_dir=tmp_path,
-        extra_args=["--header-timeout", "1", "--idle-timeout", "1", "--max-connections", "20"],
+        extra_args=[
+            "--header-timeout",
+            "1",
+            "--idle-timeout",
+            "1",
+            "--max-connections",
+            "20",
+            # Bodies in these tests stay incomplete on purpose: no deadline of their own interferes.
+            "--body-timeout",
+            "60",
+            "--min-body-rate",
+            "0",
+        ],
     )
     process.store_url = f"sqlite:///{tmp_path / 'events.db'}"  # type: ignore[attr-defined]
     yield process
@@ -1034,7 +1052,7 @@ def test_never_ending_request_head_is_refused_without_being_buffered(limited: An
         + f"X-Carerix-Secret: {SECRET}\r\nX-Pad: ".encode()
     )
     # A header that never ends: the server answers once the head passes its limit and stops reading.
-    assert _raw_http(limited.url, head, iter([b"a" * 8192] * 64)).startswith(b"HTTP/1.1 400")
+    assert _raw_http(limited.url, head, iter([b"a" * 8192] * 64)).startswith(b"HTTP/1.1 431")
     assert post(limited.url, event_body()).status_code == 201  # ordinary requests unaffected
 
 
@@ -1086,16 +1104,52 @@ def test_idle_connection_outlives_the_senders_pool(tmp_path: Path) -> None:
         stop()
 
 
-def test_connections_beyond_the_limit_get_503_and_health_recovers(limited: Any) -> None:
-    held = [_connect(limited.url) for _ in range(20)]
+def test_idle_connections_make_room_and_busy_ones_are_kept(tmp_path: Path) -> None:
+    """At the connection limit (20 here), a new connection closes the one that waited longest without a request;
+    when every connection is busy with a request, the new one gets 503 and is closed."""
+    limited = start_receiver_process(
+        f"sqlite:///{tmp_path / 'events.db'}",
+        secrets=[SECRET],
+        log_dir=tmp_path,
+        extra_args=["--max-connections", "20", "--body-timeout", "60", "--min-body-rate", "0"],
+    )
     try:
-        time.sleep(0.2)
+        _room_made_and_busy_kept(limited)
+    finally:
+        limited.stop()
+    assert "Closed 1 idle connection(s) that sent no request, to admit new ones (limit 20 open)" in limited.log
+
+
+def _room_made_and_busy_kept(limited: Any) -> None:
+    idle = [_connect(limited.url) for _ in range(20)]
+    try:
+        time.sleep(0.3)
+        # httpx's connection is the 21st: the oldest idle one makes room, nothing gets 503.
+        with httpx.Client(limits=httpx.Limits(max_connections=1)) as client:
+            response = client.post(f"{limited.url}/events", content=event_body(), headers=HEADERS)
+        assert response.status_code == 201
+        assert _closed_within(idle[0], 5) is not None  # the oldest idle connection went first
+        assert all(_closed_within(sock, 0.01) is None for sock in idle[1:])  # the others are kept
+    finally:
+        for sock in idle:
+            sock.close()
+    # Busy: an authenticated request whose body is still coming (no deadline passes within the test).
+    time.sleep(0.3)  # the closed ones are gone from the server's count
+    head = (
+        b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"X-Carerix-Secret: {SECRET}\r\nContent-Length: 100\r\n\r\n{{".encode()
+    )
+    busy = [_connect(limited.url) for _ in range(20)]
+    try:
+        for sock in busy:
+            sock.sendall(head)
+        time.sleep(0.3)
         extra = _connect(limited.url)
         answer = _closed_within(extra, 15)
         extra.close()
         assert answer is not None and answer.startswith(b"HTTP/1.1 503"), answer
     finally:
-        for sock in held:
+        for sock in busy:
             sock.close()
     deadline = time.monotonic() + 15
     while httpx.get(f"{limited.url}/health", timeout=30).status_code != 200:

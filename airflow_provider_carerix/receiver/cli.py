@@ -14,7 +14,12 @@ from airflow_provider_carerix import settings
 from airflow_provider_carerix.cli_common import EXIT_PROBLEMS, EXIT_USAGE, Typer, version_option
 from airflow_provider_carerix.receiver.auth import load_secrets
 from airflow_provider_carerix.receiver.server import ServerLimits
-from airflow_provider_carerix.receiver.validation import DEFAULT_MAX_BODY
+from airflow_provider_carerix.receiver.validation import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MIN_BODY_RATE,
+    printable,
+)
 from airflow_provider_carerix.settings import ConfigurationError, StoreLocation
 from airflow_provider_carerix.signing import SigningKeyCache
 from airflow_provider_carerix.store import EventStore, StoreUnavailable, parse_duration
@@ -104,10 +109,26 @@ def serve(
             help="Authenticate by recorded signing keys alone: no secret needed, unknown applications refused."
         ),
     ] = False,
+    allow_unsigned_applications: Annotated[
+        bool,
+        typer.Option(
+            help="Once signing keys are recorded, still admit (by the secret alone) deliveries that name no "
+            "application with a recorded key. Off by default: then such deliveries get 401."
+        ),
+    ] = False,
     key_rotation_window: Annotated[
         str, typer.Option(help="How long a replaced signing key stays valid (24h, 7d).")
     ] = "24h",
     max_body: Annotated[int, typer.Option(help="Largest accepted body in bytes.")] = DEFAULT_MAX_BODY,
+    body_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a body has to arrive in full once its request head is in.")
+    ] = DEFAULT_BODY_TIMEOUT,
+    min_body_rate: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Bytes per second a body must keep up with after its first second (0: no minimum)."
+        ),
+    ] = DEFAULT_MIN_BODY_RATE,
     log_level: Annotated[str, typer.Option()] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn access log).")] = False,
     max_header_bytes: Annotated[
@@ -138,7 +159,9 @@ def serve(
     from airflow_provider_carerix.receiver.heartbeat import ReceiverHeartbeat
     from airflow_provider_carerix.receiver.server import build_config
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level.upper())
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     try:
         secrets = load_secrets(secret_file)
         secret_header = secret_header or settings.get("receiver_secret_header").value
@@ -186,7 +209,11 @@ def serve(
         insecure=insecure,
         verify_signatures=verify_signatures,
         require_signatures=require_signatures,
+        allow_unsigned_applications=allow_unsigned_applications,
         signing_keys=SigningKeyCache(event_store, rotation_window=rotation_window),
+        body_timeout=body_timeout,
+        min_body_rate=min_body_rate,
+        max_header_bytes=max_header_bytes,
     )
     log.info("Carerix receiver on http://%s:%d/events, event store %s", host, port, location.describe())
     heartbeat = ReceiverHeartbeat(event_store, kind="standalone").start()
@@ -200,8 +227,15 @@ def serve(
         max_connections=max_connections,
         trusted_proxies=tuple(p for value in trusted_proxy or () for p in value.split(",") if p.strip()),
     )
+    # log_config=None: uvicorn's records (its access log too) go through the one-line formatter above.
     config = build_config(
-        app, host=host, port=port, limits=limits, log_level=log_level.lower(), access_log=access_log
+        app,
+        host=host,
+        port=port,
+        limits=limits,
+        log_level=log_level.lower(),
+        access_log=access_log,
+        log_config=None,
     )
     try:
         uvicorn.Server(config).run()
@@ -244,6 +278,18 @@ def purge(
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_PROBLEMS) from None
     typer.echo(f"deleted {deleted} events received more than {older_than} ago")
+
+
+class OneLineFormatter(logging.Formatter):
+    """One record, one line: line breaks and other control characters in a message are escaped.
+
+    Whatever reaches a message (a path in uvicorn's access log, a value a client chose), a client can never
+    start a line of its own in the receiver's log, e.g. a forged ``CRITICAL``. A traceback still gets its
+    lines: it is appended after the message, by the code, not by a client.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
 
 
 def main(argv: list[str] | None = None) -> None:
