@@ -856,13 +856,15 @@ def test_health_is_503_while_the_write_lock_is_held_elsewhere(
         holder.execute("SELECT pg_advisory_lock(%s)", (_PG_INSERT_LOCK,))
         release = lambda: holder.execute("SELECT pg_advisory_unlock(%s)", (_PG_INSERT_LOCK,))  # noqa: E731
     try:
-        assert httpx.get(f"{url}/health", timeout=30).status_code == 503
+        health = httpx.get(f"{url}/health", timeout=30)
+        assert health.status_code == 503
+        assert (health.json()["cause"], health.json()["checked"]) == ("locked", "probe")
         assert httpx.get(f"{url}/health/live", timeout=30).status_code == 200
     finally:
         release()
         holder.close()
     assert httpx.get(f"{url}/health", timeout=30).status_code == 200
-    assert store.events_after(0) == []  # the probe wrote nothing
+    assert store.events_after(0) == []  # the probe stored no event
 
 
 # -- smaller ones ---------------------------------------------------------------------------------------------------

@@ -358,9 +358,9 @@ class _Door:
         if size + len(scope["query_string"]) + 12 > self.max_header_bytes:
             raise DeliveryRejected(431, f"request head larger than {self.max_header_bytes} bytes")
         self.auth.verify_head(headers)
-        check_declared_length(headers.one("content-length"), self.max_body)
-        check_content_encoding(headers.one("content-encoding"))
-        if not is_json_media_type(headers.one("content-type")):
+        check_declared_length(headers.one("Content-Length"), self.max_body)
+        check_content_encoding(headers.one("Content-Encoding"))
+        if not is_json_media_type(headers.one("Content-Type")):
             raise DeliveryRejected(415, "Content-Type must be application/json (UTF-8)", "Content-Type")
 
     async def _refuse(
@@ -425,7 +425,7 @@ class _HeadFields:
 
     def one(self, name: str) -> str | None:
         """The header's value; several of them (ambiguous framing or type) are refused."""
-        values = self._values.get(name.encode("latin-1"))
+        values = self._values.get(name.lower().encode("latin-1"))
         if not values:
             return None
         if len(values) > 1:

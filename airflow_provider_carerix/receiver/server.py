@@ -171,23 +171,28 @@ def _protocol_class(limits: ServerLimits) -> type[HttpToolsProtocol]:
         # -- reading --------------------------------------------------------------------------------------
 
         def data_received(self, data: bytes) -> None:
-            if self._head_open:
+            while self._head_open:
                 if self._header_timer is None:
                     self._arm_header_timer()
                 room = max_head - self._head_bytes
-                if len(data) > room:
-                    # Feed only what the limit allows: either the head completes within it, or it is too large.
-                    self._head_bytes = max_head
-                    if room > 0:
-                        self._feed(data[:room])
-                    if self.transport.is_closing():
-                        return
-                    if self._head_open:
-                        self._refuse(too_large)
-                        return
-                    data = data[room:]
-                else:
+                if len(data) <= room:
                     self._head_bytes += len(data)
+                    break
+                # Feed only what the limit allows: a head completes within it, or it is too large.
+                served = self._served
+                self._head_bytes = max_head
+                if room > 0:
+                    self._feed(data[:room])
+                if self.transport.is_closing():
+                    return
+                if self._served == served:
+                    self._refuse(too_large)
+                    return
+                # What followed that head in the allowance was fed with it (its body, maybe the start of the
+                # next head, which the parser's own count limits); the rest is counted from here on.
+                data = data[room:]
+                if not data:
+                    return
             self._feed(data)
 
         def _feed(self, data: bytes) -> None:
