@@ -200,7 +200,7 @@ def test_a_missing_signature_is_refused_from_the_head_once_a_key_is_recorded(tmp
 # -- 1. a body within a deadline and at a minimum rate -------------------------------------------------------------
 
 
-def _trickle(sock: socket.socket, piece: bytes, interval: float, stop: threading.Event) -> threading.Thread:
+def trickle(sock: socket.socket, piece: bytes, interval: float, stop: threading.Event) -> threading.Thread:
     def send() -> None:
         while not stop.is_set():
             try:
@@ -221,7 +221,7 @@ def test_a_trickled_body_is_cut_off_by_the_minimum_rate(door: ReceiverProcess) -
         with connect(door.url) as sock:
             started = time.monotonic()
             sock.sendall(head(length=5000))
-            _trickle(sock, b" ", 0.3, stop)
+            trickle(sock, b" ", 0.3, stop)
             answer = read_answer(sock, started, timeout=15)
     finally:
         stop.set()
@@ -243,7 +243,7 @@ def test_a_body_must_be_complete_within_the_deadline(tmp_path: Path) -> None:
         with connect(process.url) as sock:
             started = time.monotonic()
             sock.sendall(head(length=500_000))
-            _trickle(sock, b" " * 100, 0.05, stop)
+            trickle(sock, b" " * 100, 0.05, stop)
             answer = read_answer(sock, started, timeout=15)
         assert answer is not None and answer.status == 408
         assert answer.json()["detail"] == "body not complete within 2 s"
@@ -314,17 +314,20 @@ def test_a_60_kb_head_sent_in_one_write_is_431(door: ReceiverProcess) -> None:
 
 
 def test_a_large_head_behind_a_small_request_in_the_same_write_is_431(door: ReceiverProcess) -> None:
-    """Pipelined: the parser reads the large head in the same read as the request before it."""
+    """Pipelined: the large head arrives in the same read as the request before it, so the bytes counted per
+    read miss part of it; the parser's count refuses it before any route (here one without a check of its own)
+    sees it."""
     small = b"GET /health/live HTTP/1.1\r\nHost: receiver\r\n\r\n"
-    statuses = []
+    large = f"GET /health/live HTTP/1.1\r\nHost: receiver\r\nX-Pad: {'a' * 20_000}\r\n\r\n".encode()
+    answers = []
     with connect(door.url) as sock:
         started = time.monotonic()
-        sock.sendall(small + head(length=2, extra=f"X-Pad: {'a' * 20_000}\r\n") + b"{}")
+        sock.sendall(small + large)
         while (answer := read_answer(sock, started)) is not None:
-            statuses.append(answer.status)
-    # The large head never reaches the app (which would answer 401 or 4xx for it): the server refuses it and
-    # closes; the small request before it may or may not be answered first.
-    assert statuses in ([431], [200, 431])
+            answers.append((answer.status, answer.body))
+    # The small request may or may not be answered before the connection is closed.
+    assert answers[-1] == (431, b"request head larger than 16384 bytes"), answers
+    assert [status for status, _ in answers[:-1]] in ([], [200])
 
 
 def test_a_head_of_exactly_the_limit_is_read_and_one_byte_more_is_431(door: ReceiverProcess) -> None:
@@ -687,3 +690,14 @@ def test_a_store_opened_read_only_recovers_once_writable(tmp_path: Path) -> None
             process.stop()
     finally:
         _chattr("-i", path)
+
+
+def test_an_answer_before_the_body_closes_the_connection(door: ReceiverProcess) -> None:
+    """Any route that answers without reading the announced body (here Starlette's 405 for POST /health/live):
+    the server closes the connection instead of waiting for a body nobody reads."""
+    with connect(door.url) as sock:
+        started = time.monotonic()
+        sock.sendall(b"POST /health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{")
+        answer = read_answer(sock, started)
+        assert answer is not None and answer.status == 405
+        assert closed_within(sock, 3)
