@@ -293,6 +293,8 @@ def build_config(app: Any, *, host: str, port: int, limits: ServerLimits, **kwar
         host=host,
         port=port,
         http=_protocol_class(limits),
+        # No WebSocket: an upgraded connection would leave this protocol, and its limits, behind.
+        ws="none",
         timeout_keep_alive=limits.idle_timeout,
         proxy_headers=bool(limits.trusted_proxies),
         forwarded_allow_ips=list(limits.trusted_proxies) or None,
