@@ -1119,7 +1119,9 @@ def test_idle_connections_make_room_and_busy_ones_are_kept(tmp_path: Path) -> No
         _room_made_and_busy_kept(limited)
     finally:
         limited.stop()
-    assert "Closed 1 idle connection(s) that sent no request, to admit new ones (limit 20 open)" in limited.log
+    assert (
+        "Closed 1 idle connection(s) that sent no request, to admit new ones (limit 20 open)" in limited.log
+    )
 
 
 def _room_made_and_busy_kept(limited: Any) -> None:
