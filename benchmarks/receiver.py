@@ -17,11 +17,13 @@ posting the guide's payload with a new event id per request:
 Printed per scenario: events/s, p50/p99 latency, non-2xx answers, CPU seconds of the server and of wrk (so a
 saturated load generator or machine is visible), the load average; then the ratios. The targets: the durable
 receiver >= 1.0x the hand-written durable handler and >= 0.5x the bare endpoint, with p99 < 50 ms.
+``--rounds N`` runs every scenario N times, every other round in reverse order, and adds the medians (on a
+shared machine, load that comes or goes during a run then does not always fall on the same scenario).
 ``--profile`` adds a cProfile of the sqlite server (top functions), ``--only`` picks scenarios.
 
 Needs ``wrk`` (Debian/Ubuntu: ``apt-get install wrk``).
 
-    .venv/bin/python benchmarks/receiver.py [--seconds 15] [--connections 32] [--postgres] [--profile]
+    .venv/bin/python benchmarks/receiver.py [--seconds 15] [--rounds 3] [--connections 32] [--postgres] [--profile]
 """
 
 from __future__ import annotations
@@ -263,32 +265,76 @@ def scenario(
 def run(args: argparse.Namespace) -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk (Debian/Ubuntu)")
-    results: list[Result] = []
+    rounds: list[list[Result]] = []
     with tempfile.TemporaryDirectory(prefix="carerix-bench-") as tmp:
         script = Path(tmp) / "receiver.lua"
         script.write_text(WRK_SCRIPT)
-        wanted = args.only.split(",") if args.only else list(SCENARIOS)
+        wanted = [
+            k
+            for k in (args.only.split(",") if args.only else SCENARIOS)
+            if k != "postgresql" or args.postgres
+        ]
         profile = Path(tmp) / "sqlite.prof.txt" if args.profile else None
-        for kind in wanted:
-            if kind == "postgresql":
-                if not args.postgres:
-                    continue
-                from tests.fixtures.postgres import PostgresCluster
+        for number in range(args.rounds):
+            # Every other round backwards: on a shared machine, load that comes or goes during a round does
+            # not always fall on the same scenario.
+            order = wanted if number % 2 == 0 else list(reversed(wanted))
+            results: list[Result] = []
+            for kind in order:
+                if kind == "postgresql":
+                    from tests.fixtures.postgres import PostgresCluster
 
-                with PostgresCluster(fsync=True) as cluster:
-                    results.append(scenario(kind, cluster.create_database(), script, args))
-                continue
-            store_url = "" if kind == "bare" else f"sqlite:///{Path(tmp) / (kind + '.db')}"
-            results.append(scenario(kind, store_url, script, args, profile if kind == "sqlite" else None))
+                    with PostgresCluster(fsync=True) as cluster:
+                        results.append(scenario(kind, cluster.create_database(), script, args))
+                    continue
+                store_url = "" if kind == "bare" else f"sqlite:///{Path(tmp) / f'{kind}-{number}.db'}"
+                profiled = profile if kind == "sqlite" and number == 0 else None
+                results.append(scenario(kind, store_url, script, args, profiled))
+            rounds.append(sorted(results, key=lambda r: wanted.index(r.name)))
         profile_text = profile.read_text() if profile is not None and profile.exists() else ""
-    load = os.getloadavg()[0]
     print(
         f"\nreceiver benchmark: wrk 1 thread, {args.connections} connections, {args.seconds:g} s per scenario, "
-        f"{os.cpu_count()} CPUs (load average {load:.1f} at the end)"
+        f"{args.rounds} round(s), {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f} at the end)"
     )
-    print("scenario    events/s   p50 ms   p99 ms  non-2xx   CPU s server      CPU s wrk   load")
-    for result in results:
-        print(result.line())
+    header = "scenario    events/s   p50 ms   p99 ms  non-2xx   CPU s server      CPU s wrk   load"
+    for number, results in enumerate(rounds):
+        print(f"round {number + 1}" + ("" if number % 2 == 0 else " (backwards)"))
+        print(header)
+        for result in results:
+            print(result.line())
+        _ratios(results)
+    if len(rounds) > 1:
+        medians = [_median([r[i] for r in rounds]) for i in range(len(rounds[0]))]
+        print(f"median of {len(rounds)} rounds (events/s, p50, p99 and CPU each the median)")
+        print(header)
+        for result in medians:
+            print(result.line())
+        _ratios(medians)
+    if profile_text:
+        print("\nsqlite server profile (cumulative, top 40):\n" + profile_text)
+
+
+def _median(results: list[Result]) -> Result:
+    def mid(values: list[float]) -> float:
+        values = sorted(values)
+        half = len(values) // 2
+        return values[half] if len(values) % 2 else (values[half - 1] + values[half]) / 2
+
+    seconds = mid([r.seconds for r in results])
+    return Result(
+        name=results[0].name,
+        ok=round(mid([r.rate for r in results]) * seconds),
+        non2xx=max(r.non2xx for r in results),
+        seconds=seconds,
+        p50_ms=mid([r.p50_ms for r in results]),
+        p99_ms=mid([r.p99_ms for r in results]),
+        cpu_server=mid([r.cpu_server for r in results]),
+        cpu_wrk=mid([r.cpu_wrk for r in results]),
+        load=mid([r.load for r in results]),
+    )
+
+
+def _ratios(results: list[Result]) -> None:
     by_name = {r.name: r for r in results}
     bare, handwritten = by_name.get("bare"), by_name.get("handwritten")
     noop = by_name.get("no-op")
@@ -307,8 +353,6 @@ def run(args: argparse.Namespace) -> None:
                 f"ratio {name}/handwritten: {vs_hand:.2f}, {name}/bare: {vs_bare:.2f}  "
                 f"(target >= 1.00 and >= 0.50, p99 < 50 ms: {verdict})"
             )
-    if profile_text:
-        print("\nsqlite server profile (cumulative, top 40):\n" + profile_text)
 
 
 def main() -> None:
@@ -317,6 +361,9 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=15.0, help="measured time per scenario")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run every scenario this often (every other round backwards)"
+    )
     parser.add_argument("--postgres", action="store_true", help="also run on a throwaway PostgreSQL")
     parser.add_argument("--profile", action="store_true", help="cProfile the sqlite server")
     parser.add_argument(
