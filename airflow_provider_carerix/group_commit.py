@@ -1,18 +1,23 @@
 """Group commit in front of the event store: concurrent requests share one transaction (and one fsync).
 
-Requests hand their event to one writer task which drains every request waiting at that moment and commits
-them in one transaction, then wakes each request. Under load a group grows by itself while the previous commit
-is in flight; alone, a request waits for one commit. Durability therefore costs one fsync per group, not per
-event, and a 2xx still means "committed".
+Requests hand their event to one writer thread, which takes every request waiting at that moment, commits
+them in one transaction, hands each request its answer and at once takes the next group. Under load a group
+grows by itself while the previous commit is in flight; alone, a request waits for one commit. Durability
+therefore costs one fsync per group, not per event, and a 2xx still means "committed".
+
+The writer is a thread that drains a thread-safe queue itself, not an asyncio task dispatching to an
+executor: the next group starts the moment the last commit ends, without waiting for the event loop to get
+round to it (under load the loop is busy reading requests, and every group waited behind them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from airflow_provider_carerix.models import WebhookEvent
@@ -29,10 +34,13 @@ __all__ = ["GroupCommitter"]
 log = logging.getLogger(__name__)
 
 _Item = tuple[bytes, WebhookEvent, Provenance]
+_Result = tuple[int, bool] | BaseException
+_Waiting = tuple[_Item, "asyncio.Future[tuple[int, bool]]", asyncio.AbstractEventLoop]
+_STOP = object()
 
 
 class GroupCommitter:
-    """One writer task per event loop, in front of one :class:`EventStore`.
+    """One writer thread in front of one :class:`EventStore`, for requests of any event loop.
 
     Started lazily on the first request because a FastAPI app mounted inside Airflow's API server does not
     receive lifespan events.
@@ -50,26 +58,23 @@ class GroupCommitter:
         self.committed = 0
         self.clock = clock
         self._outcome: tuple[float, StoreUnavailable | None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carerix-commit")
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[tuple[_Item, asyncio.Future[tuple[int, bool]]]] | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def _ensure_started(self) -> asyncio.Queue[Any]:
-        loop = asyncio.get_running_loop()
-        if self._task is None or self._task.done() or self._loop is not loop or self._queue is None:
-            self._loop = loop
-            self._queue = asyncio.Queue()
-            self._task = loop.create_task(self._run(self._queue), name="carerix-group-commit")
-        return self._queue
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._closed = False
 
     def enqueue(
         self, raw: bytes, event: WebhookEvent, provenance: Provenance | None = None
     ) -> asyncio.Future[tuple[int, bool]]:
         """A future resolved once the event is committed (``StoreUnavailable`` when it could not be)."""
-        queue = self._ensure_started()
-        future: asyncio.Future[tuple[int, bool]] = asyncio.get_running_loop().create_future()
-        queue.put_nowait(((raw, event, provenance or Provenance()), future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[int, bool]] = loop.create_future()
+        if self._closed:
+            future.set_exception(StoreUnavailable("the receiver is shutting down", "unavailable"))
+            return future
+        if self._thread is None:
+            self._start()
+        self._queue.put(((raw, event, provenance or Provenance()), future, loop))
         return future
 
     async def submit(
@@ -77,41 +82,57 @@ class GroupCommitter:
     ) -> tuple[int, bool]:
         return await self.enqueue(raw, event, provenance)
 
-    async def _run(self, queue: asyncio.Queue[Any]) -> None:
-        loop = asyncio.get_running_loop()
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="carerix-group-commit", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
         while True:
-            batch = [await queue.get()]
-            while len(batch) < self.max_batch and not queue.empty():
-                batch.append(queue.get_nowait())
-            try:
-                results: list[tuple[int, bool] | BaseException] = list(
-                    await loop.run_in_executor(self._executor, self._insert, [item for item, _ in batch])
-                )
-            except StoreUnavailable as exc:
-                results = [exc] * len(batch)
-            except Exception as exc:
-                if len(batch) == 1:
-                    results = [_classify(exc, batch[0][0][1])]
-                else:
-                    # Not the store being down: one odd item must not fail the requests it was grouped with.
-                    # Type name only: a database error message may quote the payload (personal data).
-                    log.warning(
-                        "Group commit of %d events failed (%s); storing them one by one",
-                        len(batch),
-                        type(exc).__name__,
-                    )
-                    results = await self._one_by_one(batch)
-            else:
-                self.batches += 1
-                self.committed += len(batch)
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch: list[_Waiting] = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    waiting = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if waiting is _STOP:
+                    self._queue.put(_STOP)  # after this group
+                    break
+                batch.append(waiting)
+            results = self._commit([item for item, _, _ in batch])
             self._record(results)
-            for (_, future), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], _Result]]] = {}
+            for (_, future, loop), result in zip(batch, results, strict=True):
+                by_loop.setdefault(loop, []).append((future, result))
+            for loop, answers in by_loop.items():
+                try:
+                    loop.call_soon_threadsafe(_answer, answers)
+                except RuntimeError:
+                    pass  # that loop is closed: nobody is left waiting
+
+    def _commit(self, items: list[_Item]) -> list[_Result]:
+        try:
+            results: list[_Result] = list(self._insert(items))
+        except StoreUnavailable as exc:
+            return [exc] * len(items)
+        except Exception as exc:
+            if len(items) == 1:
+                return [_classify(exc, items[0][1])]
+            # Not the store being down: one odd item must not fail the requests it was grouped with.
+            # Type name only: a database error message may quote the payload (personal data).
+            log.warning(
+                "Group commit of %d events failed (%s); storing them one by one",
+                len(items),
+                type(exc).__name__,
+            )
+            return self._one_by_one(items)
+        self.batches += 1
+        self.committed += len(items)
+        return results
 
     def _record(self, results: Sequence[Any]) -> None:
         """A write that failed for the store's sake (not an event refused for its own) is the outcome."""
@@ -129,21 +150,32 @@ class GroupCommitter:
         """``insert_deliveries``: deliveries that may replay a purged event are refused (see ``purge``)."""
         return list(self.store.insert_deliveries(items))
 
-    async def _one_by_one(self, batch: Sequence[tuple[_Item, Any]]) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        out: list[Any] = []
-        for item, _ in batch:
+    def _one_by_one(self, items: Sequence[_Item]) -> list[_Result]:
+        out: list[_Result] = []
+        for item in items:
             try:
-                [result] = await loop.run_in_executor(self._executor, self._insert, [item])
+                [result] = self._insert([item])
                 out.append(_classify(result, item[1]) if isinstance(result, BaseException) else result)
             except Exception as exc:
                 out.append(_classify(exc, item[1]))
         return out
 
     def close(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        self._executor.shutdown(wait=False)
+        """Stop the writer once the groups already queued are committed (it is a daemon: exit never waits)."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(_STOP)
+
+
+def _answer(answers: list[tuple[asyncio.Future[Any], _Result]]) -> None:
+    """On the requests' event loop: wake each (a request that gave up waiting has a cancelled future)."""
+    for future, result in answers:
+        if future.done():
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
 
 
 def _classify(exc: BaseException, event: WebhookEvent) -> BaseException:
