@@ -706,6 +706,16 @@ def _purged_replay(event: WebhookEvent, horizon: datetime) -> EventRejected:
     )
 
 
+def _with_refused(
+    results: Sequence[tuple[int, bool]], refused: dict[int, EventRejected], count: int
+) -> list[tuple[int, bool] | EventRejected]:
+    """The results of the items kept, with the refused ones put back in their places."""
+    if not refused:
+        return list(results)
+    done = iter(results)
+    return [refused[i] if i in refused else next(done) for i in range(count)]
+
+
 # The columns an insert writes, in the order of the SQLite fast path's parameters (``EventStore._insert_sqlite``).
 _COLUMNS = (
     "event_id",
@@ -1000,32 +1010,21 @@ class EventStore:
         self._ensure_schema()
         self._check_file_identity()
         if self.dialect == "postgresql":
-            return self._insert_many_pg(items)
+            return self._insert_many_pg(items, refuse_purged=False)  # type: ignore[return-value]
         return self._insert_sqlite(items, refuse_purged=False)  # type: ignore[return-value]
 
     @_retry_on_disconnect
     def insert_deliveries(self, items: Sequence[_Item]) -> list[tuple[int, bool] | EventRejected]:
         """``insert_many`` for what a receiver was sent: an event timed before the purge horizon whose id is not
         stored is refused (an :class:`EventRejected` in its place) rather than stored, since it may be a replay
-        of a purged event (see :meth:`purge`). On SQLite the horizon is read inside the insert's transaction."""
+        of a purged event (see :meth:`purge`). The horizon is read inside the insert's own transaction."""
         if not items:
             return []
         self._ensure_schema()
         self._check_file_identity()
-        if self.dialect == "sqlite":
-            return self._insert_sqlite(items, refuse_purged=True)
-        horizon = self.purge_horizon()
-        old = [i for i, item in enumerate(items) if horizon is not None and _aware(item[1].time) < horizon]
-        if not old:
-            return list(self.insert_many(items))
-        stored = self.stored_ids([items[i][1].id for i in old])
-        refused = {i for i in old if items[i][1].id not in stored}  # a stored id is a plain duplicate
-        assert horizon is not None
-        inserted = iter(self.insert_many([item for i, item in enumerate(items) if i not in refused]))
-        return [
-            _purged_replay(items[i][1], horizon) if i in refused else next(inserted)
-            for i in range(len(items))
-        ]
+        if self.dialect == "postgresql":
+            return self._insert_many_pg(items, refuse_purged=True)
+        return self._insert_sqlite(items, refuse_purged=True)
 
     def _insert_sqlite(
         self, items: Sequence[_Item], *, refuse_purged: bool
@@ -1104,10 +1103,7 @@ class EventStore:
             results[slot] = (inserted[row["event_id"]], True)
         for index, first in repeats:
             results[index] = (results[first][0], False)
-        if not refused:
-            return list(results)
-        done = iter(results)
-        return [refused[i] if i in refused else next(done) for i in range(len(items))]
+        return _with_refused(results, refused, len(items))
 
     def _sqlite_encoders(self) -> dict[str, Callable[[Any], Any]]:
         """SQLAlchemy's bind processors of the columns that have one (times as text, booleans as 0/1)."""
@@ -1127,9 +1123,12 @@ class EventStore:
         value = decode(stamp) if decode is not None else stamp
         return None if value is None else _aware(value)
 
-    def _insert_many_pg(self, items: Sequence[_Item]) -> list[tuple[int, bool]]:
+    def _insert_many_pg(
+        self, items: Sequence[_Item], *, refuse_purged: bool
+    ) -> list[tuple[int, bool] | EventRejected]:
         """Hand out sequences one writer at a time, commit (and fsync) concurrently; module docstring."""
         ids = list(dict.fromkeys(item[1].id for item in items))
+        refused: dict[int, EventRejected] = {}
         with self._guard(), self._engine.connect() as conn:
             try:
                 with conn.begin():
@@ -1137,9 +1136,17 @@ class EventStore:
                     # and is caught by ON CONFLICT below.
                     payloads: dict[str, str] = {}
                     known = _known_sequences(conn, ids, payloads)
-                    results, rows, slots, repeats = _plan_group(items, known, payloads)
+                    if refuse_purged:
+                        horizon = conn.execute(sa.select(sa.func.max(purges.c.horizon))).scalar()
+                        if horizon is not None:
+                            horizon = _aware(horizon)
+                            for i, item in enumerate(items):
+                                if item[1].id not in known and _aware(item[1].time) < horizon:
+                                    refused[i] = _purged_replay(item[1], horizon)
+                    keep = [item for i, item in enumerate(items) if i not in refused] if refused else items
+                    results, rows, slots, repeats = _plan_group(keep, known, payloads)
                     if not rows:
-                        return results
+                        return _with_refused(results, refused, len(items))
                     # received_at is the database clock under the lock: it follows sequence order fleet-wide.
                     params: dict[str, Any] = {name: [row[name] for row in rows] for name in rows[0]}
                     params["time"] = [_aware(t) for t in params["time"]]
@@ -1168,7 +1175,7 @@ class EventStore:
             except BaseException:
                 _release_insert_lock(conn)
                 raise
-        return results
+        return _with_refused(results, refused, len(items))
 
     def _pg_read_bound(self, conn: Connection) -> int:
         """The highest sequence readers may be shown now: below every insert that is still in flight.
