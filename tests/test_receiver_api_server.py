@@ -87,7 +87,10 @@ def test_post_to_the_running_api_server_is_stored(api_server: tuple[AirflowStack
 
 @pytest.fixture
 def api_server_defaults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AirflowStack, str]]:
-    stack, store_url = _start_api_server(tmp_path_factory.mktemp("api-server-door"), {})
+    # One receiver setting through Airflow's environment form, as a deployment would set it.
+    stack, store_url = _start_api_server(
+        tmp_path_factory.mktemp("api-server-door"), {"AIRFLOW__CARERIX__RECEIVER_MAX_BODY": "4096"}
+    )
     try:
         yield stack, store_url
     finally:
@@ -154,8 +157,13 @@ def test_the_door_holds_inside_the_api_server(api_server_defaults: tuple[Airflow
     finally:
         for sock in slow + idle:
             sock.close()
+    # [carerix] receiver_max_body from the environment reached the mounted receiver.
+    big = json.dumps({"id": "big", "time": "2024-02-14T14:24:40Z", "type": "a:b", "data": {"x": "y" * 5000}})
+    assert httpx.post(f"{url}{path}", content=big, headers=secret_of, timeout=30).status_code == 413
     health = httpx.get(f"{url}/carerix/health", timeout=30).json()
     assert health["status"] == "ok" and health["checked"] in ("last write", "probe")
     with EventStore(store_url) as store:
         assert len(store.events_after(0)) == 2
+        # The store's identity, the same for every component, and this receiver's heartbeat in it.
+        assert health["store_id"] == store.identity().store_id and health["receivers_seen"] == 1
     assert SECRET not in stack.tail("api-server", 2000)

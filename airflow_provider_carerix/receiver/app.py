@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
@@ -35,6 +36,7 @@ from airflow_provider_carerix.receiver.auth import (
     ReceiverAuth,
     header_values,
 )
+from airflow_provider_carerix.receiver.heartbeat import HEARTBEAT_INTERVAL
 from airflow_provider_carerix.receiver.validation import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_MAX_BODY,
@@ -159,12 +161,34 @@ def create_app(
     # Reached for other methods only (405): POST /events goes to the door before routing (_ReceiverApp).
     app.router.add_route("/events", door, methods=["POST"], include_in_schema=False)
 
+    seen: dict[str, Any] = {}
+
+    async def identity() -> dict[str, Any]:
+        """The store's id and how many receivers wrote a heartbeat there lately (cached 10 s): every receiver
+        and reader of one deployment must show the same id. No host names or URLs: /health is public."""
+        now = time.monotonic()
+        if seen and now - seen["at"] < 10.0:
+            return dict(seen["value"])
+
+        def read() -> dict[str, Any]:
+            alive = event_store.receivers_seen(within=timedelta(seconds=3 * HEARTBEAT_INTERVAL))
+            return {"store_id": event_store.identity().store_id, "receivers_seen": len(alive)}
+
+        try:
+            value = await run_in_threadpool(read)
+        except StoreUnavailable:
+            value = {}
+        seen.update(at=now, value=value)
+        return dict(value)
+
     @app.get("/health", response_model=None)
     async def health() -> Response:
         """Ready: would an event reach the disk now? The receiver's own last write, or one real small commit.
 
         The answer is a JSON object meant to grow: ``status``, ``store`` (its dialect), ``checked`` (what it is
-        based on: ``last write`` or ``probe``) and, when not ready, ``cause`` and ``reason``.
+        based on: ``last write`` or ``probe``), when ready ``store_id`` and ``receivers_seen`` (the store's
+        identity and how many receivers wrote a heartbeat to it in the last three minutes), when not ready
+        ``cause`` and ``reason``.
         """
         recent = committer.last_outcome(HEALTH_RECENT_WRITE)
         if recent is not None:
@@ -173,6 +197,7 @@ def create_app(
             error, checked = await prober.check(), "probe"
         content: dict[str, Any] = {"status": "ok", "store": event_store.dialect, "checked": checked}
         if error is None:
+            content.update(await identity())
             return JSONResponse(content)
         log.warning("Carerix receiver not ready (store %r): %s [%s]", event_store, error, error.cause)
         content.update(status="unavailable", cause=error.cause, reason=str(error))
