@@ -89,7 +89,7 @@ def test_post_to_the_running_api_server_is_stored(api_server: tuple[AirflowStack
 def api_server_defaults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AirflowStack, str]]:
     # One receiver setting through Airflow's environment form, as a deployment would set it.
     stack, store_url = _start_api_server(
-        tmp_path_factory.mktemp("api-server-door"), {"AIRFLOW__CARERIX__RECEIVER_MAX_BODY": "4096"}
+        tmp_path_factory.mktemp("api-server-door"), {"AIRFLOW__CARERIX__RECEIVER_MAX_BODY": "8192"}
     )
     try:
         yield stack, store_url
@@ -158,7 +158,7 @@ def test_the_door_holds_inside_the_api_server(api_server_defaults: tuple[Airflow
         for sock in slow + idle:
             sock.close()
     # [carerix] receiver_max_body from the environment reached the mounted receiver.
-    big = json.dumps({"id": "big", "time": "2024-02-14T14:24:40Z", "type": "a:b", "data": {"x": "y" * 5000}})
+    big = json.dumps({"id": "big", "time": "2024-02-14T14:24:40Z", "type": "a:b", "data": {"x": "y" * 9000}})
     assert httpx.post(f"{url}{path}", content=big, headers=secret_of, timeout=30).status_code == 413
     health = httpx.get(f"{url}/carerix/health", timeout=30).json()
     assert health["status"] == "ok" and health["checked"] in ("last write", "probe")
