@@ -1,62 +1,80 @@
 """Group commit in front of the event store: concurrent requests share one transaction (and one fsync).
 
-Requests hand their event to one writer task which drains every request waiting at that moment and commits
-them in one transaction, then wakes each request. Under load a group grows by itself while the previous commit
-is in flight; alone, a request waits for one commit. Durability therefore costs one fsync per group, not per
-event, and a 2xx still means "committed".
+Requests hand their event to one writer thread, which takes every request waiting at that moment, commits
+them in one transaction, hands each request its answer and at once takes the next group. Under load a group
+grows by itself while the previous commit is in flight; alone, a request waits for one commit. Durability
+therefore costs one fsync per group, not per event, and a 2xx still means "committed".
+
+The writer is a thread that drains a thread-safe queue itself, not an asyncio task dispatching to an
+executor: the next group starts the moment the last commit ends, without waiting for the event loop to get
+round to it (under load the loop is busy reading requests, and every group waited behind them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from airflow_provider_carerix.definitions.models import WebhookEvent
-from airflow_provider_carerix.store import EventRejected, EventStore, Provenance, StoreUnavailable
+from airflow_provider_carerix.store import (
+    EventRejected,
+    EventStore,
+    Provenance,
+    StoreUnavailable,
+    unavailable_cause,
+)
 
 __all__ = ["GroupCommitter"]
 
 log = logging.getLogger(__name__)
 
 _Item = tuple[bytes, WebhookEvent, Provenance]
+_Result = tuple[int, bool] | BaseException
+_Waiting = tuple[_Item, "asyncio.Future[tuple[int, bool]]", asyncio.AbstractEventLoop]
+_STOP = object()
 
 
 class GroupCommitter:
-    """One writer task per event loop, in front of one :class:`EventStore`.
+    """One writer thread in front of one :class:`EventStore`, for requests of any event loop.
 
     Started lazily on the first request because a FastAPI app mounted inside Airflow's API server does not
     receive lifespan events.
+
+    It remembers how its last write ended (:meth:`last_outcome`): a receiver under load knows from its own
+    commits, without another probe, whether a write reaches the disk now.
     """
 
-    def __init__(self, store: EventStore, *, max_batch: int = 256) -> None:
+    def __init__(
+        self, store: EventStore, *, max_batch: int = 256, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.store = store
         self.max_batch = max_batch
         self.batches = 0
         self.committed = 0
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carerix-commit")
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[tuple[_Item, asyncio.Future[tuple[int, bool]]]] | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def _ensure_started(self) -> asyncio.Queue[Any]:
-        loop = asyncio.get_running_loop()
-        if self._task is None or self._task.done() or self._loop is not loop or self._queue is None:
-            self._loop = loop
-            self._queue = asyncio.Queue()
-            self._task = loop.create_task(self._run(self._queue), name="carerix-group-commit")
-        return self._queue
+        self.clock = clock
+        self._outcome: tuple[float, StoreUnavailable | None] | None = None
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._closed = False
 
     def enqueue(
         self, raw: bytes, event: WebhookEvent, provenance: Provenance | None = None
     ) -> asyncio.Future[tuple[int, bool]]:
         """A future resolved once the event is committed (``StoreUnavailable`` when it could not be)."""
-        queue = self._ensure_started()
-        future: asyncio.Future[tuple[int, bool]] = asyncio.get_running_loop().create_future()
-        queue.put_nowait(((raw, event, provenance or Provenance()), future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[int, bool]] = loop.create_future()
+        if self._closed:
+            future.set_exception(StoreUnavailable("the receiver is shutting down", "unavailable"))
+            return future
+        if self._thread is None:
+            self._start()
+        self._queue.put(((raw, event, provenance or Provenance()), future, loop))
         return future
 
     async def submit(
@@ -64,86 +82,100 @@ class GroupCommitter:
     ) -> tuple[int, bool]:
         return await self.enqueue(raw, event, provenance)
 
-    async def _run(self, queue: asyncio.Queue[Any]) -> None:
-        loop = asyncio.get_running_loop()
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="carerix-group-commit", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
         while True:
-            batch = [await queue.get()]
-            while len(batch) < self.max_batch and not queue.empty():
-                batch.append(queue.get_nowait())
-            try:
-                results: list[tuple[int, bool] | BaseException] = list(
-                    await loop.run_in_executor(self._executor, self._insert, [item for item, _ in batch])
-                )
-            except StoreUnavailable as exc:
-                results = [exc] * len(batch)
-            except Exception as exc:
-                if len(batch) == 1:
-                    results = [_classify(exc, batch[0][0][1])]
-                else:
-                    # Not the store being down: one odd item must not fail the requests it was grouped with.
-                    # Type name only: a database error message may quote the payload (personal data).
-                    log.warning(
-                        "Group commit of %d events failed (%s); storing them one by one",
-                        len(batch),
-                        type(exc).__name__,
-                    )
-                    results = await self._one_by_one(batch)
-            else:
-                self.batches += 1
-                self.committed += len(batch)
-            for (_, future), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch: list[_Waiting] = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    waiting = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if waiting is _STOP:
+                    self._queue.put(_STOP)  # after this group
+                    break
+                batch.append(waiting)
+            results = self._commit([item for item, _, _ in batch])
+            self._record(results)
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], _Result]]] = {}
+            for (_, future, loop), result in zip(batch, results, strict=True):
+                by_loop.setdefault(loop, []).append((future, result))
+            for loop, answers in by_loop.items():
+                try:
+                    loop.call_soon_threadsafe(_answer, answers)
+                except RuntimeError:
+                    pass  # that loop is closed: nobody is left waiting
+
+    def _commit(self, items: list[_Item]) -> list[_Result]:
+        try:
+            results: list[_Result] = list(self._insert(items))
+        except StoreUnavailable as exc:
+            return [exc] * len(items)
+        except Exception as exc:
+            if len(items) == 1:
+                return [_classify(exc, items[0][1])]
+            # Not the store being down: one odd item must not fail the requests it was grouped with.
+            # Type name only: a database error message may quote the payload (personal data).
+            log.warning(
+                "Group commit of %d events failed (%s); storing them one by one",
+                len(items),
+                type(exc).__name__,
+            )
+            return self._one_by_one(items)
+        self.batches += 1
+        self.committed += len(items)
+        return results
+
+    def _record(self, results: Sequence[Any]) -> None:
+        """A write that failed for the store's sake (not an event refused for its own) is the outcome."""
+        failed = next((r for r in results if isinstance(r, StoreUnavailable)), None)
+        self._outcome = (self.clock(), failed)
+
+    def last_outcome(self, within: float) -> tuple[StoreUnavailable | None] | None:
+        """``(None,)`` if the last write within ``within`` seconds committed, ``(error,)`` if it failed; ``None``
+        when nothing was written that recently (then only a probe can tell)."""
+        if self._outcome is None or self.clock() - self._outcome[0] > within:
+            return None
+        return (self._outcome[1],)
 
     def _insert(self, items: list[_Item]) -> list[tuple[int, bool] | BaseException]:
-        """``insert_many``, except deliveries that may replay a purged event (see ``purge_horizon``).
+        """``insert_deliveries``: deliveries that may replay a purged event are refused (see ``purge``)."""
+        return list(self.store.insert_deliveries(items))
 
-        Runs in the writer thread: one small read of the horizon per group, not per request.
-        """
-        horizon = self.store.purge_horizon()
-        old = [i for i, item in enumerate(items) if horizon is not None and _utc(item[1].time) < horizon]
-        if not old:
-            return list(self.store.insert_many(items))
-        stored = self.store.stored_ids([items[i][1].id for i in old])
-        refused = {i for i in old if items[i][1].id not in stored}  # a stored id is a plain duplicate
-        keep = [item for i, item in enumerate(items) if i not in refused]
-        inserted = iter(self.store.insert_many(keep))
-        assert horizon is not None
-        return [
-            EventRejected(
-                f"time is before the store's purge horizon {horizon.isoformat()}: a replay of a purged "
-                "event is not stored again",
-                items[i][1].id,
-                "time",
-            )
-            if i in refused
-            else next(inserted)
-            for i in range(len(items))
-        ]
-
-    async def _one_by_one(self, batch: Sequence[tuple[_Item, Any]]) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        out: list[Any] = []
-        for item, _ in batch:
+    def _one_by_one(self, items: Sequence[_Item]) -> list[_Result]:
+        out: list[_Result] = []
+        for item in items:
             try:
-                [result] = await loop.run_in_executor(self._executor, self._insert, [item])
+                [result] = self._insert([item])
                 out.append(_classify(result, item[1]) if isinstance(result, BaseException) else result)
             except Exception as exc:
                 out.append(_classify(exc, item[1]))
         return out
 
     def close(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        self._executor.shutdown(wait=False)
+        """Stop the writer once the groups already queued are committed (it is a daemon: exit never waits)."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(_STOP)
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+def _answer(answers: list[tuple[asyncio.Future[Any], _Result]]) -> None:
+    """On the requests' event loop: wake each (a request that gave up waiting has a cancelled future)."""
+    for future, result in answers:
+        if future.done():
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
 
 
 def _classify(exc: BaseException, event: WebhookEvent) -> BaseException:
@@ -157,4 +189,4 @@ def _classify(exc: BaseException, event: WebhookEvent) -> BaseException:
     if isinstance(exc, EventRejected):
         return exc if exc.event_id == event.id else EventRejected(str(exc), event.id, exc.field)
     log.error("Event %s could not be stored: unexpected %s", event.id, type(exc).__name__)
-    return StoreUnavailable(f"event store failed: {type(exc).__name__}")
+    return StoreUnavailable(f"event store failed: {type(exc).__name__}", unavailable_cause(exc))

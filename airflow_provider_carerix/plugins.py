@@ -19,12 +19,10 @@ API server reads ``fastapi_apps``; the app is therefore built on first access, n
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-from airflow_provider_carerix import settings
 from airflow_provider_carerix.listeners import CarerixAssetListener
 from airflow_provider_carerix.settings import ConfigurationError, StoreLocation
 
@@ -46,23 +44,21 @@ EXTERNAL_VIEWS = [
 
 def _receiver_app(location: StoreLocation) -> Any | None:
     """The receiver when a secret is configured, otherwise None (and why, in the log)."""
-    from airflow_provider_carerix.receiver import create_app, load_secrets
+    from airflow_provider_carerix.receiver import create_app
+    from airflow_provider_carerix.receiver.config import receiver_settings
     from airflow_provider_carerix.receiver.heartbeat import ReceiverHeartbeat
     from airflow_provider_carerix.store import EventStore
 
-    secrets = load_secrets()
-    if not secrets:
+    config = receiver_settings()
+    if not config.secrets:
         log.info(
             "Carerix receiver not mounted at %s: no secret configured ([carerix] receiver_secret, e.g. "
             "AIRFLOW__CARERIX__RECEIVER_SECRET)",
             URL_PREFIX,
         )
         return None
-    header = settings.get("receiver_secret_header").value
-    key_file = settings.get("receiver_public_key_file").value
-    public_key = Path(key_file).read_bytes() if key_file else None
     store = EventStore(location.url)
-    app = create_app(store, secrets=secrets, secret_header=header, public_key=public_key)
+    app = create_app(store, **config.app_kwargs())
     app.state.heartbeat = ReceiverHeartbeat(store, kind="api-server").start()
     log.info("Carerix receiver mounted at %s/events, event store %s", URL_PREFIX, location.describe())
     return app

@@ -43,6 +43,9 @@ __all__ = [
     "Value",
     "airflow_metadata_db",
     "get",
+    "get_bool",
+    "get_float",
+    "get_int",
     "normalise_store_url",
     "resolve_store",
     "same_store",
@@ -130,6 +133,42 @@ SETTINGS: tuple[Setting, ...] = (
         "carerix-receiver serve",
         legacy_env="CARERIX_RECEIVER_TRUSTED_PROXIES",
         example="10.0.0.0/8",
+    ),
+    Setting(
+        "receiver_allow_unsigned_applications",
+        "False",
+        "Once a signing key is recorded, deliveries that name no application with a recorded key are refused "
+        "(401); True admits them by the secret alone.",
+        "receiver",
+        example="False",
+    ),
+    Setting(
+        "receiver_max_body",
+        "1048576",
+        "Largest delivery body in bytes (413 above it).",
+        "receiver",
+        example="1048576",
+    ),
+    Setting(
+        "receiver_body_timeout",
+        "10",
+        "Seconds a delivery's body has to arrive in full once its request head is in (408 after).",
+        "receiver",
+        example="10",
+    ),
+    Setting(
+        "receiver_min_body_rate",
+        "1024",
+        "Bytes per second a body must keep up with after its first second (408 below it; 0: no minimum).",
+        "receiver",
+        example="1024",
+    ),
+    Setting(
+        "receiver_max_header_bytes",
+        "16384",
+        "Largest request head in bytes (431 above it); inside the API server the only head limit there is.",
+        "receiver",
+        example="16384",
     ),
     Setting(
         "receiver_silence_warning",
@@ -224,6 +263,44 @@ def get_list(option: str) -> tuple[list[str], str]:
     """A comma-separated setting as a list (surrounding spaces and tabs dropped), with its source."""
     value = get(option)
     return [part.strip(" \t") for part in value.value.split(",") if part.strip(" \t")], value.source
+
+
+def _typed(option: str, kind: str, convert: Any, minimum: float | None = None) -> Any:
+    value = get(option)
+    try:
+        result = convert(value.value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"[{SECTION}] {option}: expected {kind}, got {value.value!r} (from {value.source})"
+        ) from None
+    if minimum is not None and result < minimum:
+        raise ConfigurationError(
+            f"[{SECTION}] {option}: expected {kind} of at least {minimum:g}, got {value.value!r} "
+            f"(from {value.source})"
+        )
+    return result
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "t", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "f", "0", "no", "off", ""):
+        return False
+    raise ValueError(text)
+
+
+def get_bool(option: str) -> bool:
+    """``True``/``False`` (and Airflow's other spellings of them); anything else is an error naming the source."""
+    return bool(_typed(option, "true or false", _bool))
+
+
+def get_int(option: str, minimum: int | None = None) -> int:
+    return int(_typed(option, "a whole number", int, minimum))
+
+
+def get_float(option: str, minimum: float | None = None) -> float:
+    return float(_typed(option, "a number", float, minimum))
 
 
 # -- the event store ----------------------------------------------------------------------------------------

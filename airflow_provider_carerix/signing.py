@@ -12,6 +12,13 @@ day), so deliveries signed (or retried by Carerix) with the old key shortly befo
 still accepted. A delivery signed with a key provisioning has not recorded yet is refused (401) until the next
 sync; Carerix retries it, and recovery from the delivery log fetches whatever its retries did not deliver.
 
+Once provisioning has recorded a key in a store, signatures are required there: every delivery must name, in
+``applicationId``, exactly an application with a recorded key and carry a valid ``Cx-Signature`` made with it.
+Otherwise anyone holding the secret header could sidestep the signature by leaving ``applicationId`` out,
+spelling it in upper case, adding a space or naming an application nobody provisioned. An operator who runs
+applications without keys next to signed ones opts out explicitly (``allow_unsigned_applications``): then
+only applications with a recorded key need a signature.
+
 What exactly Carerix signs is not published; like every public client, the receiver verifies the raw body
 (RSASSA-PKCS1-v1_5 with SHA-256, base64 in ``Cx-Signature``). No Airflow import: the receiver runs without it.
 """
@@ -118,7 +125,21 @@ class SigningKeyCache:
         self.clock = clock
         self.loads = 0
         self._entries: dict[str, _Entry] = {}
+        self._any: tuple[bool, float] | None = None  # (any key recorded in the store, when read)
         self._lock = threading.Lock()
+
+    def cached_any(self) -> bool | None:
+        """Whether the store holds any signing key, if read less than ``ttl`` ago; else ``None``."""
+        known = self._any
+        if known is None or self.clock() - known[1] >= self.ttl:
+            return None
+        return known[0]
+
+    def load_any(self) -> bool:
+        """Read from the store whether any signing key is recorded (blocking; raises ``StoreUnavailable``)."""
+        found = self.store.has_signing_keys()
+        self._any = (found, self.clock())
+        return found
 
     def cached(self, application_id: str) -> tuple[RSAPublicKey, ...] | None:
         """The keys if cached and fresh, else ``None`` (then call :meth:`load`, off the event loop)."""
@@ -162,6 +183,7 @@ class SigningKeyCache:
 
     def invalidate(self, application_id: str | None = None) -> None:
         with self._lock:
+            self._any = None
             if application_id is None:
                 self._entries.clear()
             else:
@@ -171,16 +193,59 @@ class SigningKeyCache:
 class StoreKeyVerifier:
     """Checks ``Cx-Signature`` against the keys recorded for the delivery's ``applicationId``.
 
-    ``require_known_key``: refuse deliveries of applications without a recorded key (when nothing else, such as
-    a secret header, authenticated them). Returns whether the signature was verified; raises
-    ``AuthenticationError`` (401) for a missing or wrong signature once a key is known, and ``StoreUnavailable``
-    when the keys cannot be read (the receiver answers 503 and Carerix retries).
+    Signatures are required (:meth:`signatures_required`) when ``require_known_key`` (nothing else, such as a
+    secret header, authenticates deliveries) or once any key is recorded in the store, unless
+    ``allow_unsigned_applications``. Then a delivery whose ``applicationId`` is missing or is not exactly the
+    id of an application with a recorded key is refused. :meth:`verify` returns whether the signature was
+    verified; raises ``AuthenticationError`` (401) for a refused delivery, and ``StoreUnavailable`` when the keys
+    cannot be read (the receiver answers 503 and Carerix retries).
     """
 
-    def __init__(self, cache: SigningKeyCache, *, require_known_key: bool) -> None:
+    def __init__(
+        self,
+        cache: SigningKeyCache,
+        *,
+        require_known_key: bool,
+        allow_unsigned_applications: bool = False,
+    ) -> None:
         self.cache = cache
         self.require_known_key = require_known_key
+        self.allow_unsigned_applications = allow_unsigned_applications
         self._loading: dict[str, asyncio.Future[tuple[RSAPublicKey, ...]]] = {}
+        self._loading_any: asyncio.Future[bool] | None = None
+
+    async def signatures_required(self) -> bool:
+        """Whether every delivery must carry a valid signature: decided before its body is read.
+
+        At most one store read per ``ttl`` however many requests ask (a single flight, as for the keys).
+        """
+        if self.require_known_key:
+            return True
+        if self.allow_unsigned_applications:
+            return False
+        known = self.cache.cached_any()
+        if known is not None:
+            return known
+        from starlette.concurrency import run_in_threadpool
+
+        loop = asyncio.get_running_loop()
+        pending = self._loading_any
+        if pending is not None and pending.get_loop() is loop:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[bool] = loop.create_future()
+        self._loading_any = future
+        try:
+            found = await run_in_threadpool(self.cache.load_any)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters (if any) re-raise it
+            raise
+        else:
+            future.set_result(found)
+            return found
+        finally:
+            if self._loading_any is future:
+                self._loading_any = None
 
     async def _keys(self, application_id: str, *, refresh: bool = False) -> tuple[RSAPublicKey, ...]:
         """Cached keys, else one store read per application however many deliveries wait for it.
@@ -225,14 +290,21 @@ class StoreKeyVerifier:
             if self.require_known_key:
                 raise AuthenticationError(
                     "no signing key is recorded for this application: provision it first (sync operator or "
-                    "carerix-webhooks apply) so the receiver can verify Cx-Signature"
+                    "carerix-webhooks apply) so the receiver can verify Cx-Signature",
+                    "applicationId",
+                )
+            if await self.signatures_required():
+                raise AuthenticationError(
+                    "applicationId: missing, or not exactly the id of an application with a recorded signing "
+                    "key; signatures are required once provisioning recorded a key",
+                    "applicationId",
                 )
             return False
         signatures = header_values(headers, SIGNATURE_HEADER)
         if len(signatures) > 1:
-            raise AuthenticationError(f"more than one {SIGNATURE_HEADER} header")
+            raise AuthenticationError(f"more than one {SIGNATURE_HEADER} header", SIGNATURE_HEADER)
         if not signatures:
-            raise AuthenticationError(f"missing {SIGNATURE_HEADER}")
+            raise AuthenticationError(f"missing {SIGNATURE_HEADER}", SIGNATURE_HEADER)
         if verify_signature(keys, signatures[0], body):
             return True
         assert application_id is not None
@@ -241,7 +313,7 @@ class StoreKeyVerifier:
             keys = await self._keys(application_id, refresh=True)
             if verify_signature(keys, signatures[0], body):
                 return True
-        raise AuthenticationError(f"invalid {SIGNATURE_HEADER}")
+        raise AuthenticationError(f"invalid {SIGNATURE_HEADER}", SIGNATURE_HEADER)
 
 
 def summary(new: dict[str, int]) -> dict[str, Any]:

@@ -39,6 +39,8 @@ Guarantees the rest of the provider builds on:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -63,6 +65,7 @@ from airflow_provider_carerix.definitions import event_types as _types
 from airflow_provider_carerix.definitions.models import WebhookEvent
 
 __all__ = [
+    "CAUSES",
     "NOTIFY_CHANNEL",
     "SCHEMA_VERSION",
     "ConsumerOwned",
@@ -75,6 +78,7 @@ __all__ = [
     "StoreUnavailable",
     "StoredEvent",
     "resolve_store_url",
+    "unavailable_cause",
 ]
 
 log = logging.getLogger(__name__)
@@ -102,6 +106,8 @@ PG_SESSION_SETTINGS: dict[str, str] = {
     "statement_timeout": "10s",
 }
 _ID_MAX = 255
+# The id of the row ``probe_write`` adds to the schema version table and removes in the same transaction.
+_PROBE_ROW = -1
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -121,7 +127,101 @@ _normalise_url = settings.normalise_store_url
 
 
 class StoreUnavailable(Exception):
-    """The store cannot be reached or is busy: callers should retry later (the receiver answers 503)."""
+    """The store cannot be reached or is busy: callers should retry later (the receiver answers 503).
+
+    ``cause`` says why in one word an operator can act on (:data:`CAUSES`): ``disk_full``, ``read_only``,
+    ``locked``, ``file_replaced``, ``file_removed``, ``unreachable``, ``io_error``, ``timeout``, or
+    ``unavailable`` when nothing more precise is known. Derived from error codes, never from the database's
+    message (which may quote a row).
+    """
+
+    def __init__(self, message: str, cause: str = "unavailable") -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+#: What each :attr:`StoreUnavailable.cause` means, as the messages, logs and ``/health`` say it.
+CAUSES: dict[str, str] = {
+    "disk_full": "disk full",
+    "read_only": "read-only (file, directory, file system or database)",
+    "locked": "locked by another writer",
+    "file_replaced": "the SQLite file was replaced",
+    "file_removed": "the SQLite file was removed",
+    "unreachable": "cannot connect",
+    "io_error": "disk I/O error",
+    "timeout": "timed out",
+    "corrupt": "the database file is damaged",
+    "unavailable": "unavailable",
+}
+# Causes a fresh connection may cure once the operator fixed them (permissions, a failover to a new primary):
+# connections opened in that state stay read-only or broken, so the pool is emptied and the next use reopens.
+_REOPEN_CAUSES = frozenset({"read_only", "io_error", "corrupt"})
+_SQLITE_CAUSES = (
+    ("SQLITE_FULL", "disk_full"),
+    ("SQLITE_READONLY", "read_only"),
+    ("SQLITE_PERM", "read_only"),
+    ("SQLITE_BUSY", "locked"),
+    ("SQLITE_LOCKED", "locked"),
+    ("SQLITE_CANTOPEN", "unreachable"),
+    ("SQLITE_IOERR", "io_error"),
+    ("SQLITE_CORRUPT", "corrupt"),
+    ("SQLITE_NOTADB", "corrupt"),
+)
+# Python 3.10's sqlite3 carries no error code, only SQLite's fixed English texts (not the row).
+_SQLITE_TEXTS = (
+    ("database or disk is full", "disk_full"),
+    ("readonly database", "read_only"),
+    ("database is locked", "locked"),
+    ("database table is locked", "locked"),
+    ("unable to open database", "unreachable"),
+    ("disk i/o error", "io_error"),
+    ("malformed", "corrupt"),
+    ("not a database", "corrupt"),
+)
+_PG_CAUSES = {
+    "53100": "disk_full",  # disk_full
+    "25006": "read_only",  # read_only_sql_transaction (a standby, or default_transaction_read_only)
+    "55P03": "locked",  # lock_not_available (lock_timeout)
+    "40P01": "locked",  # deadlock_detected
+    "57014": "timeout",  # query_canceled (statement_timeout)
+}
+_OS_CAUSES = {
+    errno.ENOSPC: "disk_full",
+    errno.EDQUOT: "disk_full",
+    errno.EROFS: "read_only",
+    errno.EACCES: "read_only",
+    errno.EPERM: "read_only",
+}
+
+
+def unavailable_cause(exc: BaseException | None) -> str:
+    """The :data:`CAUSES` key for a driver or OS error (``unavailable`` when it says nothing more)."""
+    name = getattr(exc, "sqlite_errorname", None)
+    if isinstance(name, str):
+        for prefix, cause in _SQLITE_CAUSES:
+            if name.startswith(prefix):
+                return cause
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        if sqlstate in _PG_CAUSES:
+            return _PG_CAUSES[sqlstate]
+        if sqlstate.startswith(("08", "57P")):  # connection exceptions, server shutting down
+            return "unreachable"
+    if isinstance(exc, sqlite3.Error) and name is None:
+        text = str(exc).lower()
+        for fragment, cause in _SQLITE_TEXTS:
+            if fragment in text:
+                return cause
+    if isinstance(exc, OSError) and exc.errno in _OS_CAUSES:
+        return _OS_CAUSES[exc.errno]
+    if exc is not None and type(exc).__module__.startswith("psycopg") and sqlstate is None:
+        return "unreachable"  # no server answer at all: refused, unresolved, timed out connecting
+    return "unavailable"
+
+
+def _unavailable(exc: BaseException, what: str = "event store unavailable") -> StoreUnavailable:
+    cause = unavailable_cause(exc)
+    return StoreUnavailable(f"{what}: {CAUSES[cause]} ({type(exc).__name__})", cause)
 
 
 class ConsumerOwned(Exception):
@@ -596,6 +696,43 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
+def _purged_replay(event: WebhookEvent, horizon: datetime) -> EventRejected:
+    return EventRejected(
+        f"time is before the store's purge horizon {horizon.isoformat()}: a replay of a purged event is not "
+        "stored again",
+        event.id,
+        "time",
+    )
+
+
+def _with_refused(
+    results: Sequence[tuple[int, bool]], refused: dict[int, EventRejected], count: int
+) -> list[tuple[int, bool] | EventRejected]:
+    """The results of the items kept, with the refused ones put back in their places."""
+    if not refused:
+        return list(results)
+    done = iter(results)
+    return [refused[i] if i in refused else next(done) for i in range(count)]
+
+
+# The columns an insert writes, in the order of the SQLite fast path's parameters (``EventStore._insert_sqlite``).
+_COLUMNS = (
+    "event_id",
+    "type",
+    "time",
+    "tenant",
+    "application_id",
+    "webhook_id",
+    "entity_id",
+    "received_at",
+    "payload",
+    "signature_verified",
+    "recovered",
+)
+_SQLITE_COLUMNS = ", ".join(_COLUMNS)
+_SQLITE_ROW = "(" + ",".join("?" * len(_COLUMNS)) + ")"
+
+
 def _release_insert_lock(conn: Connection) -> None:
     """After a failed insert: the session-level lock outlives the rollback, so release it or drop the session."""
     try:
@@ -620,7 +757,8 @@ def _retry_on_disconnect(method: _F) -> _F:
     """Run once more when the failure was a dropped connection (e.g. PostgreSQL restarted since last use).
 
     Safe for inserts too: a group whose COMMIT was lost in flight is either absent (inserted now) or present
-    (found by event id and reported as a duplicate), never stored twice.
+    (found by event id and reported as a duplicate), never stored twice. A failure a fresh connection may
+    cure (read-only, I/O error) empties the pool, so the store recovers by itself once the cause is fixed.
     """
 
     @functools.wraps(method)
@@ -631,6 +769,8 @@ def _retry_on_disconnect(method: _F) -> _F:
             cause = exc.__cause__
             if isinstance(cause, DBAPIError) and cause.connection_invalidated:
                 return method(self, *args, **kwargs)
+            if exc.cause in _REOPEN_CAUSES:
+                self._reopen(exc.cause)
             raise
 
     return wrapper  # type: ignore[return-value]
@@ -687,6 +827,7 @@ class EventStore:
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         self._file_identity: tuple[int, int] | None = None
+        self._encoders: dict[str, Callable[[Any], Any]] | None = None
 
     def __repr__(self) -> str:
         return f"EventStore({make_url(self.url).render_as_string(hide_password=True)!r})"
@@ -751,7 +892,9 @@ class EventStore:
             try:
                 Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise StoreUnavailable(f"cannot create the directory of the event store: {exc}") from exc
+                raise StoreUnavailable(
+                    f"cannot create the directory of the event store: {exc}", unavailable_cause(exc)
+                ) from exc
 
     def _write(self) -> Any:
         """A transaction that holds the write lock for its whole duration (see module docstring)."""
@@ -812,12 +955,23 @@ class EventStore:
         def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
             if exc is None:
                 return False
+            if isinstance(exc, sqlite3.Error):
+                # The SQLite fast path talks to sqlite3 itself: its errors mean what SQLAlchemy's wrappers do.
+                if isinstance(exc, sqlite3.IntegrityError):
+                    if _unique_violation(exc):
+                        raise StoreUnavailable(f"event store busy: {type(exc).__name__}") from None
+                    raise EventRejected(f"event store refused the event: {type(exc).__name__}") from None
+                if isinstance(exc, sqlite3.DataError):
+                    raise EventRejected(f"event store refused the event: {type(exc).__name__}") from None
+                if isinstance(exc, sqlite3.ProgrammingError):
+                    return False  # a bug: stays loud
+                raise _unavailable(exc) from exc
             if isinstance(exc, OperationalError) or (
                 isinstance(exc, DBAPIError) and exc.connection_invalidated
             ):
-                raise StoreUnavailable(f"event store unavailable: {type(exc.orig).__name__}") from exc
+                raise _unavailable(exc.orig) from exc
             if isinstance(exc, (OSError, sa.exc.InterfaceError)):
-                raise StoreUnavailable(f"event store unavailable: {type(exc).__name__}") from exc
+                raise _unavailable(exc) from exc
             # A unique key taken by a concurrent writer is a race, not the event's fault: retrying stores it
             # (or finds it as a duplicate), so it must be a 503 for Carerix, never a 4xx that drops the event.
             if isinstance(exc, sa.exc.IntegrityError) and _unique_violation(exc.orig):
@@ -855,31 +1009,125 @@ class EventStore:
         self._ensure_schema()
         self._check_file_identity()
         if self.dialect == "postgresql":
-            return self._insert_many_pg(items)
-        with self._guard(), self._write() as conn:
-            # Stamped once the write lock is held, so received_at follows commit (and sequence) order.
-            received_at = _utcnow()  # inside BEGIN IMMEDIATE: writers on this file are serialised
-            payloads: dict[str, str] = {}
-            known = _known_sequences(conn, list(dict.fromkeys(item[1].id for item in items)), payloads)
-            results, rows, slots, repeats = _plan_group(items, known, payloads)
-            if rows:
-                for row in rows:
-                    row["received_at"] = received_at
-                # One multi-row INSERT for the group; sequences come back in the order of ``rows``.
-                stmt = events.insert().returning(events.c.sequence, sort_by_parameter_order=True)
-                sequences = [int(seq) for seq in conn.execute(stmt, rows).scalars()]
-                for slot, sequence in zip(slots, sequences, strict=True):
-                    results[slot] = (sequence, True)
-                for index, first in repeats:
-                    results[index] = (results[first][0], False)
+            return self._insert_many_pg(items, refuse_purged=False)  # type: ignore[return-value]
+        return self._insert_sqlite(items, refuse_purged=False)  # type: ignore[return-value]
+
+    @_retry_on_disconnect
+    def insert_deliveries(self, items: Sequence[_Item]) -> list[tuple[int, bool] | EventRejected]:
+        """``insert_many`` for what a receiver was sent: an event timed before the purge horizon whose id is not
+        stored is refused (an :class:`EventRejected` in its place) rather than stored, since it may be a replay
+        of a purged event (see :meth:`purge`). The horizon is read inside the insert's own transaction."""
+        if not items:
+            return []
+        self._ensure_schema()
+        self._check_file_identity()
+        if self.dialect == "postgresql":
+            return self._insert_many_pg(items, refuse_purged=True)
+        return self._insert_sqlite(items, refuse_purged=True)
+
+    def _insert_sqlite(
+        self, items: Sequence[_Item], *, refuse_purged: bool
+    ) -> list[tuple[int, bool] | EventRejected]:
+        """One ``BEGIN IMMEDIATE`` transaction on the pooled ``sqlite3`` connection itself.
+
+        The receiver's hot path: SQLAlchemy's per-statement work (compiling, events, result processing) held
+        the GIL the receiver's event loop needs for about a millisecond per group; here the same SQL runs with
+        SQLAlchemy's own encodings of the values (its bind processors), so the rows are the rows it writes.
+        """
+        with self._guard():
+            pooled = self._engine.raw_connection()
+            try:
+                db = pooled.driver_connection
+                assert db is not None
+                db.execute("BEGIN IMMEDIATE")  # the write lock: writers on this file are serialised
+                try:
+                    results = self._sqlite_group(db, items, refuse_purged)
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            db.execute("ROLLBACK")
+                    raise
+            finally:
+                pooled.close()
         # Committed, but to the file this store opened: if that is no longer the file at the path, the rows
         # live in an orphan and would vanish on restart. Not acknowledged, so Carerix delivers them again.
         self._check_file_identity()
         return results
 
-    def _insert_many_pg(self, items: Sequence[_Item]) -> list[tuple[int, bool]]:
+    def _sqlite_group(
+        self, db: sqlite3.Connection, items: Sequence[_Item], refuse_purged: bool
+    ) -> list[tuple[int, bool] | EventRejected]:
+        encode = self._sqlite_encoders()
+        # Stamped once the write lock is held, so received_at follows commit (and sequence) order.
+        received_at = _utcnow()
+        ids = list(dict.fromkeys(item[1].id for item in items))
+        known: dict[str, int] = {}
+        payloads: dict[str, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT event_id, sequence, payload FROM {events.name} WHERE event_id IN ({marks})"
+            for event_id, sequence, payload in db.execute(sql, chunk):
+                known[event_id] = int(sequence)
+                payloads[event_id] = payload
+        refused: dict[int, EventRejected] = {}
+        if refuse_purged:
+            stamp = db.execute(f"SELECT max(horizon) FROM {purges.name}").fetchone()[0]
+            horizon = None if stamp is None else self._sqlite_horizon(stamp)
+            if horizon is not None:
+                for i, item in enumerate(items):
+                    if item[1].id not in known and _aware(item[1].time) < horizon:
+                        refused[i] = _purged_replay(item[1], horizon)
+        keep = [item for i, item in enumerate(items) if i not in refused] if refused else items
+        results, rows, slots, repeats = _plan_group(keep, known, payloads)
+        inserted: dict[str, int] = {}
+        for start in range(0, len(rows), 500):
+            chunk_rows = rows[start : start + 500]
+            values = ",".join([_SQLITE_ROW] * len(chunk_rows))
+            params: list[Any] = []
+            for row in chunk_rows:
+                row["received_at"] = received_at
+                params.extend(encode[name](row[name]) if name in encode else row[name] for name in _COLUMNS)
+            sql = (
+                f"INSERT INTO {events.name} ({_SQLITE_COLUMNS}) VALUES {values} RETURNING event_id, sequence"
+            )
+            try:
+                found = db.execute(sql, params).fetchall()
+            except (ValueError, OverflowError, TypeError) as exc:
+                # A value the driver cannot bind (the message may quote it: type only).
+                raise EventRejected(f"event store refused the event: {type(exc).__name__}") from None
+            inserted.update((event_id, int(sequence)) for event_id, sequence in found)
+        for slot, row in zip(slots, rows, strict=True):
+            results[slot] = (inserted[row["event_id"]], True)
+        for index, first in repeats:
+            results[index] = (results[first][0], False)
+        return _with_refused(results, refused, len(items))
+
+    def _sqlite_encoders(self) -> dict[str, Callable[[Any], Any]]:
+        """SQLAlchemy's bind processors of the columns that have one (times as text, booleans as 0/1)."""
+        if self._encoders is None:
+            dialect = self._engine.dialect
+            encoders = {}
+            for column in events.c:
+                processor = column.type.dialect_impl(dialect).bind_processor(dialect)
+                if processor is not None:
+                    encoders[column.name] = processor
+            self._encoders = encoders
+        return self._encoders
+
+    def _sqlite_horizon(self, stamp: Any) -> datetime | None:
+        dialect = self._engine.dialect
+        decode = purges.c.horizon.type.dialect_impl(dialect).result_processor(dialect, None)
+        value = decode(stamp) if decode is not None else stamp
+        return None if value is None else _aware(value)
+
+    def _insert_many_pg(
+        self, items: Sequence[_Item], *, refuse_purged: bool
+    ) -> list[tuple[int, bool] | EventRejected]:
         """Hand out sequences one writer at a time, commit (and fsync) concurrently; module docstring."""
         ids = list(dict.fromkeys(item[1].id for item in items))
+        refused: dict[int, EventRejected] = {}
         with self._guard(), self._engine.connect() as conn:
             try:
                 with conn.begin():
@@ -887,9 +1135,17 @@ class EventStore:
                     # and is caught by ON CONFLICT below.
                     payloads: dict[str, str] = {}
                     known = _known_sequences(conn, ids, payloads)
-                    results, rows, slots, repeats = _plan_group(items, known, payloads)
+                    if refuse_purged:
+                        horizon = conn.execute(sa.select(sa.func.max(purges.c.horizon))).scalar()
+                        if horizon is not None:
+                            horizon = _aware(horizon)
+                            for i, item in enumerate(items):
+                                if item[1].id not in known and _aware(item[1].time) < horizon:
+                                    refused[i] = _purged_replay(item[1], horizon)
+                    keep = [item for i, item in enumerate(items) if i not in refused] if refused else items
+                    results, rows, slots, repeats = _plan_group(keep, known, payloads)
                     if not rows:
-                        return results
+                        return _with_refused(results, refused, len(items))
                     # received_at is the database clock under the lock: it follows sequence order fleet-wide.
                     params: dict[str, Any] = {name: [row[name] for row in rows] for name in rows[0]}
                     params["time"] = [_aware(t) for t in params["time"]]
@@ -918,7 +1174,7 @@ class EventStore:
             except BaseException:
                 _release_insert_lock(conn)
                 raise
-        return results
+        return _with_refused(results, refused, len(items))
 
     def _pg_read_bound(self, conn: Connection) -> int:
         """The highest sequence readers may be shown now: below every insert that is still in flight.
@@ -1316,6 +1572,13 @@ class EventStore:
             return [row.public_key for row in conn.execute(stmt)]
 
     @_retry_on_disconnect
+    def has_signing_keys(self) -> bool:
+        """Whether provisioning ever recorded a signing key here (then receivers require signatures)."""
+        self._ensure_schema()
+        with self._guard(), self._engine.connect() as conn:
+            return conn.execute(sa.select(signing_keys.c.application_id).limit(1)).first() is not None
+
+    @_retry_on_disconnect
     def record_webhooks(self, application_id: str, rows: Sequence[dict[str, Any]]) -> None:
         """Replace what is known of one application's webhooks with ``rows`` (one transaction).
 
@@ -1415,7 +1678,7 @@ class EventStore:
         except StoreUnavailable:
             raise
         except SQLAlchemyError as exc:
-            raise StoreUnavailable(f"event store unavailable: {type(exc).__name__}") from exc
+            raise _unavailable(exc) from exc
 
     @property
     def engine(self) -> Engine:
@@ -1424,12 +1687,14 @@ class EventStore:
 
     @_retry_on_disconnect
     def probe_write(self, timeout: float = 1.0) -> None:
-        """Raise ``StoreUnavailable`` unless an insert would be accepted now; writes nothing.
+        """Raise ``StoreUnavailable`` (with its cause) unless a write reaches the disk now: one real, tiny commit.
 
-        Takes the same write lock an insert takes (waiting at most ``timeout``) and changes a row in a
-        transaction that is rolled back: a read-only or immutable file, a full or read-only database, a write
-        lock held elsewhere or a replaced SQLite file all fail here, as they would fail an insert. Readers
-        are never blocked; writers wait at most for this rollback.
+        Takes the same write lock an insert takes (waiting at most ``timeout``), adds and removes a row of the
+        schema version table and commits: on SQLite that appends a page to the WAL and flushes it
+        (``synchronous=FULL``), on PostgreSQL it flushes a WAL record. So a full disk, a read-only or immutable
+        file, a read-only database (a standby), a write lock held elsewhere or a replaced SQLite file fail here
+        as they would fail an insert; a rolled-back change would not (it never reaches the disk). No event is
+        written; readers are never blocked, writers wait at most for this one commit.
         """
         try:
             self._ensure_schema()
@@ -1440,25 +1705,41 @@ class EventStore:
                 if self.dialect == "sqlite":
                     raw.execute(f"PRAGMA busy_timeout={millis}")  # type: ignore[union-attr]
                 try:
-                    transaction = conn.begin()  # BEGIN IMMEDIATE on SQLite: the writers' lock
-                    try:
+                    with conn.begin():  # BEGIN IMMEDIATE on SQLite: the writers' lock
                         if self.dialect == "postgresql":
                             conn.exec_driver_sql(f"SET LOCAL lock_timeout = {millis}")
                             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_INSERT_LOCK)))
-                        conn.execute(
-                            schema_version.update()
-                            .where(schema_version.c.id == 1)
-                            .values(version=schema_version.c.version)
-                        )
-                    finally:
-                        transaction.rollback()
+                        # A row added and taken away again: the page is written (an update to the same
+                        # value would not be: SQLite skips rewriting a cell whose content is unchanged).
+                        conn.execute(schema_version.insert().values(id=_PROBE_ROW, version=0))
+                        conn.execute(schema_version.delete().where(schema_version.c.id == _PROBE_ROW))
                 finally:
                     if self.dialect == "sqlite":
                         raw.execute("PRAGMA busy_timeout=30000")  # type: ignore[union-attr]
+            self._check_file_identity()  # committed into the file at the path, not an orphan
         except StoreUnavailable:
             raise
         except SQLAlchemyError as exc:
-            raise StoreUnavailable(f"event store unavailable: {type(exc).__name__}") from exc
+            raise _unavailable(exc) from exc
+
+    def restart_needed(self) -> StoreUnavailable | None:
+        """Why only a restart brings this store back (its SQLite file replaced or removed), or ``None``.
+
+        One ``stat``, no query: cheap enough for a liveness probe, which then fails so an orchestrator
+        restarts the receiver (a new process opens the file now at the path).
+        """
+        try:
+            self._check_file_identity()
+        except StoreUnavailable as exc:
+            return exc
+        return None
+
+    def _reopen(self, cause: str) -> None:
+        """Empty the pool: connections opened read-only (or broken) stay so; the next use opens fresh ones."""
+        if self.dialect == "sqlite" and self._sqlite_file() is None:
+            return  # in memory: the pool's one connection is the database
+        log.warning("Carerix event store %s: reopening its connections on next use", CAUSES[cause])
+        self._engine.dispose()
 
     # -- SQLite file identity -------------------------------------------------------------------------------
 
@@ -1493,12 +1774,13 @@ class EventStore:
         current = self._stat_file()
         if current is None:
             raise StoreUnavailable(
-                "the SQLite event store file was removed while in use; restore it and restart"
+                "the SQLite event store file was removed while in use; restore it and restart", "file_removed"
             )
         if current != self._file_identity:
             raise StoreUnavailable(
                 "the SQLite event store file was replaced while in use (another file is at its path now); "
-                "restart to use it"
+                "restart to use it",
+                "file_replaced",
             )
 
     def close(self) -> None:

@@ -370,18 +370,12 @@ class _GatedStore:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def insert_many(self, items: list[tuple[bytes, WebhookEvent]]) -> list[tuple[int, bool]]:
+    def insert_deliveries(self, items: list[tuple[bytes, WebhookEvent]]) -> list[tuple[int, bool]]:
         self.calls.append(len(items))
         if len(self.calls) == 1:
             self.entered.set()
             self.release.wait(30)
         return [(i + 1, True) for i in range(len(items))]
-
-    def insert(self, raw: bytes, event: WebhookEvent) -> tuple[int, bool]:
-        return self.insert_many([(raw, event)])[0]
-
-    def purge_horizon(self) -> None:
-        return None
 
 
 def test_group_commit_batches_waiting_requests() -> None:
@@ -405,18 +399,12 @@ def test_group_commit_batches_waiting_requests() -> None:
 
 def test_group_commit_one_bad_item_does_not_fail_the_group() -> None:
     class Flaky:
-        def insert_many(self, items: list[Any]) -> list[tuple[int, bool]]:
+        def insert_deliveries(self, items: list[Any]) -> list[tuple[int, bool]]:
             if len(items) > 1:
                 raise RuntimeError("boom")
-            return self.insert(*items[0]) and [self.insert(*items[0])]
-
-        def insert(self, raw: bytes, event: WebhookEvent, *_provenance: Any) -> tuple[int, bool]:
-            if raw == b"bad":
+            if items[0][0] == b"bad":
                 raise RuntimeError("bad item")
-            return (1, True)
-
-        def purge_horizon(self) -> None:
-            return None
+            return [(1, True)]
 
     committer = GroupCommitter(Flaky(), max_batch=100)  # type: ignore[arg-type]
     event = WebhookEvent.model_validate_json(event_body())
@@ -827,15 +815,21 @@ def test_sqlite_file_removed_or_replaced_is_503_and_reported(tmp_path: Path, how
             shutil.rmtree(directory)
         response = post(base, event_body())
         assert response.status_code == 503, response.text
+        cause = "file_replaced" if how == "file-replaced" else "file_removed"
+        assert response.json()["cause"] == cause
         health = httpx.get(f"{base}/health", timeout=30)
         assert health.status_code == 503
-        assert health.json()["reason"] == (
+        reason = (
             "the SQLite event store file was removed while in use; restore it and restart"
             if how != "file-replaced"
             else "the SQLite event store file was replaced while in use (another file "
             "is at its path now); restart to use it"
         )
-        assert httpx.get(f"{base}/health/live", timeout=30).status_code == 200
+        assert (health.json()["reason"], health.json()["cause"]) == (reason, cause)
+        # Only a restart opens the file now at the path: liveness fails so an orchestrator restarts it.
+        live = httpx.get(f"{base}/health/live", timeout=30)
+        assert live.status_code == 503
+        assert live.json() == {"status": "restart needed", "cause": cause, "reason": reason}
     finally:
         stop()
 
@@ -862,13 +856,15 @@ def test_health_is_503_while_the_write_lock_is_held_elsewhere(
         holder.execute("SELECT pg_advisory_lock(%s)", (_PG_INSERT_LOCK,))
         release = lambda: holder.execute("SELECT pg_advisory_unlock(%s)", (_PG_INSERT_LOCK,))  # noqa: E731
     try:
-        assert httpx.get(f"{url}/health", timeout=30).status_code == 503
+        health = httpx.get(f"{url}/health", timeout=30)
+        assert health.status_code == 503
+        assert (health.json()["cause"], health.json()["checked"]) == ("locked", "probe")
         assert httpx.get(f"{url}/health/live", timeout=30).status_code == 200
     finally:
         release()
         holder.close()
     assert httpx.get(f"{url}/health", timeout=30).status_code == 200
-    assert store.events_after(0) == []  # the probe wrote nothing
+    assert store.events_after(0) == []  # the probe stored no event
 
 
 # -- smaller ones ---------------------------------------------------------------------------------------------------
@@ -1033,7 +1029,19 @@ def limited(tmp_path: Path) -> Iterator[Any]:
         f"sqlite:///{tmp_path / 'events.db'}",
         secrets=[SECRET],
         log_dir=tmp_path,
-        extra_args=["--header-timeout", "1", "--idle-timeout", "1", "--max-connections", "20"],
+        extra_args=[
+            "--header-timeout",
+            "1",
+            "--idle-timeout",
+            "1",
+            "--max-connections",
+            "20",
+            # Bodies in these tests stay incomplete on purpose: no deadline of their own interferes.
+            "--body-timeout",
+            "60",
+            "--min-body-rate",
+            "0",
+        ],
     )
     process.store_url = f"sqlite:///{tmp_path / 'events.db'}"  # type: ignore[attr-defined]
     yield process
@@ -1046,7 +1054,7 @@ def test_never_ending_request_head_is_refused_without_being_buffered(limited: An
         + f"X-Carerix-Secret: {SECRET}\r\nX-Pad: ".encode()
     )
     # A header that never ends: the server answers once the head passes its limit and stops reading.
-    assert _raw_http(limited.url, head, iter([b"a" * 8192] * 64)).startswith(b"HTTP/1.1 400")
+    assert _raw_http(limited.url, head, iter([b"a" * 8192] * 64)).startswith(b"HTTP/1.1 431")
     assert post(limited.url, event_body()).status_code == 201  # ordinary requests unaffected
 
 
@@ -1098,16 +1106,54 @@ def test_idle_connection_outlives_the_senders_pool(tmp_path: Path) -> None:
         stop()
 
 
-def test_connections_beyond_the_limit_get_503_and_health_recovers(limited: Any) -> None:
-    held = [_connect(limited.url) for _ in range(20)]
+def test_idle_connections_make_room_and_busy_ones_are_kept(tmp_path: Path) -> None:
+    """At the connection limit (20 here), a new connection closes the one that waited longest without a request;
+    when every connection is busy with a request, the new one gets 503 and is closed."""
+    limited = start_receiver_process(
+        f"sqlite:///{tmp_path / 'events.db'}",
+        secrets=[SECRET],
+        log_dir=tmp_path,
+        extra_args=["--max-connections", "20", "--body-timeout", "60", "--min-body-rate", "0"],
+    )
     try:
-        time.sleep(0.2)
+        _room_made_and_busy_kept(limited)
+    finally:
+        limited.stop()
+    assert (
+        "Closed 1 idle connection(s) that sent no request, to admit new ones (limit 20 open)" in limited.log
+    )
+
+
+def _room_made_and_busy_kept(limited: Any) -> None:
+    idle = [_connect(limited.url) for _ in range(20)]
+    try:
+        time.sleep(0.3)
+        # httpx's connection is the 21st: the oldest idle one makes room, nothing gets 503.
+        with httpx.Client(limits=httpx.Limits(max_connections=1)) as client:
+            response = client.post(f"{limited.url}/events", content=event_body(), headers=HEADERS)
+        assert response.status_code == 201
+        assert _closed_within(idle[0], 5) is not None  # the oldest idle connection went first
+        assert all(_closed_within(sock, 0.01) is None for sock in idle[1:])  # the others are kept
+    finally:
+        for sock in idle:
+            sock.close()
+    # Busy: an authenticated request whose body is still coming (no deadline passes within the test).
+    time.sleep(0.3)  # the closed ones are gone from the server's count
+    head = (
+        b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"X-Carerix-Secret: {SECRET}\r\nContent-Length: 100\r\n\r\n{{".encode()
+    )
+    busy = [_connect(limited.url) for _ in range(20)]
+    try:
+        for sock in busy:
+            sock.sendall(head)
+        time.sleep(0.3)
         extra = _connect(limited.url)
         answer = _closed_within(extra, 15)
         extra.close()
         assert answer is not None and answer.startswith(b"HTTP/1.1 503"), answer
     finally:
-        for sock in held:
+        for sock in busy:
             sock.close()
     deadline = time.monotonic() + 15
     while httpx.get(f"{limited.url}/health", timeout=30).status_code != 200:

@@ -241,3 +241,41 @@ def test_a_task_never_reads_the_metadata_db_even_with_the_schedulers_context(
     assert _metastore_failure("carerix_event_store") is None
     monkeypatch.setenv("AIRFLOW__CARERIX__EVENT_STORE_URL", f"sqlite:///{tmp_path / 'x.db'}")
     assert locate_store().url == f"sqlite:///{tmp_path / 'x.db'}"
+
+
+def test_typed_settings_say_what_was_expected_and_where_it_came_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_carerix.receiver.config import receiver_settings
+    from airflow_provider_carerix.receiver.server import ServerLimits
+    from airflow_provider_carerix.receiver.validation import (
+        DEFAULT_BODY_TIMEOUT,
+        DEFAULT_MAX_BODY,
+        DEFAULT_MIN_BODY_RATE,
+    )
+
+    defaults = receiver_settings()  # the settings' defaults are the receiver's own
+    assert (defaults.max_body, defaults.body_timeout, defaults.min_body_rate, defaults.max_header_bytes) == (
+        DEFAULT_MAX_BODY,
+        DEFAULT_BODY_TIMEOUT,
+        DEFAULT_MIN_BODY_RATE,
+        ServerLimits.max_header_bytes,
+    )
+    assert defaults.allow_unsigned_applications is False
+    monkeypatch.setenv("AIRFLOW__CARERIX__RECEIVER_ALLOW_UNSIGNED_APPLICATIONS", "True")
+    monkeypatch.setenv("AIRFLOW__CARERIX__RECEIVER_BODY_TIMEOUT", "2.5")
+    tuned = receiver_settings()
+    assert tuned.allow_unsigned_applications is True and tuned.body_timeout == 2.5
+    assert tuned.override(body_timeout=None, max_body=10).max_body == 10  # a command line's value wins
+    monkeypatch.setenv("AIRFLOW__CARERIX__RECEIVER_MIN_BODY_RATE", "fast")
+    with pytest.raises(ConfigurationError) as raised:
+        receiver_settings()
+    assert str(raised.value) == (
+        "[carerix] receiver_min_body_rate: expected a whole number, got 'fast' "
+        "(from environment variable AIRFLOW__CARERIX__RECEIVER_MIN_BODY_RATE)"
+    )
+    monkeypatch.setenv("AIRFLOW__CARERIX__RECEIVER_MIN_BODY_RATE", "-1")
+    with pytest.raises(ConfigurationError, match="a whole number of at least 0, got '-1'"):
+        receiver_settings()
+    monkeypatch.delenv("AIRFLOW__CARERIX__RECEIVER_MIN_BODY_RATE")
+    monkeypatch.setenv("AIRFLOW__CARERIX__RECEIVER_ALLOW_UNSIGNED_APPLICATIONS", "maybe")
+    with pytest.raises(ConfigurationError, match="expected true or false, got 'maybe'"):
+        receiver_settings()

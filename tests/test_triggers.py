@@ -851,7 +851,8 @@ def test_poller_backs_off_doubling_from_its_interval_while_the_store_is_down(
     assert poller.queries == 0
     assert [r.getMessage() for r in caplog.records if r.name.endswith("shared_stream")] == [
         "Cannot LISTEN on the Carerix event store (OperationalError); polling only",
-        "Carerix event store unavailable, retrying with backoff: event store unavailable: OperationalError",
+        "Carerix event store unavailable, retrying with backoff: event store unavailable: cannot connect "
+        "(OperationalError)",
     ]
 
 

@@ -177,6 +177,40 @@ def test_health_reports_the_last_event(any_store: EventStore) -> None:
     assert health["store"] == "ok" and health["last_sequence"] == 4 and health["events_last_hour"] == 4
 
 
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        ("/ui/api/events?since=9999-12-31T23:59:59-05:00", "since"),
+        ("/ui/api/events?until=0001-01-01T00:00:00%2B05:00", "until"),
+        (f"/ui/api/events?before={2**63}", "before"),
+        (f"/ui/api/events/{2**63}", "sequence"),
+        (f"/ui/api/events/{-(2**63) - 1}", "sequence"),
+    ],
+)
+def test_out_of_range_parameters_are_400_naming_the_parameter(
+    any_store: EventStore, path: str, parameter: str
+) -> None:
+    """Served by uvicorn on loopback (the page's routes as the API server mounts them, access allowed)."""
+    import httpx
+
+    from airflow_provider_carerix.ui.app import create_ui_app
+    from tests.fixtures.receiver import start_receiver_app
+
+    fill(any_store, 3)
+    running = start_receiver_app(create_ui_app(any_store, authorize=lambda: None))
+    try:
+        response = httpx.get(running.url + path, timeout=30)
+        assert response.status_code == 400, (path, response.status_code, response.text)
+        assert response.json()["detail"].startswith(f"{parameter}: ")
+        # The largest values that are in range still work (nothing found, not an error).
+        assert httpx.get(running.url + f"/ui/api/events?before={2**63 - 1}", timeout=30).status_code == 200
+        assert httpx.get(running.url + f"/ui/api/events/{2**63 - 1}", timeout=30).status_code == 404
+        since = "9999-12-31T23:59:59Z"
+        assert httpx.get(running.url + f"/ui/api/events?since={since}", timeout=30).json()["items"] == []
+    finally:
+        running.stop()
+
+
 def test_webhooks_as_the_last_sync_left_them(
     emulator: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -3,9 +3,10 @@
 Found under their own names:
 
 * :mod:`.auth`: is this delivery from Carerix? (:class:`ReceiverAuth`, one ``verify(body, headers)``),
-* :mod:`.validation`: is it a delivery we accept? (media type, size, JSON shape, field limits),
+* :mod:`.validation`: is it a delivery we accept? (media type, size, timing, strict JSON, field limits),
 * :mod:`airflow_provider_carerix.group_commit`: many requests, one transaction, beside the store,
 * :mod:`.app`: the FastAPI app (``create_app``), standalone or mounted in Airflow's API server,
+* :mod:`.server`: the standalone server's limits (uvicorn on httptools: head size and deadline, connections),
 * :mod:`.cli`: ``carerix-receiver serve`` / ``purge``.
 """
 
@@ -21,11 +22,19 @@ from airflow_provider_carerix.receiver.auth import (
     load_secrets,
 )
 from airflow_provider_carerix.receiver.cli import main
-from airflow_provider_carerix.receiver.validation import DEFAULT_MAX_BODY
+from airflow_provider_carerix.receiver.validation import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MIN_BODY_RATE,
+)
 
 __all__ = [
     "DEFAULT_ACK_TIMEOUT",
+    "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_HEADER_BYTES",
+    "DEFAULT_MIN_BODY_RATE",
     "DEFAULT_SECRET_HEADER",
     "AuthenticationError",
     "GroupCommitter",

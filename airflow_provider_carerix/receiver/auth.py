@@ -6,6 +6,11 @@ over the raw body and the request headers, and gets either nothing back or an :c
 the standalone receiver, the receiver mounted in Airflow's API server, tests and any other server a user
 prefers.
 
+``verify`` is ``verify_head`` followed by ``verify_body``; a server calls them apart, so that everything the
+headers alone decide (the secret, how many ``Cx-Signature`` headers, whether one is there) is decided before a
+byte of the body is read: a client without the secret gets its 401 at once and cannot hold a connection open
+by trickling a body.
+
 Two mechanisms, each optional, both required when both are configured:
 
 * **Secret header** (what Carerix's ``customHeaders`` give today): the header must be present exactly once and
@@ -51,13 +56,17 @@ Headers: TypeAlias = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes
 
 
 class AuthenticationError(Exception):
-    """The delivery is not proven to come from Carerix; ``detail`` never repeats what the client sent."""
+    """The delivery is not proven to come from Carerix; ``detail`` never repeats what the client sent.
+
+    ``field`` names the header (or body field) at fault when one is, as the receiver's other refusals do.
+    """
 
     status_code = 401
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, field: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.field = field
 
 
 def load_secrets(secret_file: Path | str | None = None) -> list[str]:
@@ -188,28 +197,43 @@ class ReceiverAuth:
 
     def verify(self, body: bytes, headers: Headers) -> None:
         """Return if the delivery is authentic, raise :class:`AuthenticationError` otherwise."""
+        self.verify_head(headers)
+        self.verify_body(body, headers)
+
+    def verify_head(self, headers: Headers) -> None:
+        """What the headers alone decide: the secret, and exactly one ``Cx-Signature`` where one is needed.
+
+        Two ``Cx-Signature`` headers are refused whatever is configured (proxies and frameworks disagree on
+        which one wins, so the one checked might not be the one another reader trusts).
+        """
         if self._secrets:
             self._verify_secret(headers)
+        signatures = header_values(headers, SIGNATURE_HEADER)
+        if len(signatures) > 1:
+            raise AuthenticationError(f"more than one {SIGNATURE_HEADER} header", SIGNATURE_HEADER)
+        if self._keys and not signatures:
+            raise AuthenticationError(f"missing or invalid {SIGNATURE_HEADER}", SIGNATURE_HEADER)
+
+    def verify_body(self, body: bytes, headers: Headers) -> None:
+        """The configured key(s) against the body; call after :meth:`verify_head`."""
         if self._keys:
             signatures = header_values(headers, SIGNATURE_HEADER)
-            if len(signatures) > 1:
-                raise AuthenticationError(f"more than one {SIGNATURE_HEADER} header")
-            if not signatures or not _verify_signature(self._keys, signatures[0], body):
-                raise AuthenticationError(f"missing or invalid {SIGNATURE_HEADER}")
+            if len(signatures) != 1 or not _verify_signature(self._keys, signatures[0], body):
+                raise AuthenticationError(f"missing or invalid {SIGNATURE_HEADER}", SIGNATURE_HEADER)
 
     def _verify_secret(self, headers: Headers) -> None:
         values = header_values(headers, self.secret_header)
         if len(values) > 1:
             # Proxies and frameworks disagree on which of two values wins: refuse the ambiguity.
-            raise AuthenticationError(f"more than one {self.secret_header} header")
+            raise AuthenticationError(f"more than one {self.secret_header} header", self.secret_header)
         if not values:
-            raise AuthenticationError(f"missing or wrong {self.secret_header} header")
+            raise AuthenticationError(f"missing or wrong {self.secret_header} header", self.secret_header)
         given = values[0].strip(_WHITESPACE).encode("latin-1", "replace")
         ok = False
         for secret in self._secrets:  # no early exit: timing must not tell which secret (if any) matched
             ok |= hmac.compare_digest(given, secret)
         if not ok:
-            raise AuthenticationError(f"missing or wrong {self.secret_header} header")
+            raise AuthenticationError(f"missing or wrong {self.secret_header} header", self.secret_header)
 
     def __repr__(self) -> str:
         return (

@@ -13,9 +13,14 @@ import typer
 from airflow_provider_carerix import settings
 from airflow_provider_carerix.console import EXIT_PROBLEMS, EXIT_USAGE, Typer, version_option
 from airflow_provider_carerix.durations import parse_duration
-from airflow_provider_carerix.receiver.auth import load_secrets
+from airflow_provider_carerix.receiver.config import receiver_settings
 from airflow_provider_carerix.receiver.server import ServerLimits
-from airflow_provider_carerix.receiver.validation import DEFAULT_MAX_BODY
+from airflow_provider_carerix.receiver.validation import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MIN_BODY_RATE,
+    printable,
+)
 from airflow_provider_carerix.settings import ConfigurationError, StoreLocation
 from airflow_provider_carerix.signing import SigningKeyCache
 from airflow_provider_carerix.store import EventStore, StoreUnavailable
@@ -105,15 +110,52 @@ def serve(
             help="Authenticate by recorded signing keys alone: no secret needed, unknown applications refused."
         ),
     ] = False,
+    allow_unsigned_applications: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-unsigned-applications/--refuse-unsigned-applications",
+            help="Once signing keys are recorded, still admit (by the secret alone) deliveries that name no "
+            "application with a recorded key (default: [carerix] receiver_allow_unsigned_applications, off: "
+            "such deliveries get 401).",
+            show_default=False,
+        ),
+    ] = None,
     key_rotation_window: Annotated[
         str, typer.Option(help="How long a replaced signing key stays valid (24h, 7d).")
     ] = "24h",
-    max_body: Annotated[int, typer.Option(help="Largest accepted body in bytes.")] = DEFAULT_MAX_BODY,
+    max_body: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help=f"Largest accepted body in bytes (default: [carerix] receiver_max_body, {DEFAULT_MAX_BODY}).",
+        ),
+    ] = None,
+    body_timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            help="Seconds a body has to arrive in full once its request head is in (default: [carerix] "
+            f"receiver_body_timeout, {DEFAULT_BODY_TIMEOUT:g}).",
+        ),
+    ] = None,
+    min_body_rate: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Bytes per second a body must keep up with after its first second, 0: no minimum (default: "
+            f"[carerix] receiver_min_body_rate, {DEFAULT_MIN_BODY_RATE}).",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option()] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn access log).")] = False,
     max_header_bytes: Annotated[
-        int, typer.Option(min=1024, help="Largest request head (request line + headers) in bytes.")
-    ] = ServerLimits.max_header_bytes,
+        int | None,
+        typer.Option(
+            min=1024,
+            help="Largest request head (request line + headers) in bytes (default: [carerix] "
+            f"receiver_max_header_bytes, {ServerLimits.max_header_bytes}).",
+        ),
+    ] = None,
     header_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a connection has to send a complete request head.")
     ] = ServerLimits.header_timeout,
@@ -139,17 +181,24 @@ def serve(
     from airflow_provider_carerix.receiver.heartbeat import ReceiverHeartbeat
     from airflow_provider_carerix.receiver.server import build_config
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level.upper())
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     try:
-        secrets = load_secrets(secret_file)
-        secret_header = secret_header or settings.get("receiver_secret_header").value
-        if public_key_file is None and settings.get("receiver_public_key_file").value:
-            public_key_file = Path(settings.get("receiver_public_key_file").value)
-        if trusted_proxy is None:
-            trusted_proxy = settings.get_list("receiver_trusted_proxies")[0]
+        config = receiver_settings(secret_file).override(
+            secret_header=secret_header,
+            public_key_file=public_key_file,
+            allow_unsigned_applications=allow_unsigned_applications,
+            max_body=max_body,
+            body_timeout=body_timeout,
+            min_body_rate=min_body_rate,
+            max_header_bytes=max_header_bytes,
+            trusted_proxies=trusted_proxy,
+        )
     except ConfigurationError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
+    secrets = config.secrets
     try:
         rotation_window = parse_duration(key_rotation_window)
     except ValueError as exc:
@@ -168,26 +217,24 @@ def serve(
             "Running with --insecure and no secret: anyone who can reach %s:%d can post events", host, port
         )
     try:
-        public_key = public_key_file.read_bytes() if public_key_file else None
+        app_kwargs = config.app_kwargs()
     except (
         OSError
     ) as exc:  # the configured file ([carerix] receiver_public_key_file); click checks the option's
         typer.echo(
-            f"error: cannot read the public key file {public_key_file}: {exc.strerror or exc}", err=True
+            f"error: cannot read the public key file {config.public_key_file}: {exc.strerror or exc}",
+            err=True,
         )
         raise typer.Exit(EXIT_USAGE) from None
     location = locate(store, store_conn_id)
     event_store = EventStore(location.url)
     app = create_app(
         event_store,
-        secrets=secrets,
-        secret_header=secret_header,
-        max_body=max_body,
-        public_key=public_key,
         insecure=insecure,
         verify_signatures=verify_signatures,
         require_signatures=require_signatures,
         signing_keys=SigningKeyCache(event_store, rotation_window=rotation_window),
+        **app_kwargs,
     )
     log.info("Carerix receiver on http://%s:%d/events, event store %s", host, port, location.describe())
     heartbeat = ReceiverHeartbeat(event_store, kind="standalone").start()
@@ -195,14 +242,21 @@ def serve(
     gc.collect()
     gc.freeze()
     limits = ServerLimits(
-        max_header_bytes=max_header_bytes,
+        max_header_bytes=config.max_header_bytes,
         header_timeout=header_timeout,
         idle_timeout=idle_timeout,
         max_connections=max_connections,
-        trusted_proxies=tuple(p for value in trusted_proxy or () for p in value.split(",") if p.strip()),
+        trusted_proxies=tuple(p for value in config.trusted_proxies for p in value.split(",") if p.strip()),
     )
+    # log_config=None: uvicorn's records (its access log too) go through the one-line formatter above.
     config = build_config(
-        app, host=host, port=port, limits=limits, log_level=log_level.lower(), access_log=access_log
+        app,
+        host=host,
+        port=port,
+        limits=limits,
+        log_level=log_level.lower(),
+        access_log=access_log,
+        log_config=None,
     )
     try:
         uvicorn.Server(config).run()
@@ -245,6 +299,18 @@ def purge(
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_PROBLEMS) from None
     typer.echo(f"deleted {deleted} events received more than {older_than} ago")
+
+
+class OneLineFormatter(logging.Formatter):
+    """One record, one line: line breaks and other control characters in a message are escaped.
+
+    Whatever reaches a message (a path in uvicorn's access log, a value a client chose), a client can never
+    start a line of its own in the receiver's log, e.g. a forged ``CRITICAL``. A traceback still gets its
+    lines: it is appended after the message, by the code, not by a client.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
 
 
 def main(argv: list[str] | None = None) -> None:

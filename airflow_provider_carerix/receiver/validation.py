@@ -1,35 +1,80 @@
-"""What the receiver accepts as a delivery: media type, size, JSON shape, field limits.
+"""What the receiver accepts as a delivery: media type, size, timing, strict JSON, field limits.
 
 Every refusal is a :class:`DeliveryRejected` carrying the HTTP status and, when one field is at fault, its
 name: Carerix (or whoever operates the webhook) must be able to tell from the answer what to fix, and a 4xx
 tells Carerix that retrying the same delivery cannot help. Messages never repeat payload values.
+
+Strict means what another JSON reader downstream would choke on or misread is refused here, before it is
+stored and acknowledged:
+
+* **JSON as RFC 8259 has it**: no ``NaN``/``Infinity`` (Python's ``json`` writes them, nothing else reads
+  them), no number beyond the range of a double (``1e999`` would be read as infinity);
+* **identifiers** (``id``, ``type``, ``tenant``, ``applicationId``, ``webhookId``, ``data.entityId``) of printable
+  characters only, without surrounding whitespace: they go into logs, file names and SQL filters, and an id
+  with a line break can forge a log line;
+* **``time``** an ISO 8601 date and time (a number would be read as seconds since 1970) within
+  :data:`EARLIEST_TIME` and :data:`MAX_TIME_AHEAD` from now: a time in year 9999 would never be purged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncIterable
-from datetime import timezone
+import sys
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from airflow_provider_carerix.definitions.event_types import EventTypeError, parse_event_type
 from airflow_provider_carerix.definitions.models import WebhookEvent
 
 __all__ = [
+    "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_HEADER_BYTES",
+    "DEFAULT_MIN_BODY_RATE",
+    "EARLIEST_TIME",
+    "MAX_TIME_AHEAD",
+    "ClientGone",
     "DeliveryRejected",
     "check_content_encoding",
     "check_declared_length",
     "is_json_media_type",
     "parse_event",
+    "printable",
     "read_body",
+    "receive_body",
 ]
 
 DEFAULT_MAX_BODY = 1024 * 1024
+#: The largest request head (request line and headers) in bytes: Carerix sends well under 2 KiB.
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+#: Seconds a body has to arrive in full once the request head is in (Carerix's bodies are a few hundred bytes).
+DEFAULT_BODY_TIMEOUT = 10.0
+#: Bytes per second a body must keep up with, after :data:`BODY_RATE_GRACE` seconds (0: no minimum rate).
+DEFAULT_MIN_BODY_RATE = 1024
+BODY_RATE_GRACE = 1.0
+#: No Carerix event is older; an earlier ``time`` is a client's mistake (or year 0001).
+EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc)
+#: How far ahead of this receiver's clock an event's ``time`` may be (clock skew, generously).
+MAX_TIME_AHEAD = timedelta(hours=24)
 _ID_MAX = 255
-_POSITION = re.compile(r"line \d+ column \d+")
+# A date first: pydantic would read "1700000000" (or a number) as seconds since 1970.
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# Only a number with an exponent of 3 digits or more, or of 300 digits, can be beyond a double's range: a cheap
+# scan of the raw body for such a number token (hex ids like "9e461" are not); what it finds is then checked on
+# the parsed values (the scan may also find one inside a string). Two patterns: one alternation is slower.
+_MAYBE_HUGE = (
+    re.compile(rb"[:,\[]\s*-?[0-9]+(?:\.[0-9]+)?[eE]\+?0*[0-9]{3}"),
+    re.compile(rb"[0-9]{300}"),
+)
+_FLOAT_MAX = sys.float_info.max
+_POSITION = re.compile(r"line (\d+) column (\d+)")
+# The parser points at the N of NaN, or at the I after the sign of -Infinity: the two characters from there.
+_NOT_A_NUMBER = re.compile(r".?-?(NaN|Infinity)")
 _UNION_TAGS = frozenset({"str", "int", "float", "bool", "none", "datetime", "list", "dict"})
 
 
@@ -66,32 +111,30 @@ def _field_of(error: dict[str, Any]) -> str:
     return ".".join(loc) or "body"
 
 
-def parse_event(body: bytes) -> WebhookEvent:
-    """The body as a :class:`WebhookEvent`, or :class:`DeliveryRejected` naming what is wrong."""
+def parse_event(body: bytes, *, now: datetime | None = None) -> WebhookEvent:
+    """The body as a :class:`WebhookEvent`, or :class:`DeliveryRejected` naming what is wrong and where."""
     try:
         text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DeliveryRejected(400, "body is not UTF-8 encoded JSON") from None
+    except UnicodeDecodeError as exc:
+        raise DeliveryRejected(400, f"body is not UTF-8 encoded JSON (byte {exc.start})") from None
     try:
-        event = WebhookEvent.model_validate_json(text)
+        document = from_json(text, allow_inf_nan=False)
+    except ValueError as exc:
+        raise _not_json(text, str(exc)) from None
+    if not isinstance(document, (dict, list)) or _MAYBE_HUGE[0].search(body) or _MAYBE_HUGE[1].search(body):
+        _check_number_range(document)
+    if not isinstance(document, dict):
+        raise DeliveryRejected(422, "a Carerix event is a JSON object", "body")
+    raw_time = document.get("time")
+    if raw_time is not None and not (isinstance(raw_time, str) and _ISO_DATE.match(raw_time)):
+        raise DeliveryRejected(
+            422, "time: expected an ISO 8601 date and time as a string, e.g. 2024-02-14T14:24:40Z", "time"
+        )
+    try:
+        event = WebhookEvent.model_validate(document)
     except ValidationError as exc:
-        errors = exc.errors(include_input=False, include_url=False)
-        for error in errors:
-            if error.get("type") == "json_invalid":
-                reason = str((error.get("ctx") or {}).get("error", ""))
-                if "recursion limit" in reason:
-                    # Valid JSON, but deeper than the parser goes: say so, "not valid JSON" would mislead.
-                    raise DeliveryRejected(
-                        422, "body: JSON nested too deeply (more than about 200 levels)", "body"
-                    ) from None
-                where = _POSITION.search(reason)
-                raise DeliveryRejected(
-                    400, "body is not valid JSON" + (f" (at {where.group(0)})" if where else "")
-                ) from None
-        first = errors[0]
+        first = exc.errors(include_input=False, include_url=False)[0]
         field = _field_of(first)
-        if first.get("type") == "model_type" and not first.get("loc"):
-            raise DeliveryRejected(422, "a Carerix event is a JSON object", "body") from None
         raise DeliveryRejected(422, f"{field}: {first.get('msg', 'invalid')}", field) from None
     try:
         parse_event_type(event.type)
@@ -107,29 +150,90 @@ def parse_event(body: bytes) -> WebhookEvent:
         ("webhookId", event.webhook_id),
         ("data.entityId", None if event.data is None else event.data.entity_id),
     ):
-        if value is None:
-            continue
-        text = str(value)
-        if len(text) > _ID_MAX:
-            raise DeliveryRejected(422, f"{name}: longer than {_ID_MAX} characters", name)
-        if "\x00" in text:
-            # Stored in its own column; PostgreSQL text cannot hold NUL, so no store would keep it.
-            raise DeliveryRejected(422, f"{name}: contains a NUL character", name)
-    _check_time(event)
+        if value is not None:
+            _check_identifier(name, str(value))
+    _check_time(event, now or datetime.now(timezone.utc))
     return event
 
 
-def _check_time(event: WebhookEvent) -> None:
-    """The store keeps UTC: a time that has no UTC equivalent (year 9999 west of UTC) cannot be stored."""
+def _not_json(text: str, reason: str) -> DeliveryRejected:
+    if "recursion limit" in reason:
+        # Valid JSON, but deeper than the parser goes: say so, "not valid JSON" would mislead.
+        return DeliveryRejected(422, "body: JSON nested too deeply (more than about 200 levels)", "body")
+    where = _POSITION.search(reason)
+    if where is None:
+        return DeliveryRejected(400, "body is not valid JSON")
+    line, column = int(where.group(1)), int(where.group(2))
+    lines = text.split("\n", line)
+    at = lines[line - 1][max(0, column - 2) :] if len(lines) >= line else ""
+    hint = ": NaN and Infinity are not JSON numbers" if _NOT_A_NUMBER.match(at) else ""
+    return DeliveryRejected(400, f"body is not valid JSON (at {where.group(0)}){hint}")
+
+
+def _check_number_range(document: Any) -> None:
+    """A number a double cannot hold (``1e999``, 400 digits) is refused with its path, not read as infinity."""
+    stack: list[tuple[str, Any]] = [("", document)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{key}" if path else str(key), item) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend(
+                (f"{path}.{index}" if path else str(index), item) for index, item in enumerate(value)
+            )
+        elif (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and not -_FLOAT_MAX <= value <= _FLOAT_MAX
+        ):
+            field = printable(path)[:200] or "body"
+            raise DeliveryRejected(
+                422, f"{field}: number outside the range of a double (about ±1.8e308)", field
+            )
+
+
+def _check_identifier(name: str, text: str) -> None:
+    if len(text) > _ID_MAX:
+        raise DeliveryRejected(422, f"{name}: longer than {_ID_MAX} characters", name)
+    if not text.isprintable():
+        char = next(c for c in text if not c.isprintable())
+        raise DeliveryRejected(
+            422,
+            f"{name}: contains the non-printable character U+{ord(char):04X} (a control, format or separator character)",
+            name,
+        )
+    if text != text.strip():
+        raise DeliveryRejected(422, f"{name}: starts or ends with whitespace", name)
+
+
+def printable(text: str) -> str:
+    """``text`` with each character that is not printable escaped (``\\n``, ``\\x1b``, ``\\u2028``): one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _check_time(event: WebhookEvent, now: datetime) -> None:
+    """Naive times are read as UTC; the store keeps UTC, within a plausible window around now."""
     time = event.time
     if time.tzinfo is None:
-        return  # read as UTC
+        time = time.replace(tzinfo=timezone.utc)
     try:
-        time.astimezone(timezone.utc)
+        utc = time.astimezone(timezone.utc)
     except (OverflowError, ValueError):
+        # Year 9999 west of UTC (or 0001 east of it) has no UTC equivalent: no store can keep it.
         raise DeliveryRejected(
             422, "time: out of the representable range once converted to UTC", "time"
         ) from None
+    if utc < EARLIEST_TIME:
+        raise DeliveryRejected(
+            422,
+            f"time: before {EARLIEST_TIME.isoformat().replace('+00:00', 'Z')}, not a Carerix event's time",
+            "time",
+        )
+    if utc > now + MAX_TIME_AHEAD:
+        hours = int(MAX_TIME_AHEAD.total_seconds() // 3600)
+        raise DeliveryRejected(422, f"time: more than {hours} hours ahead of the receiver's clock", "time")
 
 
 def check_content_encoding(content_encoding: str | None) -> None:
@@ -151,11 +255,10 @@ def check_declared_length(content_length: str | None, limit: int) -> None:
     """Refuse from the header alone when the announced body is too large (nothing is read)."""
     if content_length is None:
         return
-    try:
-        declared = int(content_length)
-    except ValueError:
-        raise DeliveryRejected(400, "invalid Content-Length") from None
-    if declared > limit:
+    value = content_length.strip(" \t")
+    if not (value.isascii() and value.isdigit()):
+        raise DeliveryRejected(400, "invalid Content-Length")
+    if int(value) > limit:
         raise DeliveryRejected(413, f"body larger than {limit} bytes")
 
 
@@ -169,3 +272,64 @@ async def read_body(stream: AsyncIterable[bytes], limit: int) -> bytes:
             raise DeliveryRejected(413, f"body larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body was complete: nobody is left to answer."""
+
+
+async def receive_body(
+    receive: Callable[[], Awaitable[Mapping[str, Any]]],
+    limit: int,
+    *,
+    timeout: float = DEFAULT_BODY_TIMEOUT,
+    min_rate: int = DEFAULT_MIN_BODY_RATE,
+) -> bytes:
+    """The request body from ASGI ``receive``, bounded in size, total time and rate.
+
+    Works wherever the app runs (standalone or inside Airflow's API server, whose server settings are not
+    ours): the body must be complete within ``timeout`` seconds, and after :data:`BODY_RATE_GRACE` seconds
+    keep up with ``min_rate`` bytes per second (so a trickle is cut off in seconds, not at the deadline).
+    Raises ``DeliveryRejected`` 408 (too slow) or 413 (too large, the rest is never read), ``ClientGone``.
+    """
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    deadline = start + timeout
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        due = min(deadline, start + BODY_RATE_GRACE + size / min_rate) if min_rate > 0 else deadline
+        try:
+            message = await _receive_by(receive, due, loop)
+        except asyncio.TimeoutError:
+            if due < deadline:
+                raise DeliveryRejected(
+                    408, f"body arriving slower than {min_rate} bytes per second", "body"
+                ) from None
+            raise DeliveryRejected(408, f"body not complete within {timeout:g} s", "body") from None
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise DeliveryRejected(413, f"body larger than {limit} bytes")
+        if chunk:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+if sys.version_info >= (3, 11):
+
+    async def _receive_by(
+        receive: Callable[[], Awaitable[Mapping[str, Any]]], when: float, loop: asyncio.AbstractEventLoop
+    ) -> Mapping[str, Any]:
+        async with asyncio.timeout_at(when):  # a timer, no extra task
+            return await receive()
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _receive_by(
+        receive: Callable[[], Awaitable[Mapping[str, Any]]], when: float, loop: asyncio.AbstractEventLoop
+    ) -> Mapping[str, Any]:
+        return await asyncio.wait_for(receive(), max(0.0, when - loop.time()))

@@ -31,6 +31,10 @@ def airflow_authorization() -> Callable[..., Any]:
     return requires_access_asset("GET")
 
 
+# Sequences are 64-bit signed integers in every store; a cursor beyond is a client's mistake, not a 500.
+MAX_SEQUENCE = 2**63 - 1
+
+
 def _time(value: str | None, name: str) -> datetime | None:
     if not value:
         return None
@@ -38,7 +42,19 @@ def _time(value: str | None, name: str) -> datetime | None:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise HTTPException(422, f"{name}: expected an ISO 8601 time, got {value!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=timezone.utc)
+    try:
+        # The store compares in UTC: a time with no UTC equivalent (year 9999 west of UTC) is out of range.
+        return parsed.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        raise HTTPException(400, f"{name}: out of the representable range once converted to UTC") from None
+
+
+def _sequence(value: int | None, name: str) -> int | None:
+    if value is not None and not -MAX_SEQUENCE - 1 <= value <= MAX_SEQUENCE:
+        raise HTTPException(400, f"{name}: out of the range of sequence numbers (64-bit integers)")
+    return value
 
 
 def create_ui_router(
@@ -67,13 +83,14 @@ def create_ui_router(
             entity_id=entity_id or None,
             since=_time(since, "since"),
             until=_time(until, "until"),
-            before=before,
+            before=_sequence(before, "before"),
             limit=limit,
         )
         return await asyncio.to_thread(browser.events, query)
 
     @router.get("/api/events/{sequence}")
     async def get_event(sequence: int) -> dict[str, Any]:
+        _sequence(sequence, "sequence")
         found = await asyncio.to_thread(browser.event, sequence)
         if found is None:
             raise HTTPException(404, f"no stored event with sequence {sequence}")
