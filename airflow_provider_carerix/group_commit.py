@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from airflow_provider_carerix.definitions.models import WebhookEvent
+from airflow_provider_carerix.definitions.models import EventPayload
 from airflow_provider_carerix.store import (
     EventRejected,
     EventStore,
@@ -33,7 +33,7 @@ __all__ = ["GroupCommitter"]
 
 log = logging.getLogger(__name__)
 
-_Item = tuple[bytes, WebhookEvent, Provenance]
+_Item = tuple[bytes, EventPayload, Provenance]
 _Result = tuple[int, bool] | BaseException
 _Waiting = tuple[_Item, "asyncio.Future[tuple[int, bool]]", asyncio.AbstractEventLoop]
 _STOP = object()
@@ -64,7 +64,7 @@ class GroupCommitter:
         self._closed = False
 
     def enqueue(
-        self, raw: bytes, event: WebhookEvent, provenance: Provenance | None = None
+        self, raw: bytes, event: EventPayload, provenance: Provenance | None = None
     ) -> asyncio.Future[tuple[int, bool]]:
         """A future resolved once the event is committed (``StoreUnavailable`` when it could not be)."""
         loop = asyncio.get_running_loop()
@@ -78,7 +78,7 @@ class GroupCommitter:
         return future
 
     async def submit(
-        self, raw: bytes, event: WebhookEvent, provenance: Provenance | None = None
+        self, raw: bytes, event: EventPayload, provenance: Provenance | None = None
     ) -> tuple[int, bool]:
         return await self.enqueue(raw, event, provenance)
 
@@ -178,7 +178,7 @@ def _answer(answers: list[tuple[asyncio.Future[Any], _Result]]) -> None:
             future.set_result(result)
 
 
-def _classify(exc: BaseException, event: WebhookEvent) -> BaseException:
+def _classify(exc: BaseException, event: EventPayload) -> BaseException:
     """What a request learns about its event: refused (4xx), or the store failed (503, Carerix retries).
 
     An unexpected error is treated as a store failure: a retry later may succeed, a 4xx would make Carerix

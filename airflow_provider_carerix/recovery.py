@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_carerix.store import Provenance
 
 if TYPE_CHECKING:
-    from airflow_provider_carerix.definitions.models import DeliveryJob, WebhookEvent
+    from airflow_provider_carerix.definitions.models import DeliveryJob, EventPayload
     from airflow_provider_carerix.store import EventStore
 
 __all__ = ["RecoveryResult", "recover_events"]
@@ -54,7 +54,7 @@ class RecoveryResult:
         }
 
 
-def _check(job: DeliveryJob, max_body: int) -> tuple[bytes, WebhookEvent]:
+def _check(job: DeliveryJob, max_body: int) -> tuple[bytes, EventPayload]:
     """The receiver's own checks on the job's payload (``DeliveryRejected`` says what is wrong)."""
     from airflow_provider_carerix.receiver.validation import DeliveryRejected, parse_event
 
@@ -88,7 +88,7 @@ def recover_events(
     say = say or log.info
     limit = DEFAULT_MAX_BODY if max_body is None else max_body
     result = RecoveryResult()
-    batch: list[tuple[bytes, WebhookEvent, Provenance]] = []
+    batch: list[tuple[bytes, EventPayload, Provenance]] = []
 
     def flush() -> None:
         if not batch:

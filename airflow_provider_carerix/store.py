@@ -62,7 +62,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from airflow_provider_carerix import settings
 from airflow_provider_carerix.definitions import event_types as _types
-from airflow_provider_carerix.definitions.models import WebhookEvent
+from airflow_provider_carerix.definitions.models import EventPayload
 
 __all__ = [
     "CAUSES",
@@ -311,7 +311,7 @@ class Provenance:
 
 
 _DELIVERED = Provenance()
-_Item = tuple[bytes | str, WebhookEvent] | tuple[bytes | str, WebhookEvent, Provenance]
+_Item = tuple[bytes | str, EventPayload] | tuple[bytes | str, EventPayload, Provenance]
 
 
 class _UTCDateTime(sa.types.TypeDecorator):
@@ -563,7 +563,7 @@ def _type_filter(patterns: Iterable[str]) -> sa.ColumnElement[bool] | None:
     return sa.or_(*clauses)
 
 
-def _entity_id(event: WebhookEvent) -> str | None:
+def _entity_id(event: EventPayload) -> str | None:
     value = event.data.entity_id if event.data is not None else None
     return None if value is None else str(value)
 
@@ -696,7 +696,7 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
-def _purged_replay(event: WebhookEvent, horizon: datetime) -> EventRejected:
+def _purged_replay(event: EventPayload, horizon: datetime) -> EventRejected:
     return EventRejected(
         f"time is before the store's purge horizon {horizon.isoformat()}: a replay of a purged event is not "
         "stored again",
@@ -989,7 +989,7 @@ class EventStore:
     # -- writes ---------------------------------------------------------------------------------------------
 
     def insert(
-        self, raw: bytes | str, event: WebhookEvent, provenance: Provenance | None = None
+        self, raw: bytes | str, event: EventPayload, provenance: Provenance | None = None
     ) -> tuple[int, bool]:
         """Store one delivery; returns (sequence, newly inserted). Committed and durable on return."""
         return self.insert_many([(raw, event, provenance or _DELIVERED)])[0]
@@ -997,7 +997,7 @@ class EventStore:
     @_retry_on_disconnect
     def insert_many(
         self,
-        items: Sequence[tuple[bytes | str, WebhookEvent] | tuple[bytes | str, WebhookEvent, Provenance]],
+        items: Sequence[tuple[bytes | str, EventPayload] | tuple[bytes | str, EventPayload, Provenance]],
     ) -> list[tuple[int, bool]]:
         """Store a group of deliveries in one transaction (one fsync); results in the order given.
 

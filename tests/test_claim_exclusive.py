@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_carerix.definitions.models import WebhookEvent
+from airflow_provider_carerix.definitions.models import EventPayload
 from airflow_provider_carerix.store import EventStore
 from tests.guide import guide_event
 
@@ -47,7 +47,7 @@ out.write_text(json.dumps(taken))
 
 def put(store: EventStore) -> str:
     body = guide_event(int(uuid.uuid4().int % 100000), ["touser"])
-    store.insert(json.dumps(body), WebhookEvent.model_validate(body))
+    store.insert(json.dumps(body), EventPayload.model_validate(body))
     return body["id"]
 
 

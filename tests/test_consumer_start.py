@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_carerix.definitions.models import WebhookEvent
+from airflow_provider_carerix.definitions.models import EventPayload
 from airflow_provider_carerix.hooks.event_store import (
     CarerixEventStoreHook,
     normalise_start_from,
@@ -37,7 +37,7 @@ EMPLOYEES = EventFilter.build(["cremployee:updated"])
 
 def put(store: EventStore) -> str:
     body = guide_event(int(uuid.uuid4().int % 100000), ["touser"])
-    store.insert(json.dumps(body), WebhookEvent.model_validate(body))
+    store.insert(json.dumps(body), EventPayload.model_validate(body))
     return body["id"]
 
 

@@ -36,7 +36,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from airflow_provider_carerix.definitions.models import WebhookEvent
+from airflow_provider_carerix.definitions.models import EventPayload
 from airflow_provider_carerix.store import EventStore, StoreUnavailable
 from airflow_provider_carerix.triggers.shared_stream import NotifyListener
 from tests.fixtures.postgres import PostgresCluster, _os_user_for_root, _require_postgres, find_pg_bin
@@ -97,7 +97,7 @@ def store_event(store: EventStore, event_id: str | None = None) -> int:
     event = guide_event(entity_id=int(uuid.uuid4().int % 10**6))
     event["id"] = event_id or str(uuid.uuid4())
     raw = json.dumps(event)
-    return store.insert(raw, WebhookEvent.model_validate_json(raw))[0]
+    return store.insert(raw, EventPayload.model_validate_json(raw))[0]
 
 
 async def notified(url: str, writer: EventStore, *, wait: float) -> bool:

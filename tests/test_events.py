@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from airflow_provider_carerix.definitions.models import WebhookEvent
+from airflow_provider_carerix.definitions.models import EventPayload
 from airflow_provider_carerix.hooks.event_store import (
     CarerixEventStoreHook,
     ConsumerBusy,
@@ -42,7 +42,7 @@ EMPLOYEES = EventFilter.build(["cremployee:updated"])
 def put(store: EventStore, event_type: str = "cremployee:updated") -> str:
     body = guide_event(int(uuid.uuid4().int % 100000), ["touser"])
     body["type"] = event_type
-    store.insert(json.dumps(body), WebhookEvent.model_validate(body))
+    store.insert(json.dumps(body), EventPayload.model_validate(body))
     return body["id"]
 
 

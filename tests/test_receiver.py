@@ -20,7 +20,7 @@ import pytest
 
 # Imported up front: importing Airflow configures logging, which would detach caplog inside a test.
 from airflow_provider_carerix import plugins
-from airflow_provider_carerix.definitions.models import WebhookEvent
+from airflow_provider_carerix.definitions.models import EventPayload
 from airflow_provider_carerix.receiver import GroupCommitter, create_app, load_secrets, main
 from airflow_provider_carerix.store import EventStore, StoreUnavailable
 from tests.fixtures.receiver import start_receiver, start_receiver_process
@@ -370,7 +370,7 @@ class _GatedStore:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def insert_deliveries(self, items: list[tuple[bytes, WebhookEvent]]) -> list[tuple[int, bool]]:
+    def insert_deliveries(self, items: list[tuple[bytes, EventPayload]]) -> list[tuple[int, bool]]:
         self.calls.append(len(items))
         if len(self.calls) == 1:
             self.entered.set()
@@ -383,7 +383,7 @@ def test_group_commit_batches_waiting_requests() -> None:
     committer = GroupCommitter(gated, max_batch=100)  # type: ignore[arg-type]
 
     async def scenario() -> list[tuple[int, bool]]:
-        event = WebhookEvent.model_validate_json(event_body())
+        event = EventPayload.model_validate_json(event_body())
         first = asyncio.ensure_future(committer.submit(b"{}", event))
         await asyncio.get_running_loop().run_in_executor(None, gated.entered.wait, 30)
         rest = [asyncio.ensure_future(committer.submit(b"{}", event)) for _ in range(50)]
@@ -407,7 +407,7 @@ def test_group_commit_one_bad_item_does_not_fail_the_group() -> None:
             return [(1, True)]
 
     committer = GroupCommitter(Flaky(), max_batch=100)  # type: ignore[arg-type]
-    event = WebhookEvent.model_validate_json(event_body())
+    event = EventPayload.model_validate_json(event_body())
 
     async def scenario() -> list[Any]:
         futures = [committer.submit(raw, event) for raw in (b"ok", b"bad", b"ok")]
@@ -515,7 +515,7 @@ def run_cli(*args: str) -> int | str | None:
 def test_purge_cli(store_url: str, store: EventStore, capsys: pytest.CaptureFixture[str]) -> None:
     for _ in range(3):
         body = event_body()
-        store.insert(body, WebhookEvent.model_validate_json(body))
+        store.insert(body, EventPayload.model_validate_json(body))
     assert run_cli("purge", "--older-than", "30d", "--store", store_url) == 0
     assert "deleted 0 events" in capsys.readouterr().out
     assert run_cli("purge", "--older-than", "0s", "--store", store_url) == 0
@@ -980,7 +980,7 @@ def test_purge_is_batched_and_returns_space_on_sqlite(tmp_path: Path) -> None:
             items = []
             for n in range(start, start + 500):
                 raw = event_body(f"e{n}", tenant=None, data={"entityId": "1", "note": filler})
-                items.append((raw, WebhookEvent.model_validate_json(raw)))
+                items.append((raw, EventPayload.model_validate_json(raw)))
             store.insert_many(items)
         _age_all_rows(store_url)
         before = path.stat().st_size

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_carerix.definitions.models import WebhookEvent
+from airflow_provider_carerix.definitions.models import EventPayload
 from airflow_provider_carerix.sensors.events import CarerixEventError, CarerixEventSensor
 from airflow_provider_carerix.store import EventStore, resolve_store_url
 from airflow_provider_carerix.triggers.events import CarerixEventSensorTrigger
@@ -34,7 +34,7 @@ def payload(event_type: str, data: dict[str, Any] | None = None) -> dict[str, An
 
 
 def put(store: EventStore, body: dict[str, Any]) -> int:
-    return store.insert(json.dumps(body), WebhookEvent.model_validate(body))[0]
+    return store.insert(json.dumps(body), EventPayload.model_validate(body))[0]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from airflow_provider_carerix.cli import app
-from airflow_provider_carerix.definitions.models import WebhookEvent
+from airflow_provider_carerix.definitions.models import EventPayload
 from airflow_provider_carerix.hooks.carerix import CarerixHook
 from airflow_provider_carerix.signing import SigningKeyCache, record_signing_keys
 from airflow_provider_carerix.store import EventStore, Provenance, key_fingerprint
@@ -76,7 +76,7 @@ def test_migration_from_schema_1_keeps_events_and_adds_flags(tmp_path: Path) -> 
         [old] = store.events_after(0)
         assert (old.event_id, old.signature_verified, old.recovered) == ("old-1", None, False)
         raw = json.dumps({"id": "new-1", "time": "2026-01-02T00:00:00Z", "type": "crjob:created"})
-        store.insert_many([(raw, WebhookEvent.model_validate_json(raw), Provenance(True, recovered=True))])
+        store.insert_many([(raw, EventPayload.model_validate_json(raw), Provenance(True, recovered=True))])
         [_, new] = store.events_after(0)
         assert (new.signature_verified, new.recovered) == (True, True)
         assert store.signing_keys("x", rotation_window=timedelta(1)) == []

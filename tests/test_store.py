@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from airflow_provider_carerix.definitions.models import WebhookEvent
+from airflow_provider_carerix.definitions.models import EventPayload
 from airflow_provider_carerix.durations import parse_duration
 from airflow_provider_carerix.store import (
     NOTIFY_CHANNEL,
@@ -40,7 +40,7 @@ def make_event(
     tenant: str = "demo",
     entity_id: str | int = "1",
     time: str = "2024-02-14T14:24:40Z",
-) -> tuple[bytes, WebhookEvent]:
+) -> tuple[bytes, EventPayload]:
     import json
 
     body = {
@@ -53,11 +53,11 @@ def make_event(
         "data": {"entityId": entity_id, "changedFields": ["x"]},
     }
     raw = json.dumps(body).encode()
-    return raw, WebhookEvent.model_validate_json(raw)
+    return raw, EventPayload.model_validate_json(raw)
 
 
 def test_guide_payload_stored_byte_for_byte(store: EventStore) -> None:
-    event = WebhookEvent.model_validate_json(GUIDE_PAYLOAD)
+    event = EventPayload.model_validate_json(GUIDE_PAYLOAD)
     sequence, inserted = store.insert(GUIDE_PAYLOAD, event)
     assert inserted and sequence >= 1
     [stored] = store.events_after(0)

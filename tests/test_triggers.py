@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 from airflow_provider_carerix.definitions.conditions import ConditionSyntaxError
-from airflow_provider_carerix.definitions.models import WebhookEvent
+from airflow_provider_carerix.definitions.models import EventPayload
 from airflow_provider_carerix.hooks.event_store import cursor_names
 from airflow_provider_carerix.store import EventStore, StoredEvent, cursors
 from airflow_provider_carerix.triggers.events import (
@@ -50,7 +50,7 @@ def payload(event_type: str = "cremployee:updated", data: dict[str, Any] | None 
 
 def put(store: EventStore, body: dict[str, Any]) -> int:
     raw = json.dumps(body)
-    sequence, _ = store.insert(raw, WebhookEvent.model_validate(body))
+    sequence, _ = store.insert(raw, EventPayload.model_validate(body))
     return sequence
 
 
@@ -68,7 +68,7 @@ def store(store_url: str) -> EventStore:
 
 
 def stored(body: dict[str, Any], sequence: int = 1) -> StoredEvent:
-    event = WebhookEvent.model_validate(body)
+    event = EventPayload.model_validate(body)
     return StoredEvent(
         sequence=sequence,
         event_id=event.id,

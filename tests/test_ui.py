@@ -28,7 +28,7 @@ import pytest
 import sqlalchemy as sa
 
 from airflow_provider_carerix import store as store_module
-from airflow_provider_carerix.definitions.models import WebhookEvent
+from airflow_provider_carerix.definitions.models import EventPayload
 from airflow_provider_carerix.store import EventStore
 from airflow_provider_carerix.ui import sections
 from airflow_provider_carerix.ui.queries import EventBrowser, EventQuery
@@ -49,7 +49,7 @@ def fill(store: EventStore, count: int = 30) -> list[dict[str, Any]]:
         if i % 3 == 2:
             event["type"] = "crmatch:created"
         raw = json.dumps(event)
-        store.insert(raw, WebhookEvent.model_validate_json(raw))
+        store.insert(raw, EventPayload.model_validate_json(raw))
         sent.append(event)
     return sent
 

@@ -1,6 +1,6 @@
 """What a Carerix webhook is, checked locally: no Airflow, no web framework, no I/O beyond reading a file.
 
-* :mod:`.models`: the Management API's objects (applications, webhooks) and a delivered event (``WebhookEvent``),
+* :mod:`.models`: the Management API's objects (applications, webhooks) and a delivered event (``EventPayload``),
 * :mod:`.event_types`: the ``entity:action`` catalogue and patterns,
 * :mod:`.conditions`: Carerix's condition language (tokenizer, parser, evaluation),
 * :mod:`.validation`: one webhook body checked field by field (Carerix checks nothing),

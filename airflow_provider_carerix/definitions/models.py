@@ -104,7 +104,7 @@ class EventData(_CarerixModel):
     changed_fields: list[str] | None = Field(default=None, alias="changedFields")
 
 
-class WebhookEvent(_CarerixModel):
+class EventPayload(_CarerixModel):
     """One delivery as Carerix POSTs it to a webhook's URL (the guide's "Expected payload")."""
 
     id: str = Field(min_length=1)

@@ -64,6 +64,7 @@ __all__ = [
     "CarerixEvent",
     "CarerixEventStoreHook",
     "Claim",
+    "ClaimedEvent",
     "ConsumerBusy",
     "ConsumerOwned",
     "LeaseLost",
@@ -261,8 +262,9 @@ def _metastore_failure(conn_id: str | None) -> BaseException | None:
 
 
 @dataclass(frozen=True)
-class CarerixEvent(Mapping[str, Any]):
-    """One stored event handed to a task: the payload exactly as Carerix sent it, plus where it sits.
+class ClaimedEvent(Mapping[str, Any]):
+    """One stored event handed to a task (by ``claim()``, or by id after the sensor): the payload exactly as
+    Carerix sent it, plus where it sits.
 
     Reads like the payload (``event["data"]["entityId"]``); the store's bookkeeping is in attributes.
     """
@@ -275,7 +277,7 @@ class CarerixEvent(Mapping[str, Any]):
     payload: dict[str, Any] = field(repr=False)
 
     @classmethod
-    def from_stored(cls, stored: StoredEvent) -> CarerixEvent:
+    def from_stored(cls, stored: StoredEvent) -> ClaimedEvent:
         return cls(
             event_id=stored.event_id,
             type=stored.type,
@@ -305,16 +307,20 @@ class CarerixEvent(Mapping[str, Any]):
         }
 
 
+#: The name this class had before 0.1.0 (kept for code written against it).
+CarerixEvent = ClaimedEvent
+
+
 @dataclass
 class Claim:
     """The events of one claim, oldest first; ``has_more`` when ``limit`` left newer ones for later."""
 
     consumer: str
-    events: list[CarerixEvent]
+    events: list[ClaimedEvent]
     has_more: bool = False
     upto: int = 0
 
-    def __iter__(self) -> Iterator[CarerixEvent]:
+    def __iter__(self) -> Iterator[ClaimedEvent]:
         return iter(self.events)
 
     def __len__(self) -> int:
@@ -484,10 +490,10 @@ class CarerixEventStoreHook(BaseHook):
                 return stored, position
         return None, position
 
-    def get_event(self, event_id: str) -> CarerixEvent | None:
+    def get_event(self, event_id: str) -> ClaimedEvent | None:
         """The stored event with this id (e.g. the payload behind a sensor's XCom), or ``None``."""
         stored = self.store.event_by_id(event_id)
-        return None if stored is None else CarerixEvent.from_stored(stored)
+        return None if stored is None else ClaimedEvent.from_stored(stored)
 
     # -- consumers ------------------------------------------------------------------------------------------
 
@@ -613,7 +619,7 @@ class CarerixEventStoreHook(BaseHook):
         released = False
         try:
             rows, upto, more = self.unprocessed(consumer, flt, limit=limit)
-            claim = Claim(consumer, [CarerixEvent.from_stored(r) for r in rows], has_more=more, upto=upto)
+            claim = Claim(consumer, [ClaimedEvent.from_stored(r) for r in rows], has_more=more, upto=upto)
             log.info(
                 "Carerix consumer %r: %d unprocessed event(s) claimed%s",
                 consumer,

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from airflow_provider_carerix.definitions.event_types import EventTypeError, parse_event_type
-from airflow_provider_carerix.definitions.models import WebhookEvent
+from airflow_provider_carerix.definitions.models import EventPayload
 
 __all__ = [
     "DEFAULT_BODY_TIMEOUT",
@@ -111,8 +111,8 @@ def _field_of(error: dict[str, Any]) -> str:
     return ".".join(loc) or "body"
 
 
-def parse_event(body: bytes, *, now: datetime | None = None) -> WebhookEvent:
-    """The body as a :class:`WebhookEvent`, or :class:`DeliveryRejected` naming what is wrong and where."""
+def parse_event(body: bytes, *, now: datetime | None = None) -> EventPayload:
+    """The body as a :class:`EventPayload`, or :class:`DeliveryRejected` naming what is wrong and where."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -131,7 +131,7 @@ def parse_event(body: bytes, *, now: datetime | None = None) -> WebhookEvent:
             422, "time: expected an ISO 8601 date and time as a string, e.g. 2024-02-14T14:24:40Z", "time"
         )
     try:
-        event = WebhookEvent.model_validate(document)
+        event = EventPayload.model_validate(document)
     except ValidationError as exc:
         first = exc.errors(include_input=False, include_url=False)[0]
         field = _field_of(first)
@@ -213,7 +213,7 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def _check_time(event: WebhookEvent, now: datetime) -> None:
+def _check_time(event: EventPayload, now: datetime) -> None:
     """Naive times are read as UTC; the store keeps UTC, within a plausible window around now."""
     time = event.time
     if time.tzinfo is None:
