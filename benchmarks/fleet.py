@@ -31,7 +31,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from airflow_provider_carerix.store import _PG_INSERT_LOCK, EventStore  # noqa: E402
+from airflow_provider_carerix.store import EventStore  # noqa: E402
+from airflow_provider_carerix.store.sessions import _PG_INSERT_LOCK  # noqa: E402
 from tests.fixtures.postgres import PostgresCluster  # noqa: E402
 from tests.fixtures.receiver import free_port, wait_for_port  # noqa: E402
 

@@ -31,8 +31,8 @@ from fastapi import FastAPI
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from airflow_provider_carerix import store as store_module  # noqa: E402
 from airflow_provider_carerix.store import EventStore  # noqa: E402
+from airflow_provider_carerix.store import schema as store_module  # noqa: E402
 from airflow_provider_carerix.ui.app import create_ui_router  # noqa: E402
 from airflow_provider_carerix.ui.sections import page_sections  # noqa: E402
 

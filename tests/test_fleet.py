@@ -22,13 +22,8 @@ import pytest
 from sqlalchemy import event as sa_event
 
 from airflow_provider_carerix.receiver import DEFAULT_ACK_TIMEOUT
-from airflow_provider_carerix.store import (
-    _PG_IN_FLIGHT,
-    _PG_INSERT_LOCK,
-    PG_SESSION_SETTINGS,
-    EventStore,
-    StoreUnavailable,
-)
+from airflow_provider_carerix.store import PG_SESSION_SETTINGS, EventStore, StoreUnavailable
+from airflow_provider_carerix.store.sessions import _PG_IN_FLIGHT, _PG_INSERT_LOCK
 from tests.fixtures.receiver import ReceiverProcess, start_receiver_process
 from tests.fixtures.store import PATIENT, FollowingReader, pause_after_insert, run_in_threads, with_options
 from tests.test_store import make_event

@@ -850,7 +850,7 @@ def test_health_is_503_while_the_write_lock_is_held_elsewhere(
     else:
         import psycopg
 
-        from airflow_provider_carerix.store import _PG_INSERT_LOCK
+        from airflow_provider_carerix.store.sessions import _PG_INSERT_LOCK
 
         holder = psycopg.connect(store_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
         holder.execute("SELECT pg_advisory_lock(%s)", (_PG_INSERT_LOCK,))

@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from airflow_provider_carerix import store as store_module
 from airflow_provider_carerix.definitions.models import EventPayload
 from airflow_provider_carerix.store import EventStore
+from airflow_provider_carerix.store import schema as store_module
 from airflow_provider_carerix.ui import sections
 from airflow_provider_carerix.ui.queries import EventBrowser, EventQuery
 from tests.fixtures.airflow_stack import ROOT, AirflowStack, wait_for

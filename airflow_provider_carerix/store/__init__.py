@@ -39,26 +39,30 @@ Guarantees the rest of the provider builds on:
 
 from __future__ import annotations
 
-from airflow_provider_carerix.store.core import (
+from airflow_provider_carerix.store.base import resolve_store_url
+from airflow_provider_carerix.store.core import EventStore
+from airflow_provider_carerix.store.errors import (
     CAUSES,
-    NOTIFY_CHANNEL,
-    SCHEMA_VERSION,
     ConsumerOwned,
     EventRejected,
-    EventStore,
+    StoreUnavailable,
+    unavailable_cause,
+)
+from airflow_provider_carerix.store.records import (
     Lease,
     Provenance,
     ReceiverSeen,
     StoredEvent,
     StoreIdentity,
-    StoreUnavailable,
-    resolve_store_url,
-    unavailable_cause,
+    key_fingerprint,
 )
+from airflow_provider_carerix.store.schema import SCHEMA_VERSION
+from airflow_provider_carerix.store.sessions import NOTIFY_CHANNEL, PG_SESSION_SETTINGS
 
 __all__ = [
     "CAUSES",
     "NOTIFY_CHANNEL",
+    "PG_SESSION_SETTINGS",
     "SCHEMA_VERSION",
     "ConsumerOwned",
     "EventRejected",
@@ -69,6 +73,7 @@ __all__ = [
     "StoreIdentity",
     "StoreUnavailable",
     "StoredEvent",
+    "key_fingerprint",
     "resolve_store_url",
     "unavailable_cause",
 ]

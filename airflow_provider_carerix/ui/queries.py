@@ -16,8 +16,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from airflow_provider_carerix import store as store_module
-from airflow_provider_carerix.store import EventStore
+from airflow_provider_carerix.store import EventStore, StoreUnavailable
+from airflow_provider_carerix.store import schema as store_module
 
 __all__ = ["EventBrowser", "EventQuery"]
 
@@ -207,7 +207,7 @@ class EventBrowser:
                 hour = conn.execute(
                     sa.select(sa.func.count()).where(t.c.received_at >= now - timedelta(hours=1))
                 ).scalar_one()
-        except store_module.StoreUnavailable as exc:
+        except StoreUnavailable as exc:
             return {"store": "unavailable", "detail": str(exc)}
         return {
             "store": "ok",

@@ -14,8 +14,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from airflow_provider_carerix import store as store_module
 from airflow_provider_carerix.store import EventStore
+from airflow_provider_carerix.store import schema as store_module
 
 __all__ = ["LAG_CAP", "consumers", "page_sections", "store_section", "webhooks"]
 
@@ -58,7 +58,7 @@ def consumers(store: EventStore) -> list[dict[str, Any]]:
             info = meta.get(name)
             filters = _filters(info)
             stmt = sa.select(events.c.sequence).where(events.c.sequence > row.sequence)
-            clause = store_module._type_filter(filters.get("event_types") or ["*"])
+            clause = store_module.type_filter(filters.get("event_types") or ["*"])
             if clause is not None:
                 stmt = stmt.where(clause)
             for column in ("webhook_id", "application_id", "tenant"):
