@@ -28,7 +28,7 @@ from airflow_provider_carerix.hooks.event_store import (
 )
 from airflow_provider_carerix.listeners import CarerixAssetListener, carerix_watchers
 from airflow_provider_carerix.store import EventStore
-from airflow_provider_carerix.utils.event_filter import EventFilter
+from airflow_provider_carerix.store.filters import EventFilter
 from tests.guide import guide_event
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -32,7 +32,7 @@ from airflow_provider_carerix.hooks.event_store import (
     store_url_from_connection,
 )
 from airflow_provider_carerix.store import EventStore
-from airflow_provider_carerix.utils.event_filter import EventFilter
+from airflow_provider_carerix.store.filters import EventFilter
 from tests.guide import guide_event
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,7 +167,7 @@ def test_a_holder_killed_mid_batch_is_taken_over_after_its_lease(store: EventSto
         f"""
         import sys, time
         from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
-        from airflow_provider_carerix.utils.event_filter import EventFilter
+        from airflow_provider_carerix.store.filters import EventFilter
 
         hook = CarerixEventStoreHook(store_url={store_url!r})
         with hook.claim("c", EventFilter.build(["cremployee:updated"]), lease_seconds=3, holder="doomed") as c:

@@ -25,7 +25,7 @@ from airflow_provider_carerix.triggers.events import (
     CarerixEventSensorTrigger,
     CarerixEventTrigger,
 )
-from airflow_provider_carerix.utils.event_filter import EventFilter
+from airflow_provider_carerix.store.filters import EventFilter
 from tests.fixtures.postgres import PostgresCluster, _require_postgres
 
 GUIDE_PAYLOAD = {
@@ -227,7 +227,7 @@ def test_a_condition_that_raises_skips_the_event_and_logs_its_id(caplog: pytest.
     flt = EventFilter(event_types=("*",), condition="data.statusinfo eq '1'")
     object.__setattr__(flt, "_parsed", Broken())  # the parsed condition, as parsed_condition() caches it
     event = stored(payload())
-    with caplog.at_level("ERROR", logger="airflow_provider_carerix.utils.event_filter"):
+    with caplog.at_level("ERROR", logger="airflow_provider_carerix.store.filters"):
         assert flt.matches(event) is False
     messages = [r.getMessage() for r in caplog.records if r.name.endswith("event_filter")]
     assert messages == [f"Carerix condition failed on event {event.event_id}; skipped"]

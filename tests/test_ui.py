@@ -153,7 +153,7 @@ def test_consumers_show_lag_and_owner(any_store: EventStore) -> None:
 
 def test_consumer_lag_counts_only_its_own_events(any_store: EventStore) -> None:
     from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
-    from airflow_provider_carerix.utils.event_filter import EventFilter
+    from airflow_provider_carerix.store.filters import EventFilter
 
     fill(any_store, 30)
     hook = CarerixEventStoreHook(store_conn_id=None, store_url=any_store.url)

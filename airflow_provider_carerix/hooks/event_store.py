@@ -49,7 +49,7 @@ from airflow_provider_carerix.store import (
     StoredEvent,
     StoreUnavailable,
 )
-from airflow_provider_carerix.utils.event_filter import EventFilter, iso
+from airflow_provider_carerix.store.filters import EventFilter, iso
 from airflow_provider_carerix.version_compat import (
     AIRFLOW_V_3_2_PLUS,
     BaseHook,

@@ -4,7 +4,7 @@ Found under their own names:
 
 * :mod:`.auth`: is this delivery from Carerix? (:class:`ReceiverAuth`, one ``verify(body, headers)``),
 * :mod:`.validation`: is it a delivery we accept? (media type, size, timing, strict JSON, field limits),
-* :mod:`airflow_provider_carerix.group_commit`: many requests, one transaction, beside the store,
+* :mod:`airflow_provider_carerix.receiver.group_commit`: many requests, one transaction, beside the store,
 * :mod:`.app`: the FastAPI app (``create_app``), standalone or mounted in Airflow's API server,
 * :mod:`.server`: the standalone server's limits (uvicorn on httptools: head size and deadline, connections),
 * :mod:`.cli`: ``carerix-receiver serve`` / ``purge``.
@@ -12,7 +12,7 @@ Found under their own names:
 
 from __future__ import annotations
 
-from airflow_provider_carerix.group_commit import GroupCommitter
+from airflow_provider_carerix.receiver.group_commit import GroupCommitter
 from airflow_provider_carerix.receiver.app import DEFAULT_ACK_TIMEOUT, create_app
 from airflow_provider_carerix.receiver.auth import (
     DEFAULT_SECRET_HEADER,

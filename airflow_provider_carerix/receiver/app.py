@@ -28,7 +28,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from airflow_provider_carerix.group_commit import GroupCommitter
+from airflow_provider_carerix.receiver.group_commit import GroupCommitter
 from airflow_provider_carerix.receiver.auth import (
     DEFAULT_SECRET_HEADER,
     SIGNATURE_HEADER,
@@ -51,7 +51,7 @@ from airflow_provider_carerix.receiver.validation import (
     printable,
     receive_body,
 )
-from airflow_provider_carerix.signing import SigningKeyCache, StoreKeyVerifier
+from airflow_provider_carerix.delivery.signing import SigningKeyCache, StoreKeyVerifier
 from airflow_provider_carerix.store import EventRejected, EventStore, Provenance, StoreUnavailable
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from airflow_provider_carerix.receiver.validation import (
     printable,
 )
 from airflow_provider_carerix.settings import ConfigurationError, StoreLocation
-from airflow_provider_carerix.signing import SigningKeyCache
+from airflow_provider_carerix.delivery.signing import SigningKeyCache
 from airflow_provider_carerix.store import EventStore, StoreUnavailable
 
 __all__ = ["cli", "main"]

@@ -26,7 +26,7 @@ from airflow_provider_carerix.hooks.event_store import (
 )
 from airflow_provider_carerix.store import StoreUnavailable
 from airflow_provider_carerix.triggers.events import DEFAULT_POLL_INTERVAL, CarerixEventSensorTrigger
-from airflow_provider_carerix.utils.event_filter import EventFilter, event_payload, parse_time
+from airflow_provider_carerix.store.filters import EventFilter, event_payload, parse_time
 from airflow_provider_carerix.version_compat import (
     AirflowException,
     AirflowSensorTimeout,

@@ -51,7 +51,7 @@ from airflow_provider_carerix.triggers.shared_stream import (
     retry_while_unavailable,
     stream_key,
 )
-from airflow_provider_carerix.utils.event_filter import (
+from airflow_provider_carerix.store.filters import (
     EventFilter,
     clean_id,
     error_payload,
