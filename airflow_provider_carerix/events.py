@@ -45,8 +45,8 @@ from airflow_provider_carerix.hooks.event_store import (
     Claim,
     normalise_start_from,
 )
-from airflow_provider_carerix.triggers.events import DEFAULT_POLL_INTERVAL, CarerixEventTrigger
 from airflow_provider_carerix.store.filters import EventFilter
+from airflow_provider_carerix.triggers.events import DEFAULT_POLL_INTERVAL, CarerixEventTrigger
 from airflow_provider_carerix.version_compat import Asset, AssetWatcher
 
 __all__ = ["CarerixEvents"]

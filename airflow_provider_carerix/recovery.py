@@ -56,7 +56,7 @@ class RecoveryResult:
 
 def _check(job: DeliveryJob, max_body: int) -> tuple[bytes, EventPayload]:
     """The receiver's own checks on the job's payload (``DeliveryRejected`` says what is wrong)."""
-    from airflow_provider_carerix.receiver.validation import DeliveryRejected, parse_event
+    from airflow_provider_carerix.delivery.payload import DeliveryRejected, parse_event
 
     if job.payload is None:
         raise DeliveryRejected(422, "the job holds no payload")
@@ -83,7 +83,7 @@ def recover_events(
     run goes on, since one bad job must not block the others, and the operator fails afterwards so it is
     seen.
     """
-    from airflow_provider_carerix.receiver.validation import DEFAULT_MAX_BODY, DeliveryRejected
+    from airflow_provider_carerix.delivery.payload import DEFAULT_MAX_BODY, DeliveryRejected
 
     say = say or log.info
     limit = DEFAULT_MAX_BODY if max_body is None else max_body

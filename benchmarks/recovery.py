@@ -27,8 +27,8 @@ from airflow_provider_carerix.emulator import CarerixEmulator
 
 
 def recovery(events: int) -> None:
+    from airflow_provider_carerix.delivery.payload import parse_event
     from airflow_provider_carerix.hooks.carerix import CarerixHook
-    from airflow_provider_carerix.receiver.validation import parse_event
     from airflow_provider_carerix.recovery import recover_events
     from airflow_provider_carerix.store import EventStore, Provenance
 
@@ -74,8 +74,8 @@ def recovery(events: int) -> None:
 
 
 def signatures(repeat: int = 2000) -> None:
-    from airflow_provider_carerix.receiver.auth import load_public_key, verify_signature
-    from airflow_provider_carerix.receiver.validation import parse_event
+    from airflow_provider_carerix.delivery.payload import parse_event
+    from airflow_provider_carerix.delivery.signing import load_public_key, verify_signature
 
     emulator = CarerixEmulator()
     app_id = emulator.add_application("bench")

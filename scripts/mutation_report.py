@@ -53,21 +53,17 @@ GROUPS = {
     },
     # The store's public methods are decorated (retried on a dropped connection), which mutmut 3 does not
     # mutate: these are the undecorated functions they are made of; `make planted-bugs` covers the rest.
-    "store": {
-        "write, read and lease helpers": (
-            "_plan_group",
-            "_known_sequences",
-            "EventStore._advance_stmt",
-            "_type_filter",
-            "_unique_violation",
-            "EventStore._pg_read_bound",
-            "EventStore._insert_many_pg",
-            "_stored_event",
-            "EventStore._lock_consumer",
-            "EventStore._check_file_identity",
-        )
+    "store.grouping": {"write helpers": ("_plan_group", "_known_sequences")},
+    "store.core": {"cursor and read helpers": ("EventStore._advance_stmt",)},
+    "store.schema": {"type filter": ("type_filter",)},
+    "store.base": {"unique-key race": ("_unique_violation",)},
+    "store.postgres": {
+        "PostgreSQL writes": ("PostgresWrites._pg_read_bound", "PostgresWrites._insert_many_pg")
     },
-    "utils.event_filter": {"matching": ("EventFilter.matches", "EventFilter.query_kwargs")},
+    "store.records": {"rows": ("_stored_event",)},
+    "store.leases": {"lease helpers": ("Leases._lock_consumer",)},
+    "store.sqlite": {"file identity": ("SQLiteFile._check_file_identity",)},
+    "store.filters": {"matching": ("EventFilter.matches", "EventFilter.query_kwargs")},
 }
 
 

@@ -41,14 +41,14 @@ LEASE_TEST = "tests/test_store.py::test_a_lease_has_one_holder_until_it_expires_
 PLANTS = (
     Plant(
         "conditions: gt evaluated as >=",
-        "conditions.py",
+        "definitions/conditions.py",
         'if op == "gt":\n            return bool(a > b)',
         'if op == "gt":\n            return bool(a >= b)',
         ("tests/test_conditions.py", "-k", "ordering_operators_at_their_boundary"),
     ),
     Plant(
         "conditions: le evaluated as <",
-        "conditions.py",
+        "definitions/conditions.py",
         'if op == "le":\n            return bool(a <= b)',
         'if op == "le":\n            return bool(a < b)',
         ("tests/test_conditions.py", "-k", "ordering_operators_at_their_boundary"),
@@ -107,8 +107,8 @@ PLANTS = (
     Plant(
         "receiver: declared body size > turned into >=",
         "receiver/validation.py",
-        "if declared > limit:",
-        "if declared >= limit:",
+        "if int(value) > limit:",
+        "if int(value) >= limit:",
         ("tests/test_receiver_limits.py",),
     ),
     Plant(
@@ -120,7 +120,7 @@ PLANTS = (
     ),
     Plant(
         "receiver: signature padding put back as +len % 4",
-        "receiver/auth.py",
+        "delivery/signing.py",
         'value + "=" * (-len(value) % 4)',
         'value + "=" * (len(value) % 4)',
         (
@@ -129,7 +129,7 @@ PLANTS = (
     ),
     Plant(
         "receiver: the URL-safe alphabet only when both - and _ appear",
-        "receiver/auth.py",
+        "delivery/signing.py",
         'if "-" in value or "_" in value',
         'if "-" in value and "_" in value',
         (
@@ -138,7 +138,7 @@ PLANTS = (
     ),
     Plant(
         "receiver: signatures decoded without validate=True (stray characters ignored)",
-        "receiver/auth.py",
+        "delivery/signing.py",
         "validate=True,",
         "validate=False,",
         (
@@ -195,7 +195,7 @@ PLANTS = (
     ),
     Plant(
         "event filter: a condition that raises taken as a match",
-        "utils/event_filter.py",
+        "store/filters.py",
         'log.exception("Carerix condition failed on event %s; skipped", stored.event_id)\n            return False',
         'log.exception("Carerix condition failed on event %s; skipped", stored.event_id)\n            return True',
         ("tests/test_triggers.py::test_a_condition_that_raises_skips_the_event_and_logs_its_id",),
@@ -203,63 +203,63 @@ PLANTS = (
     # The event store's public methods: decorated (retry on a dropped connection), so mutmut skips them.
     Plant(
         "store: a consumer's unexpired lease taken by another holder",
-        "store.py",
+        "store/leases.py",
         "row.lease_until is not None and row.lease_until > now:",
         "row.lease_until is not None and row.lease_until < now:",
         (LEASE_TEST,),
     ),
     Plant(
         "store: a lost lease still commits its cursor on release",
-        "store.py",
+        "store/leases.py",
         "if row is None or row.holder != holder:\n                return False",
         "if row is None:\n                return False",
         (LEASE_TEST, "tests/test_events.py::test_lost_lease_records_nothing"),
     ),
     Plant(
         "store: another holder renews a lease",
-        "store.py",
+        "store/leases.py",
         ".where(consumers.c.name == name, consumers.c.holder == holder)",
         ".where(consumers.c.name == name)",
         (LEASE_TEST,),
     ),
     Plant(
         "store: another DAG takes a DAG's consumer",
-        "store.py",
+        "store/leases.py",
         "if owner is not None and row.owner is not None and row.owner != owner:",
         "if False:",
         (LEASE_TEST,),
     ),
     Plant(
         "store: events_after includes the cursor's own event (> into >=)",
-        "store.py",
+        "store/core.py",
         "stmt = sa.select(events).where(events.c.sequence > int(sequence))",
         "stmt = sa.select(events).where(events.c.sequence >= int(sequence))",
         ("tests/test_store.py", "tests/test_triggers.py"),
     ),
     Plant(
         "store: purge deletes the newest event too",
-        "store.py",
+        "store/retention.py",
         "events.c.time < cutoff, events.c.sequence < newest)",
         "events.c.time < cutoff, events.c.sequence <= newest)",
         ("tests/test_store.py::test_purge_keeps_newest",),
     ),
     Plant(
         "store: purge by receipt time only (an event timed after the horizon purged)",
-        "store.py",
+        "store/retention.py",
         ".where(events.c.received_at < cutoff, events.c.time < cutoff, events.c.sequence < newest)",
         ".where(events.c.received_at < cutoff, events.c.sequence < newest)",
         ("tests/test_store.py", "tests/test_receiver.py", "-k", "purge"),
     ),
     Plant(
         "store: a cursor moved backwards",
-        "store.py",
+        "store/core.py",
         "(stmt.excluded.sequence > cursors.c.sequence, stmt.excluded.sequence),",
         "(stmt.excluded.sequence < cursors.c.sequence, stmt.excluded.sequence),",
         ("tests/test_store.py::test_cursors_never_move_backwards",),
     ),
     Plant(
         "store: a unique-key race answered as the event's fault (4xx) instead of busy (503)",
-        "store.py",
+        "store/base.py",
         'return code in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY")',
         "return False",
         ("tests/test_store.py::test_a_unique_key_race_is_retryable_other_refusals_are_not",),

@@ -22,8 +22,8 @@ from airflow_provider_carerix.durations import parse_since
 from airflow_provider_carerix.events import CarerixEvents
 from airflow_provider_carerix.exceptions import CarerixApiError
 from airflow_provider_carerix.hooks.carerix import CarerixHook
+from airflow_provider_carerix.provisioning.signing_keys import record_signing_keys
 from airflow_provider_carerix.recovery import recover_events
-from airflow_provider_carerix.delivery.signing import record_signing_keys
 from airflow_provider_carerix.store import EventStore
 
 ROOT = Path(__file__).resolve().parent.parent

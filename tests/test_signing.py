@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 
 from airflow_provider_carerix.cli import app
 from airflow_provider_carerix.definitions.models import EventPayload
+from airflow_provider_carerix.delivery.signing import SigningKeyCache
 from airflow_provider_carerix.hooks.carerix import CarerixHook
-from airflow_provider_carerix.delivery.signing import SigningKeyCache, record_signing_keys
+from airflow_provider_carerix.provisioning.signing_keys import record_signing_keys
 from airflow_provider_carerix.store import EventStore, Provenance, key_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent

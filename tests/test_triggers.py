@@ -19,13 +19,13 @@ from airflow_provider_carerix.definitions.conditions import ConditionSyntaxError
 from airflow_provider_carerix.definitions.models import EventPayload
 from airflow_provider_carerix.hooks.event_store import cursor_names
 from airflow_provider_carerix.store import EventStore, StoredEvent
+from airflow_provider_carerix.store.filters import EventFilter
 from airflow_provider_carerix.store.schema import cursors
 from airflow_provider_carerix.triggers.events import (
     HAS_SHARED_STREAMS,
     CarerixEventSensorTrigger,
     CarerixEventTrigger,
 )
-from airflow_provider_carerix.store.filters import EventFilter
 from tests.fixtures.postgres import PostgresCluster, _require_postgres
 
 GUIDE_PAYLOAD = {

@@ -278,7 +278,7 @@ def _record_keys(
     """Signing keys (and the webhooks as the run left them, ``SyncResult.snapshot()``) to the event store
     (messages on stderr: stdout holds the plan and the JSON summary)."""
     from airflow_provider_carerix.exceptions import CarerixError
-    from airflow_provider_carerix.delivery.signing import record_signing_keys
+    from airflow_provider_carerix.provisioning.signing_keys import record_signing_keys
     from airflow_provider_carerix.store import EventStore, StoreUnavailable
 
     try:

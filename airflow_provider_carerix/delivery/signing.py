@@ -25,29 +25,44 @@ What exactly Carerix signs is not published; like every public client, the recei
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import threading
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+import base64
+import binascii
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-    from airflow_provider_carerix.definitions.models import SignatureVerification
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
     from airflow_provider_carerix.store import EventStore
 
 __all__ = [
     "DEFAULT_ROTATION_WINDOW",
+    "SIGNATURE_HEADER",
+    "AuthenticationError",
+    "Headers",
     "SigningKeyCache",
     "StoreKeyVerifier",
-    "record_signing_keys",
+    "header_values",
+    "load_public_key",
+    "verify_signature",
 ]
 
 log = logging.getLogger(__name__)
+
+# Spaces and tabs around a header value are never part of it (HTTP parsers differ in what they strip).
+_WHITESPACE = " \t"
 
 #: How long a replaced key stays valid after provisioning saw its successor.
 DEFAULT_ROTATION_WINDOW = timedelta(hours=24)
@@ -55,43 +70,6 @@ DEFAULT_ROTATION_WINDOW = timedelta(hours=24)
 DEFAULT_CACHE_TTL = 30.0
 #: A failed verification re-reads the store at most this often per application (a just-recorded rotation).
 _REFRESH_INTERVAL = 1.0
-
-
-class _KeySource(Protocol):
-    def get_signing_keys(self, application_id: str) -> list[SignatureVerification]: ...
-
-
-def record_signing_keys(
-    hook: _KeySource,
-    application_ids: Iterable[str | None],
-    store: EventStore,
-    *,
-    say: Callable[[str], None] | None = None,
-) -> dict[str, int]:
-    """Read each application's public key(s) from Carerix and record them in the store.
-
-    Returns how many keys were new per application id (0: already known). Raises what the hook or the store
-    raises: provisioning that cannot record keys must not look successful, or receivers would refuse (or,
-    before any key is known, accept unverified) deliveries without anyone knowing why.
-    """
-    say = say or log.info
-    new: dict[str, int] = {}
-    for application_id in dict.fromkeys(a for a in application_ids if a):
-        keys = hook.get_signing_keys(application_id)
-        if not keys:
-            say(f"application {application_id}: Carerix serves no signing key; deliveries stay unverified")
-            new[application_id] = 0
-            continue
-        count = 0
-        for key in keys:
-            assert key.public_key is not None
-            count += store.record_signing_key(application_id, key.public_key, key.algorithm)
-        new[application_id] = count
-        say(
-            f"application {application_id}: recorded {'a new' if count else 'the known'} signing key"
-            + (f" ({key.algorithm})" if key.algorithm else "")
-        )
-    return new
 
 
 @dataclass
@@ -153,8 +131,6 @@ class SigningKeyCache:
         """Read the application's valid keys from the store (blocking; raises ``StoreUnavailable``)."""
         pems = self.store.signing_keys(application_id, rotation_window=self.rotation_window)
         keys: list[RSAPublicKey] = []
-        from airflow_provider_carerix.receiver.auth import load_public_key
-
         for pem in pems:
             try:
                 keys.append(load_public_key(pem))
@@ -278,12 +254,6 @@ class StoreKeyVerifier:
                 del self._loading[application_id]
 
     async def verify(self, application_id: str | None, body: bytes, headers: Any) -> bool:
-        from airflow_provider_carerix.receiver.auth import (
-            SIGNATURE_HEADER,
-            AuthenticationError,
-            header_values,
-            verify_signature,
-        )
 
         keys = await self._keys(application_id) if application_id else ()
         if not keys:
@@ -316,6 +286,85 @@ class StoreKeyVerifier:
         raise AuthenticationError(f"invalid {SIGNATURE_HEADER}", SIGNATURE_HEADER)
 
 
-def summary(new: dict[str, int]) -> dict[str, Any]:
-    """JSON-ready ids and counts only (public keys are not secret, but they are long and say nothing)."""
-    return {"applications": len(new), "new_keys": sum(new.values())}
+SIGNATURE_HEADER = "Cx-Signature"
+
+
+#: Request headers as any server hands them over: a multi-valued mapping (``getlist``, e.g. Starlette's),
+#: a plain mapping, or the raw (name, value) pairs (bytes or str) of an ASGI scope.
+Headers: TypeAlias = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
+
+
+class AuthenticationError(Exception):
+    """The delivery is not proven to come from Carerix; ``detail`` never repeats what the client sent.
+
+    ``field`` names the header (or body field) at fault when one is, as the receiver's other refusals do.
+    """
+
+    status_code = 401
+
+    def __init__(self, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+
+
+def load_public_key(pem: bytes | str | RSAPublicKey) -> RSAPublicKey:
+    """An RSA public key from PEM text (an already loaded key is returned as is)."""
+    if not isinstance(pem, (bytes, str)):
+        return pem
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    key = load_pem_public_key(pem.encode() if isinstance(pem, str) else pem)
+    if not isinstance(key, RSAPublicKey):
+        raise ValueError("the Cx-Signature public key must be an RSA key (PEM)")
+    return key
+
+
+def header_values(headers: Headers, name: str) -> list[str]:
+    """Every value of header ``name`` (case-insensitive), in order; bytes are decoded as latin-1 (RFC 9110)."""
+    getlist = getattr(headers, "getlist", None)
+    if callable(getlist):
+        return list(getlist(name))
+    lower = name.lower()
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    values: list[str] = []
+    for key, value in pairs:
+        key_s = key.decode("latin-1") if isinstance(key, bytes) else key
+        if key_s.lower() == lower:
+            values.append(value.decode("latin-1") if isinstance(value, bytes) else value)
+    return values
+
+
+def _verify_signature(keys: Sequence[RSAPublicKey], header: str, body: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    value = header.strip(_WHITESPACE)
+    try:
+        signature = base64.b64decode(
+            value + "=" * (-len(value) % 4),
+            altchars=b"-_" if "-" in value or "_" in value else None,
+            validate=True,
+        )
+    except (binascii.Error, ValueError):
+        return False
+    pads = (
+        padding.PKCS1v15(),
+        padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO),
+    )
+    for key in keys:
+        for pad in pads:
+            try:
+                key.verify(signature, body, pad, hashes.SHA256())
+                return True
+            except InvalidSignature:
+                continue
+            except ValueError:
+                break  # a signature of the wrong size for this key: try the next key
+    return False
+
+
+#: Public name of the check, for verifiers that pick keys per delivery (keys recorded per application).
+verify_signature = _verify_signature

@@ -315,7 +315,7 @@ class CarerixSyncWebhooksOperator(_CarerixOperator):
             _fail_without_retry(error)
         if self.record_signing_keys and not dry_run:
             from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
-            from airflow_provider_carerix.delivery.signing import record_signing_keys
+            from airflow_provider_carerix.provisioning.signing_keys import record_signing_keys
 
             store_hook = CarerixEventStoreHook(
                 store_conn_id=self.store_conn_id, store_url=self.event_store_url

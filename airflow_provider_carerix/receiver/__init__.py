@@ -12,7 +12,6 @@ Found under their own names:
 
 from __future__ import annotations
 
-from airflow_provider_carerix.receiver.group_commit import GroupCommitter
 from airflow_provider_carerix.receiver.app import DEFAULT_ACK_TIMEOUT, create_app
 from airflow_provider_carerix.receiver.auth import (
     DEFAULT_SECRET_HEADER,
@@ -22,6 +21,7 @@ from airflow_provider_carerix.receiver.auth import (
     load_secrets,
 )
 from airflow_provider_carerix.receiver.cli import main
+from airflow_provider_carerix.receiver.group_commit import GroupCommitter
 from airflow_provider_carerix.receiver.validation import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_MAX_BODY,

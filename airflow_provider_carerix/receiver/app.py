@@ -28,7 +28,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from airflow_provider_carerix.receiver.group_commit import GroupCommitter
+from airflow_provider_carerix.delivery.signing import SigningKeyCache, StoreKeyVerifier
 from airflow_provider_carerix.receiver.auth import (
     DEFAULT_SECRET_HEADER,
     SIGNATURE_HEADER,
@@ -36,6 +36,7 @@ from airflow_provider_carerix.receiver.auth import (
     ReceiverAuth,
     header_values,
 )
+from airflow_provider_carerix.receiver.group_commit import GroupCommitter
 from airflow_provider_carerix.receiver.heartbeat import HEARTBEAT_INTERVAL
 from airflow_provider_carerix.receiver.validation import (
     DEFAULT_BODY_TIMEOUT,
@@ -51,7 +52,6 @@ from airflow_provider_carerix.receiver.validation import (
     printable,
     receive_body,
 )
-from airflow_provider_carerix.delivery.signing import SigningKeyCache, StoreKeyVerifier
 from airflow_provider_carerix.store import EventRejected, EventStore, Provenance, StoreUnavailable
 
 if TYPE_CHECKING:

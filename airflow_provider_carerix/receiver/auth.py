@@ -26,12 +26,21 @@ Two mechanisms, each optional, both required when both are configured:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING
+
+from airflow_provider_carerix.delivery.signing import (
+    _WHITESPACE,
+    SIGNATURE_HEADER,
+    AuthenticationError,
+    Headers,
+    _verify_signature,
+    header_values,
+    load_public_key,
+    verify_signature,
+)
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -47,26 +56,6 @@ __all__ = [
 ]
 
 DEFAULT_SECRET_HEADER = "X-Carerix-Secret"
-SIGNATURE_HEADER = "Cx-Signature"
-_WHITESPACE = " \t"
-
-#: Request headers as any server hands them over: a multi-valued mapping (``getlist``, e.g. Starlette's),
-#: a plain mapping, or the raw (name, value) pairs (bytes or str) of an ASGI scope.
-Headers: TypeAlias = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
-
-
-class AuthenticationError(Exception):
-    """The delivery is not proven to come from Carerix; ``detail`` never repeats what the client sent.
-
-    ``field`` names the header (or body field) at fault when one is, as the receiver's other refusals do.
-    """
-
-    status_code = 401
-
-    def __init__(self, detail: str, field: str | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.field = field
 
 
 def load_secrets(secret_file: Path | str | None = None) -> list[str]:
@@ -82,68 +71,6 @@ def load_secrets(secret_file: Path | str | None = None) -> list[str]:
             if line and not line.startswith("#"):
                 secrets.append(line)
     return list(dict.fromkeys(secrets))
-
-
-def load_public_key(pem: bytes | str | RSAPublicKey) -> RSAPublicKey:
-    """An RSA public key from PEM text (an already loaded key is returned as is)."""
-    if not isinstance(pem, (bytes, str)):
-        return pem
-    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    key = load_pem_public_key(pem.encode() if isinstance(pem, str) else pem)
-    if not isinstance(key, RSAPublicKey):
-        raise ValueError("the Cx-Signature public key must be an RSA key (PEM)")
-    return key
-
-
-def header_values(headers: Headers, name: str) -> list[str]:
-    """Every value of header ``name`` (case-insensitive), in order; bytes are decoded as latin-1 (RFC 9110)."""
-    getlist = getattr(headers, "getlist", None)
-    if callable(getlist):
-        return list(getlist(name))
-    lower = name.lower()
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    values: list[str] = []
-    for key, value in pairs:
-        key_s = key.decode("latin-1") if isinstance(key, bytes) else key
-        if key_s.lower() == lower:
-            values.append(value.decode("latin-1") if isinstance(value, bytes) else value)
-    return values
-
-
-def _verify_signature(keys: Sequence[RSAPublicKey], header: str, body: bytes) -> bool:
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding
-
-    value = header.strip(_WHITESPACE)
-    try:
-        signature = base64.b64decode(
-            value + "=" * (-len(value) % 4),
-            altchars=b"-_" if "-" in value or "_" in value else None,
-            validate=True,
-        )
-    except (binascii.Error, ValueError):
-        return False
-    pads = (
-        padding.PKCS1v15(),
-        padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO),
-    )
-    for key in keys:
-        for pad in pads:
-            try:
-                key.verify(signature, body, pad, hashes.SHA256())
-                return True
-            except InvalidSignature:
-                continue
-            except ValueError:
-                break  # a signature of the wrong size for this key: try the next key
-    return False
-
-
-#: Public name of the check, for verifiers that pick keys per delivery (keys recorded per application).
-verify_signature = _verify_signature
 
 
 class ReceiverAuth:

@@ -12,6 +12,7 @@ import typer
 
 from airflow_provider_carerix import settings
 from airflow_provider_carerix.console import EXIT_PROBLEMS, EXIT_USAGE, Typer, version_option
+from airflow_provider_carerix.delivery.signing import SigningKeyCache
 from airflow_provider_carerix.durations import parse_duration
 from airflow_provider_carerix.receiver.config import receiver_settings
 from airflow_provider_carerix.receiver.server import ServerLimits
@@ -22,7 +23,6 @@ from airflow_provider_carerix.receiver.validation import (
     printable,
 )
 from airflow_provider_carerix.settings import ConfigurationError, StoreLocation
-from airflow_provider_carerix.delivery.signing import SigningKeyCache
 from airflow_provider_carerix.store import EventStore, StoreUnavailable
 
 __all__ = ["cli", "main"]

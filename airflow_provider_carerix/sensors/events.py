@@ -25,8 +25,8 @@ from airflow_provider_carerix.hooks.event_store import (
     check_url_has_no_password,
 )
 from airflow_provider_carerix.store import StoreUnavailable
-from airflow_provider_carerix.triggers.events import DEFAULT_POLL_INTERVAL, CarerixEventSensorTrigger
 from airflow_provider_carerix.store.filters import EventFilter, event_payload, parse_time
+from airflow_provider_carerix.triggers.events import DEFAULT_POLL_INTERVAL, CarerixEventSensorTrigger
 from airflow_provider_carerix.version_compat import (
     AirflowException,
     AirflowSensorTimeout,

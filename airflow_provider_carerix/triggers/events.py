@@ -41,6 +41,14 @@ from airflow_provider_carerix.hooks.event_store import (
     normalise_start_from,
 )
 from airflow_provider_carerix.store import StoreUnavailable
+from airflow_provider_carerix.store.filters import (
+    EventFilter,
+    clean_id,
+    error_payload,
+    event_payload,
+    iso,
+    parse_time,
+)
 from airflow_provider_carerix.triggers.shared_stream import (
     HAS_SHARED_STREAMS,
     RETRY_MAX,
@@ -50,14 +58,6 @@ from airflow_provider_carerix.triggers.shared_stream import (
     StorePoller,
     retry_while_unavailable,
     stream_key,
-)
-from airflow_provider_carerix.store.filters import (
-    EventFilter,
-    clean_id,
-    error_payload,
-    event_payload,
-    iso,
-    parse_time,
 )
 from airflow_provider_carerix.version_compat import BaseEventTrigger, BaseTrigger, TriggerEvent
 
