@@ -120,6 +120,6 @@ class CarerixPlugin(AirflowPlugin):
     processor uses it)."""
 
     name = "carerix"
-    fastapi_apps = _LazyFastAPIApps()  # type: ignore[assignment]
+    fastapi_apps = _LazyFastAPIApps()
     external_views = EXTERNAL_VIEWS
     listeners = [CarerixAssetListener()]

@@ -11,6 +11,10 @@ echo "==> ruff check"
 ruff check .
 echo "==> ruff format --check"
 ruff format --check .
+echo "==> mypy (the package)"
+mypy
+echo "==> lint-imports (the layers in pyproject.toml)"
+lint-imports
 
 echo "==> pytest"
 set +e

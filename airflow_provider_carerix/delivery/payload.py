@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -74,7 +75,7 @@ class DeliveryRejected(Exception):
         self.field = field
 
 
-def _field_of(error: dict[str, Any]) -> str:
+def _field_of(error: Mapping[str, Any]) -> str:
     # Unions add the member that failed ("str", "int", "function-after[...]") to loc: not a field name.
     loc = [
         str(part) for part in error.get("loc", ()) if str(part) not in _UNION_TAGS and "[" not in str(part)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -202,8 +202,6 @@ class StoreKeyVerifier:
         known = self.cache.cached_any()
         if known is not None:
             return known
-        from starlette.concurrency import run_in_threadpool
-
         loop = asyncio.get_running_loop()
         pending = self._loading_any
         if pending is not None and pending.get_loop() is loop:
@@ -211,7 +209,7 @@ class StoreKeyVerifier:
         future: asyncio.Future[bool] = loop.create_future()
         self._loading_any = future
         try:
-            found = await run_in_threadpool(self.cache.load_any)
+            found = await asyncio.to_thread(self.cache.load_any)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters (if any) re-raise it
@@ -229,8 +227,6 @@ class StoreKeyVerifier:
         Without the single flight, a burst of deliveries for an application not cached yet (a cold start) would
         send one store query each, all at once, and crowd out the inserts on the store's connection pool.
         """
-        from starlette.concurrency import run_in_threadpool
-
         keys = None if refresh else self.cache.cached(application_id)
         if keys is not None:
             return keys
@@ -241,7 +237,7 @@ class StoreKeyVerifier:
         future: asyncio.Future[tuple[RSAPublicKey, ...]] = loop.create_future()
         self._loading[application_id] = future
         try:
-            keys = await run_in_threadpool(self.cache.load, application_id)
+            keys = await asyncio.to_thread(self.cache.load, application_id)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters (if any) re-raise it, no "never retrieved" warning
@@ -291,7 +287,13 @@ SIGNATURE_HEADER = "Cx-Signature"
 
 #: Request headers as any server hands them over: a multi-valued mapping (``getlist``, e.g. Starlette's),
 #: a plain mapping, or the raw (name, value) pairs (bytes or str) of an ASGI scope.
-Headers: TypeAlias = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
+class SupportsGetList(Protocol):
+    """Headers with Starlette's ``getlist``: every value of one name."""
+
+    def getlist(self, key: str) -> list[str]: ...
+
+
+Headers: TypeAlias = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]] | SupportsGetList
 
 
 class AuthenticationError(Exception):
@@ -323,6 +325,8 @@ def load_public_key(pem: bytes | str | RSAPublicKey) -> RSAPublicKey:
 
 def header_values(headers: Headers, name: str) -> list[str]:
     """Every value of header ``name`` (case-insensitive), in order; bytes are decoded as latin-1 (RFC 9110)."""
+    if not isinstance(headers, Mapping | Iterable):  # Starlette's headers, the door's
+        return list(headers.getlist(name))
     getlist = getattr(headers, "getlist", None)
     if callable(getlist):
         return list(getlist(name))

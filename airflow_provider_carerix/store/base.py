@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
@@ -28,7 +28,13 @@ from airflow_provider_carerix.store.errors import (
     _unavailable,
     unavailable_cause,
 )
-from airflow_provider_carerix.store.schema import _MIGRATIONS, SCHEMA_VERSION, schema_version
+from airflow_provider_carerix.store.schema import (
+    _MIGRATIONS,
+    SCHEMA_VERSION,
+    _utcnow,
+    cursors,
+    schema_version,
+)
 from airflow_provider_carerix.store.sessions import _PG_MIGRATE_LOCK, _enable_wal, _pg_connect_args
 
 log = logging.getLogger(__name__)
@@ -231,7 +237,7 @@ class StoreBase:
         def __enter__(self) -> None:
             return None
 
-        def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
             if exc is None:
                 return False
             if isinstance(exc, sqlite3.Error):
@@ -248,7 +254,7 @@ class StoreBase:
             if isinstance(exc, OperationalError) or (
                 isinstance(exc, DBAPIError) and exc.connection_invalidated
             ):
-                raise _unavailable(exc.orig) from exc
+                raise _unavailable(exc.orig or exc) from exc
             if isinstance(exc, (OSError, sa.exc.InterfaceError)):
                 raise _unavailable(exc) from exc
             # A unique key taken by a concurrent writer is a race, not the event's fault: retrying stores it
@@ -295,3 +301,36 @@ class StoreBase:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _sqlite_file(self) -> Path | None:
+        if self.dialect != "sqlite":
+            return None
+        database = make_url(self.url).database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        return Path(database).expanduser()
+
+    def _stat_file(self) -> tuple[int, int] | None:
+        path = self._sqlite_file()
+        if path is None:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def _advance_stmt(self, name: str, sequence: int) -> Any:
+        now = _utcnow()
+        stmt = self._upsert(cursors).values(name=name, sequence=int(sequence), updated_at=now)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[cursors.c.name],
+            set_={
+                "sequence": sa.case(
+                    (stmt.excluded.sequence > cursors.c.sequence, stmt.excluded.sequence),
+                    else_=cursors.c.sequence,
+                ),
+                "updated_at": now,
+            },
+        ).returning(cursors.c.sequence)
+        return stmt

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,7 +24,7 @@ from airflow_provider_carerix.store.postgres import PostgresWrites
 from airflow_provider_carerix.store.records import _DELIVERED, Provenance, StoredEvent, _Item, _stored_event
 from airflow_provider_carerix.store.registry import Registry
 from airflow_provider_carerix.store.retention import Retention
-from airflow_provider_carerix.store.schema import _utcnow, cursors, events, schema_version, type_filter
+from airflow_provider_carerix.store.schema import cursors, events, schema_version, type_filter
 from airflow_provider_carerix.store.sessions import _PG_INSERT_LOCK
 
 log = logging.getLogger(__name__)
@@ -87,21 +86,6 @@ class EventStore(Leases, Registry, Retention, PostgresWrites, StoreBase):
         self._ensure_schema()
         with self._guard(), self._write() as conn:
             return int(conn.execute(self._advance_stmt(name, sequence)).scalar_one())
-
-    def _advance_stmt(self, name: str, sequence: int) -> Any:
-        now = _utcnow()
-        stmt = self._upsert(cursors).values(name=name, sequence=int(sequence), updated_at=now)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[cursors.c.name],
-            set_={
-                "sequence": sa.case(
-                    (stmt.excluded.sequence > cursors.c.sequence, stmt.excluded.sequence),
-                    else_=cursors.c.sequence,
-                ),
-                "updated_at": now,
-            },
-        ).returning(cursors.c.sequence)
-        return stmt
 
     # -- consumer leases --------------------------------------------------------------------------------------
     #

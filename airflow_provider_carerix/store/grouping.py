@@ -53,7 +53,7 @@ def _plan_group(
     first_raw: dict[str, bytes | str] = {}
     for item in items:
         raw, event = item[0], item[1]
-        provenance = item[2] if len(item) > 2 else _DELIVERED  # type: ignore[misc]
+        provenance = item[2] if len(item) > 2 else _DELIVERED
         if event.id in known:
             if known_payloads is not None and event.id in known_payloads:
                 _warn_if_body_differs(event.id, known_payloads[event.id], raw)

@@ -7,10 +7,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
-
-from sqlalchemy.engine import make_url
 
 from airflow_provider_carerix.store.base import StoreBase, _aware
 from airflow_provider_carerix.store.errors import EventRejected, StoreUnavailable
@@ -129,12 +126,13 @@ class SQLiteFile(StoreBase):
         """SQLAlchemy's bind processors of the columns that have one (times as text, booleans as 0/1)."""
         if self._encoders is None:
             dialect = self._engine.dialect
-            encoders = {}
+            encoders: dict[str, Callable[[Any], Any]] = {}
             for column in events.c:
                 processor = column.type.dialect_impl(dialect).bind_processor(dialect)
                 if processor is not None:
                     encoders[column.name] = processor
             self._encoders = encoders
+            return encoders
         return self._encoders
 
     def _sqlite_horizon(self, stamp: Any) -> datetime | None:
@@ -163,24 +161,6 @@ class SQLiteFile(StoreBase):
                 while raw.execute("PRAGMA freelist_count").fetchone()[0]:
                     raw.execute("PRAGMA incremental_vacuum(512)").fetchall()
             raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-
-    def _sqlite_file(self) -> Path | None:
-        if self.dialect != "sqlite":
-            return None
-        database = make_url(self.url).database
-        if not database or database == ":memory:" or database.startswith("file:"):
-            return None
-        return Path(database).expanduser()
-
-    def _stat_file(self) -> tuple[int, int] | None:
-        path = self._sqlite_file()
-        if path is None:
-            return None
-        try:
-            st = path.stat()
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino)
 
     def _check_file_identity(self) -> None:
         """``StoreUnavailable`` when the SQLite file was removed or replaced since the store opened it.
