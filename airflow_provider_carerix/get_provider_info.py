@@ -41,6 +41,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_provider_carerix.operators.base",
                     "airflow_provider_carerix.operators.webhooks",
                     "airflow_provider_carerix.operators.recovery",
+                    "airflow_provider_carerix.operators.sweep",
                 ],
             }
         ],

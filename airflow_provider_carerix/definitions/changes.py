@@ -61,6 +61,11 @@ class EntityChange:
             union.update(fields)
         return frozenset(union)
 
+    @property
+    def swept(self) -> bool:
+        """Whether only the coverage sweep reported the record (no webhook did)."""
+        return all(isinstance(e.get("sweep"), Mapping) for e in self.events if isinstance(e, Mapping))
+
     def changed(self, *names: str) -> bool:
         """Whether any of ``names`` (any case; ``touser`` covers ``touser.lastname``) may have changed."""
         fields = self.changed_fields

@@ -297,6 +297,11 @@ class ClaimedEvent(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self.payload)
 
+    @property
+    def swept(self) -> bool:
+        """Stored by the coverage sweep (a change Carerix sent no webhook for), not delivered by Carerix."""
+        return isinstance(self.payload.get("sweep"), dict)
+
     def reference(self) -> dict[str, Any]:
         """JSON-safe, payload-free summary (for XCom or logs)."""
         return {
