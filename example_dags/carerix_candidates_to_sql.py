@@ -3,7 +3,7 @@
 A webhook event only says that a candidate changed (``cremployee:updated``, ``data.entityId``). This DAG's task
 claims the events it has not processed yet, fetches the current records of the candidates they name in one
 GraphQL request per 100 candidates (a burst of 50 updates to 5 candidates is one request for 5 records), and
-upserts them on the candidate's id: exactly once per event through ``claim()``, and idempotent, so a retried
+upserts them on the candidate's id (SQLite's ``REPLACE`` on the primary key): exactly once per event through ``claim()``, and idempotent, so a retried
 try writes the same rows again. Only counts go to XCom: the records hold personal data (docs/data.md).
 
 Requires the ``carerix_default`` connection to ask for the data scope too (its ``scope`` field:
@@ -12,41 +12,37 @@ the receiver, and the event store on the triggerer and workers (as for ``carerix
 SQLite file (the Airflow Variable ``carerix_candidates_db``, default ``$AIRFLOW_HOME/carerix_candidates.db``),
 written with the standard library: Airflow's own install has no SQLite hook (``common.sql`` is there, the
 ``sqlite`` provider is not). With a database provider installed, use its hook's ``insert_rows(...,
-replace=True)`` the same way.
+replace=True)`` the same way. (The environment is read here for the DAG's own default path, not for a
+provider setting.)
 """
 
 from __future__ import annotations
 
+# [START howto_candidates_to_sql]
 import os
 import sqlite3
-from pathlib import Path
 
 from airflow.sdk import DAG, Variable, task
 
 from airflow_provider_carerix.events import CarerixEvents
 from airflow_provider_carerix.hooks.carerix import CarerixHook
 
-DEFAULT_DB = str(Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser() / "carerix_candidates.db")
-TABLE = """CREATE TABLE IF NOT EXISTS candidates (employee_id INTEGER PRIMARY KEY, first_name TEXT,
-    last_name TEXT, email TEXT, status TEXT, modified TEXT)"""
-UPSERT = """INSERT INTO candidates VALUES (:employeeID, :firstName, :lastName, :emailAddress, :status,
-    :modificationDate) ON CONFLICT (employee_id) DO UPDATE SET first_name = excluded.first_name,
-    last_name = excluded.last_name, email = excluded.email, status = excluded.status, modified = excluded.modified"""
-
-# [START howto_candidates_to_sql]
+DB = os.path.join(os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "carerix_candidates.db")
+FIELDS = ["firstName", "lastName", "emailAddress", "toStatusNode.value"]
+TABLE = "CREATE TABLE IF NOT EXISTS candidates (id INTEGER PRIMARY KEY, first, last, email, status)"
+UPSERT = "REPLACE INTO candidates VALUES (:employeeID, :firstName, :lastName, :emailAddress, :status)"
 candidates = CarerixEvents("carerix_candidates_to_sql", event_types=["cremployee:updated"])
 
 with DAG("carerix_candidates_to_sql", schedule=[candidates], tags=["carerix", "data"]):
 
     @task
     def load_candidates() -> dict[str, int]:
-        with candidates.claim() as claim:  # every unprocessed event; recorded as processed on a clean exit
-            fields = ["firstName", "lastName", "emailAddress", "toStatusNode.value"]
-            records = CarerixHook().get_entities("cremployee", claim.entity_ids("cremployee"), fields)
+        with candidates.claim() as claim:  # exactly once per event: recorded as processed on a clean exit
+            records = CarerixHook().get_entities("cremployee", claim.entity_ids("cremployee"), FIELDS)
             rows = [{**r, "status": (r["toStatusNode"] or {}).get("value")} for r in records.values()]
-            with sqlite3.connect(Variable.get("carerix_candidates_db", DEFAULT_DB)) as db:
+            with sqlite3.connect(Variable.get("carerix_candidates_db", DB)) as db:
                 db.execute(TABLE)
-                db.executemany(UPSERT, rows)  # upsert on the candidate's id: a retry writes the same rows
+                db.executemany(UPSERT, rows)  # keyed on the candidate's id: a retry writes the same rows
         return {"events": len(claim), "candidates": len(records)}  # counts only: records stay out of XCom
 
     load_candidates()

@@ -199,7 +199,7 @@ def test_swept_changes_reach_the_event_driven_dag(
     loaded = load_dag.test()
     assert _xcom(loaded, "load_candidates") == {"events": 1, "candidates": 1}
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT last_name FROM candidates WHERE employee_id = 11").fetchone() == ("Stil",)
+        assert conn.execute("SELECT last FROM candidates WHERE id = 11").fetchone() == ("Stil",)
     # The next run starts where this one started: the same change is not stored again.
     assert _xcom(sweep_dag.test(), "sweep_cremployee")["stored"] == 0
     assert parse_carerix_date(emulator.record("cremployee", 11)["modificationDate"]) == now - timedelta(
