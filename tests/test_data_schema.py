@@ -120,8 +120,14 @@ def test_dates_are_amsterdam_wall_time_and_the_repeated_hour_asks_earlier() -> N
         entities.modified_since_qualifier(summer)
         == "modificationDate >= (NSCalendarDate) '2026-07-01 14:00:05'"
     )
-    # 2026-10-25 02:00-03:00 happens twice in Amsterdam: 01:30 UTC is the second 02:30, and '02:30' would be
-    # read as the first one (an hour later than meant, or earlier): ask an hour earlier, never later.
-    second = datetime(2026, 10, 25, 1, 30, tzinfo=timezone.utc)
-    asked = entities.modified_since_qualifier(second).split("'")[1]
-    assert entities.parse_carerix_date(asked) <= second
+    # 2026-10-25 02:00-03:00 happens twice in Amsterdam (00:30 UTC is the first 02:30, 01:30 UTC the second)
+    # and nobody knows which one Carerix reads '02:30' as: whichever it picks, the asked time is never later.
+    for instant in (
+        datetime(2026, 10, 25, 0, 30, tzinfo=timezone.utc),
+        datetime(2026, 10, 25, 1, 30, tzinfo=timezone.utc),
+    ):
+        asked = datetime.strptime(
+            entities.modified_since_qualifier(instant).split("'")[1], "%Y-%m-%d %H:%M:%S"
+        )
+        for fold in (0, 1):
+            assert asked.replace(tzinfo=entities.AMSTERDAM, fold=fold) <= instant, (instant, fold)
