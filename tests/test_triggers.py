@@ -229,7 +229,7 @@ def test_a_condition_that_raises_skips_the_event_and_logs_its_id(caplog: pytest.
     event = stored(payload())
     with caplog.at_level("ERROR", logger="airflow_provider_carerix.store.filters"):
         assert flt.matches(event) is False
-    messages = [r.getMessage() for r in caplog.records if r.name.endswith("event_filter")]
+    messages = [r.getMessage() for r in caplog.records if r.name.endswith("store.filters")]
     assert messages == [f"Carerix condition failed on event {event.event_id}; skipped"]
 
 
