@@ -9,7 +9,8 @@ on, and they are scrubbed because task logs are widely readable: no client secre
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 #: How much of a response body an error keeps: enough for Carerix's error JSON, not a whole HTML page.
 BODY_LIMIT = 500
@@ -91,6 +92,78 @@ class CarerixApiError(CarerixError):
 
 class CarerixAuthError(CarerixApiError):
     """401/403: credentials, realm or scope are wrong; retrying will not help."""
+
+
+class CarerixScopeError(CarerixAuthError):
+    """403 because the token lacks a scope; ``scope`` is the one to add to the connection's ``scope`` field."""
+
+    def __init__(
+        self,
+        status_code: int | None,
+        method: str,
+        url: str,
+        body: str = "",
+        *,
+        scope: str,
+        reason: str | None = None,
+        secrets: Iterable[str | None] = (),
+    ) -> None:
+        self.scope = scope
+        super().__init__(status_code, method, url, body, reason=reason, secrets=secrets)
+
+
+class CarerixGraphQLError(CarerixApiError):
+    """GraphQL answered with errors (in a 200): a query Carerix refused, or data with holes in it.
+
+    ``errors`` keeps each error's ``message`` and ``path`` (never the data); ``partial`` says data came with
+    them, which the provider never uses as if it were complete. For record fetches ``entity`` and ``ids``
+    name what was asked for, so the message says which records the error is about.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        errors: Sequence[Mapping[str, Any]],
+        *,
+        partial: bool = False,
+        entity: str | None = None,
+        ids: Sequence[str] = (),
+        secrets: Iterable[str | None] = (),
+    ) -> None:
+        self.errors: list[dict[str, Any]] = [
+            {"message": str(e.get("message") or "no message"), "path": list(e.get("path") or [])}
+            for e in errors
+            if isinstance(e, Mapping)
+        ] or [{"message": "answer holds no data", "path": []}]
+        self.partial = partial
+        self.entity = entity
+        self.ids = list(ids)
+        first = self.errors[0]
+        where = f" at {'.'.join(str(p) for p in first['path'])}" if first["path"] else ""
+        more = f" (and {len(self.errors) - 1} more error(s))" if len(self.errors) > 1 else ""
+        about = ""
+        if entity is not None:
+            shown = ", ".join(self.ids[:10]) + (
+                f" and {len(self.ids) - 10} more" if len(self.ids) > 10 else ""
+            )
+            about = f" for {entity} {'id' if len(self.ids) == 1 else 'ids'} {shown}"
+        partial_text = "; partial data was not used" if partial else ""
+        super().__init__(
+            200,
+            "POST",
+            url,
+            "",
+            reason=f"GraphQL error{about}: {first['message']}{where}{more}{partial_text}",
+            secrets=secrets,
+        )
+
+    @property
+    def messages(self) -> list[str]:
+        return [e["message"] for e in self.errors]
+
+    def about(self, entity: str, ids: Sequence[str]) -> CarerixGraphQLError:
+        """The same errors, naming the records they are about."""
+        return CarerixGraphQLError(self.url, self.errors, partial=self.partial, entity=entity, ids=ids)
 
 
 class CarerixNotFoundError(CarerixApiError):

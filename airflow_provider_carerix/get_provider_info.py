@@ -41,6 +41,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_provider_carerix.operators.base",
                     "airflow_provider_carerix.operators.webhooks",
                     "airflow_provider_carerix.operators.recovery",
+                    "airflow_provider_carerix.operators.sweep",
                 ],
             }
         ],
@@ -105,7 +106,11 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "scope": {
                         "label": "Scope",
-                        "description": "OAuth2 scope to ask for. Empty means urn:cx/webhooks:data:manage.",
+                        "description": "OAuth2 scopes the token asks for, space-separated. Empty means "
+                        "urn:cx/webhooks:data:manage (the Webhooks Management API). To also read records "
+                        "(CarerixHook.get_entities, the coverage sweep) add urn:cx/cx5Wrapper:data:manage: "
+                        "urn:cx/webhooks:data:manage urn:cx/cx5Wrapper:data:manage. The client must hold "
+                        "every scope named (Carerix, Identity & Access).",
                         "schema": {"type": ["string", "null"]},
                     },
                 },

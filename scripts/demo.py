@@ -1,5 +1,5 @@
 """The whole story on one machine: Carerix emulator -> webhooks provisioned by Airflow -> events delivered to
-the receiver -> stored -> DAG runs started by them.
+the receiver -> stored -> DAG runs started by them -> the records behind the events, fetched by a DAG.
 
 Run through ``make demo`` (which creates the venv first). ``--headless`` runs the same steps, checks the
 outcome and exits (0 when every expected DAG run succeeded with the delivered payloads): that is what the
@@ -56,6 +56,7 @@ def say(*objects: Any, **kwargs: Any) -> None:
 PROVISION_DAG = "carerix_provision_webhooks"
 EVENT_DRIVEN_DAG = "carerix_event_driven"
 WAIT_DAG = "carerix_wait_for_event"
+CANDIDATES_DAG = "carerix_candidates_to_sql"
 
 # The guide's events, as the demo delivers them. `data` holds the entity fields Carerix evaluates the
 # webhook conditions on (the placeholder status ids of the example spec) plus what a delivery carries.
@@ -386,9 +387,12 @@ def running_stack(state_dir: Path, ui_port: int, timeout: float) -> Iterator[tup
                     "client_secret": client_secret,
                     "realm": realm,
                     "identity_host": emulator_url,
+                    # Webhooks, and reading the records behind events (carerix_candidates_to_sql).
+                    "scope": "urn:cx/webhooks:data:manage urn:cx/cx5Wrapper:data:manage",
                 },
             }
         ),
+        "AIRFLOW_VAR_CARERIX_CANDIDATES_DB": str(state_dir / "carerix_candidates.db"),
         "AIRFLOW_VAR_CARERIX_RECEIVER_URL": f"{receiver_url}/events",
         "AIRFLOW_VAR_CARERIX_RECEIVER_SECRET": receiver_secret,
     }
@@ -485,7 +489,8 @@ def intro(state_dir: Path, headless: bool) -> None:
         f"  - provisions the example spec's webhooks in the emulator through the DAG {PROVISION_DAG},\n"
         f"  - starts {WAIT_DAG} (a deferrable sensor waiting for a match to reach Intake),\n"
         "  - has Carerix deliver the guide's six events, which the receiver stores,\n"
-        "  - shows the stored events and the DAG runs they started.\n"
+        "  - shows the stored events and the DAG runs they started,\n"
+        f"  - and each candidate event beside the record {CANDIDATES_DAG} fetched for it over GraphQL.\n"
         "That takes about 1-2 minutes (Airflow's start is most of it). "
         + (
             "It then checks the outcome and stops.\n"
@@ -537,7 +542,7 @@ def run_demo(args: argparse.Namespace) -> int:
     with running_stack(state_dir, args.ui_port, args.timeout) as (stack, info):
         api = Airflow(info["api_url"])
         wait_until("Airflow's API server and scheduler", api.healthy, args.timeout)
-        for dag_id in (PROVISION_DAG, EVENT_DRIVEN_DAG, WAIT_DAG):
+        for dag_id in (PROVISION_DAG, EVENT_DRIVEN_DAG, WAIT_DAG, CANDIDATES_DAG):
             wait_until(f"DAG {dag_id} to be parsed", lambda d=dag_id: api.dag_loaded(d), args.timeout)
             api.unpause(dag_id)
         console.print(f"   Airflow UI {info['api_url']}  (login: none needed, local all-admins demo mode)")
@@ -663,6 +668,7 @@ def run_demo(args: argparse.Namespace) -> int:
             f"   {EVENT_DRIVEN_DAG}: {len(event_runs)} run(s), handled {len(handled)}/{len(employee_ids)} "
             f"candidate events; {WAIT_DAG}: {wait_state}"
         )
+        ok &= show_records_behind_events(api, stored, state_dir / "carerix_candidates.db", args.timeout)
         console.print(f"[bold]{'Demo succeeded' if ok else 'Demo FAILED'}[/bold]")
         console.print("Logs:")
         for name in ("db-migrate", *stack.procs):
@@ -673,6 +679,42 @@ def run_demo(args: argparse.Namespace) -> int:
             print_explore_hints(info)
             wait_for_ctrl_c(stack)
     return 0 if ok else 1
+
+
+def show_records_behind_events(api: Airflow, stored: list[Any], table: Path, timeout: float) -> bool:
+    """Step 7: each candidate event beside the record carerix_candidates_to_sql fetched for it from Carerix's
+    GraphQL API (the emulator's made-up candidates) and upserted into its SQL table."""
+    import sqlite3
+
+    console.print(f"[bold]7. The record behind each candidate event ({CANDIDATES_DAG})[/bold]")
+    events = [e for e in stored if e.type == "cremployee:updated"]
+
+    def loaded() -> dict[int, tuple[Any, ...]] | None:
+        runs = api.runs(CANDIDATES_DAG)
+        if not runs or any(r["state"] not in ("success", "failed") for r in runs) or not table.exists():
+            return None
+        with contextlib.closing(sqlite3.connect(table)) as db:
+            rows = {row[0]: row[1:] for row in db.execute("SELECT * FROM candidates")}
+        return rows if {int(e.entity_id) for e in events} <= set(rows) else None
+
+    with contextlib.suppress(TimeoutError):
+        wait_until(f"{CANDIDATES_DAG} to load the candidates", loaded, timeout, interval=1)
+    rows = loaded() or {}
+    for e in events:
+        first, last, email, status = rows.get(int(e.entity_id), (None,) * 4)
+        changed = ", ".join(e.payload.get("data", {}).get("changedFields") or []) or "-"
+        console.print(f"   event #{e.sequence} {e.type} entity {e.entity_id} (changed: {changed})")
+        console.print(
+            f"     the record behind event #{e.sequence}: {first} {last} <{email}>, status {status}"
+            if first is not None
+            else f"     the record behind event #{e.sequence}: NOT loaded"
+        )
+    runs = api.runs(CANDIDATES_DAG)
+    return (
+        bool(events)
+        and all(int(e.entity_id) in rows for e in events)
+        and all(r["state"] == "success" for r in runs)
+    )
 
 
 def deliver_more_command(emulator_url: str) -> str:

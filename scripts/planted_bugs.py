@@ -267,6 +267,181 @@ PLANTS = (
 )
 
 
+# The records behind events: batching, paging, deleted records, the data scope, retries, GraphQL errors, the
+# events grouped per record, the coverage sweep, the emulator's faithfulness, the example DAG's upsert.
+DATA_PLANTS = (
+    Plant(
+        "data: ids batched 50 to a request instead of 100",
+        "definitions/entities.py",
+        "DEFAULT_BATCH_SIZE = 100",
+        "DEFAULT_BATCH_SIZE = 50",
+        ("tests/test_hook_data.py", "-k", "a_hundred_to_a_request"),
+    ),
+    Plant(
+        "data: a batch's page asked at the default size (20), not the batch's",
+        "hooks/carerix_data.py",
+        '"size": len(batch),',
+        '"size": 20,',
+        ("tests/test_hook_data.py", "-k", "a_hundred_to_a_request"),
+    ),
+    Plant(
+        "data: the first page taken for the last",
+        "hooks/carerix_data.py",
+        'not page["items"]\n        or page.get("last") is True',
+        'True\n        or page.get("last") is True',
+        ("tests/test_hook_data.py", "-k", "page_smaller_than_the_batch or never_skips"),
+    ),
+    Plant(
+        "data: ids chained with AND instead of OR",
+        "definitions/entities.py",
+        'return " OR ".join(f"{ent.key} = {n}" for n in numbers)',
+        'return " AND ".join(f"{ent.key} = {n}" for n in numbers)',
+        ("tests/test_hook_data.py", "-k", "a_hundred_to_a_request"),
+    ),
+    Plant(
+        "data: an id that is not a number reaches the qualifier",
+        "definitions/entities.py",
+        "if not text.isascii() or not text.isdigit():",
+        "if not text:",
+        ("tests/test_hook_data.py", "-k", "fails_before_any_request"),
+    ),
+    Plant(
+        "data: deleted records never asked for (norestrict always false)",
+        "hooks/carerix_data.py",
+        '"norestrict": deleted,\n            }\n            page = _page_items(requests.ask(query, variables, batch)',
+        '"norestrict": False,\n            }\n            page = _page_items(requests.ask(query, variables, batch)',
+        ("tests/test_hook_data.py", "-k", "deleted_records_only_when_asked"),
+    ),
+    Plant(
+        "data: a 403 left as a plain auth error (no scope named)",
+        "hooks/carerix_data.py",
+        "if exc.status_code != 403:",
+        "if exc.status_code != 999:",
+        ("tests/test_hook_data.py", "-k", "names_the_scope_to_add"),
+    ),
+    Plant(
+        "data: 429 not retried",
+        "hooks/carerix.py",
+        "if response.status_code == 429 or response.status_code >= 500:",
+        "if response.status_code >= 500:",
+        ("tests/test_hook_data.py", "-k", "retried_with_the_hooks_policy"),
+    ),
+    Plant(
+        "data: GraphQL errors beside data ignored by graphql()",
+        "hooks/carerix.py",
+        "if errors or not isinstance(data, dict):",
+        "if not isinstance(data, dict):",
+        ("tests/test_hook_data.py", "-k", "partial_data_is_an_error"),
+    ),
+    Plant(
+        "data: a null item without an error taken as complete",
+        "hooks/carerix_data.py",
+        'holes = [n for n, item in enumerate(page["items"]) if not isinstance(item, dict)]',
+        "holes: list[int] = []",
+        ("tests/test_hook_data.py", "-k", "null_item_without_an_error"),
+    ),
+    Plant(
+        "data: records logged",
+        "hooks/carerix_data.py",
+        "        len(found),\n        len(wanted),",
+        "        found,\n        len(wanted),",
+        ("tests/test_hook_data.py", "-k", "never_reach_the_log"),
+    ),
+    Plant(
+        "data: the repeated DST hour asked as written (an hour late)",
+        "definitions/entities.py",
+        "    if _repeated_hour(local):",
+        "    if False:",
+        ("tests/test_data_schema.py", "-k", "repeated_hour"),
+    ),
+    Plant(
+        "changes: an event without changedFields ignored in the union",
+        "definitions/changes.py",
+        "            if fields is None:\n                return None",
+        "            if fields is None:\n                continue",
+        ("tests/test_data_events.py", "-k", "unknown_changed_fields"),
+    ),
+    Plant(
+        "changes: events grouped in the order given, not by sequence",
+        "definitions/changes.py",
+        "for event in sorted(events, key=lambda e: e.sequence):",
+        "for event in events:",
+        ("tests/test_data_events.py", "-k", "burst_of_50"),
+    ),
+    Plant(
+        "example DAG: INSERT instead of an upsert on the id",
+        "../example_dags/carerix_candidates_to_sql.py",
+        'UPSERT = "REPLACE INTO candidates',
+        'UPSERT = "INSERT INTO candidates',
+        ("tests/test_data_events.py", "-k", "example_dag"),
+    ),
+    Plant(
+        "sweep: no tolerance for an event timed just before the change",
+        "coverage.py",
+        "if seen is not None and seen >= modified - tolerance:",
+        "if seen is not None and seen >= modified:",
+        ("tests/test_coverage_sweep.py", "-k", "become_events_once"),
+    ),
+    Plant(
+        "sweep: ids not deterministic (a rerun stores again)",
+        "coverage.py",
+        "{entity_id}:{modified.strftime('%Y%m%dT%H%M%SZ')}\"",
+        '{entity_id}:{id(modified)}"',
+        ("tests/test_coverage_sweep.py", "-k", "become_events_once"),
+    ),
+    Plant(
+        "sweep: changes whose webhook may be in flight swept",
+        "coverage.py",
+        "if until is not None and modified > until:",
+        "if until is not None and modified > until + timedelta(days=1):",
+        ("tests/test_coverage_sweep.py", "-k", "become_events_once"),
+    ),
+    Plant(
+        "sweep: changes before the purge horizon not counted",
+        "coverage.py",
+        "if horizon is not None and modified < horizon:",
+        "if horizon is not None and modified > horizon:",
+        ("tests/test_coverage_sweep.py", "-k", "purge_horizon_are_swept"),
+    ),
+    Plant(
+        "sweep: the operator's purge-horizon warning on the wrong side",
+        "operators/sweep.py",
+        "if horizon is not None and start < horizon:",
+        "if horizon is not None and start > horizon:",
+        ("tests/test_coverage_sweep.py", "-k", "warns_before_the_horizon"),
+    ),
+    Plant(
+        "emulator: pages not capped",
+        "emulator/records.py",
+        "size = min(size, self.max_page_size)",
+        "size = size",
+        ("tests/test_emulator_records.py", "-k", "capped_silently"),
+    ),
+    Plant(
+        "emulator: deleted records served without norestrict",
+        "emulator/records.py",
+        'and (deleted or not r.get("deleted"))',
+        "and True",
+        ("tests/test_emulator_records.py", "-k", "only_with_norestrict"),
+    ),
+    Plant(
+        "emulator: records served on the Webhooks scope",
+        "emulator/server.py",
+        'MANAGE_SCOPE if f == "webhookDeliveryJobPage" else DATA_SCOPE',
+        "MANAGE_SCOPE",
+        ("tests/test_emulator_records.py", "-k", "scopes_each_root_field_needs"),
+    ),
+    Plant(
+        "emulator: an unknown qualifier key accepted",
+        "emulator/records.py",
+        'raise QualifierError(f"unknown key path {path!r}: {current} has no {segment!r}")',
+        "return",
+        ("tests/test_emulator_records.py", "-k", "outside_the_language"),
+    ),
+)
+PLANTS = (*PLANTS, *DATA_PLANTS)
+
+
 def _copy_project(dest: Path) -> None:
     files = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],

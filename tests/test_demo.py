@@ -335,6 +335,8 @@ def test_demo_runs_the_story_listens_on_loopback_only_and_ctrl_c_stops_everythin
     # Signatures on by default: every stored event verified, a tampered and an unsigned delivery refused.
     assert output.count("  signature verified  ") == 5, output
     assert "(valid Cx-Signature, other body): HTTP 401; an unsigned one: HTTP 401" in output, output
+    # The record behind the candidate event, fetched over GraphQL by carerix_candidates_to_sql.
+    assert "the record behind event #" in output and "NOT loaded" not in output, output
     assert "Demo succeeded" in output, output
     # It says what it will do and where every log is.
     assert output.index("That takes about") < output.index("1. Starting"), output

@@ -25,6 +25,7 @@ PROMISED = {
         "CarerixDeleteWebhookOperator",
     ],
     "airflow_provider_carerix.operators.recovery": ["CarerixRecoverEventsOperator"],
+    "airflow_provider_carerix.operators.sweep": ["CarerixCoverageSweepOperator"],
     "airflow_provider_carerix.sensors.events": ["CarerixEventSensor"],
     "airflow_provider_carerix.triggers.events": ["CarerixEventTrigger", "CarerixEventSensorTrigger"],
     "airflow_provider_carerix.receiver": ["create_app", "ReceiverAuth", "main"],

@@ -12,6 +12,10 @@ application (``signatureVerification: {"algorithm", "publicKey": <PEM>}``) and e
 ``Cx-Signature``, the base64 RSASSA-PKCS1-v1_5/SHA-256 signature of the raw body. Keys rotate on request
 (``rotate_key``); the previous key is kept for ``key_retention`` seconds so tests can send with it.
 
+Like Carerix it serves records over GraphQL (``crEmployeePage(qualifier, pageable, norestrict)`` and its
+siblings, from a small generated data set with the field names and types of Carerix's schema), checks the
+scope each query needs (403), and changing a record delivers the matching event.
+
 Like Carerix it keeps a delivery log: one job per event and webhook with every attempt (failed ones too, e.g.
 while the receiver is down), retried on ``retry_schedule`` (seconds after the previous attempt; tests shorten
 it) and readable through the GraphQL query ``webhookDeliveryJobPage`` at ``/graphql/v1/graphql``.
@@ -37,6 +41,9 @@ the emulator):
 * :mod:`.signing`: key pairs per application, rotation, ``Cx-Signature``,
 * :mod:`.delivery`: delivering events: jobs, attempts, retries,
 * :mod:`.graphql`: the small GraphQL executor and the delivery-log query it serves,
+* :mod:`.records`: the record queries (``crEmployee``, ``crEmployeePage``, ...), changes that deliver events,
+* :mod:`.dataset`: the record types (a subset of Carerix's schema) and the generated data set,
+* :mod:`.qualifier`: Carerix's qualifier language, the part the provider sends,
 * :mod:`.state`: constants, records, and the state the parts share,
 * :mod:`.cli`: ``carerix-emulator serve``.
 """
@@ -49,6 +56,8 @@ from airflow_provider_carerix.emulator.state import (
     API_PREFIX,
     APPLICATION_KINDS,
     CONTROL_PREFIX,
+    DATA_SCOPE,
+    DEFAULT_MAX_PAGE_SIZE,
     DEFAULT_RETRY_SCHEDULE,
     GRAPHQL_PATH,
     MANAGE_SCOPE,
@@ -63,6 +72,8 @@ __all__ = [
     "API_PREFIX",
     "APPLICATION_KINDS",
     "CONTROL_PREFIX",
+    "DATA_SCOPE",
+    "DEFAULT_MAX_PAGE_SIZE",
     "DEFAULT_RETRY_SCHEDULE",
     "GRAPHQL_PATH",
     "MANAGE_SCOPE",

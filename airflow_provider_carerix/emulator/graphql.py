@@ -1,4 +1,4 @@
-"""The small part of GraphQL the emulator needs to answer Carerix's ``webhookDeliveryJobPage`` query.
+"""The small part of GraphQL the emulator needs to answer Carerix's delivery log and record queries.
 
 Why not a GraphQL library: none ships with Airflow, and the emulator must stay dependency-light. This covers
 what a client of the delivery log sends: one query operation (named or not) with variable definitions, fields
@@ -7,7 +7,14 @@ selection sets. Like a real server it answers only the selected fields and refus
 with a selection or an object without one, so a client query that would fail at Carerix fails here too.
 Fragments, directives and mutations are not supported (an error says so).
 
-:class:`GraphQLMixin` is the one root field served: the delivery log, ``webhookDeliveryJobPage``.
+Errors come in the two shapes a GraphQL server answers with: a request it cannot validate (unknown field or
+argument, an argument of the wrong type) is refused whole (``{"errors": [...], "data": null}``); a field that
+fails while the rest resolves (:class:`FieldError`, an item a resolver marks :class:`Broken`) is ``null`` in
+``data`` with an error naming its ``path``, beside everything else: partial data, which a client must not take
+for a complete answer.
+
+:class:`GraphQLMixin` serves the delivery log, ``webhookDeliveryJobPage``; the record queries (``crEmployee``,
+``crEmployeePage``, ...) are :mod:`.records`'.
 """
 
 from __future__ import annotations
@@ -18,13 +25,29 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
+from airflow_provider_carerix.emulator.dataset import ENTITY_ROOTS, PAGE_FIELDS, TYPES
 from airflow_provider_carerix.emulator.delivery import DeliveryMixin
 
-__all__ = ["SCHEMA", "GraphQLError", "GraphQLMixin", "execute"]
+__all__ = ["SCHEMA", "Broken", "FieldError", "GraphQLError", "GraphQLMixin", "execute", "root_fields"]
 
 
 class GraphQLError(Exception):
     """A query the emulator refuses; answered as ``{"errors": [{"message": ...}]}``."""
+
+
+class FieldError(GraphQLError):
+    """A root field that failed to resolve: ``null`` in ``data``, its error beside the other fields' data."""
+
+
+@dataclass(frozen=True)
+class Broken:
+    """A list item that failed to resolve (what a resolver returns in its place): ``null`` plus an error."""
+
+    message: str
+
+
+#: What graphql-java (the engine Carerix's error shapes point to) calls a resolver's failure.
+_FETCH_ERROR = {"classification": "DataFetchingException"}
 
 
 _PAGE_FIELDS: dict[str, str | None] = {
@@ -79,8 +102,106 @@ SCHEMA: dict[str, dict[str, str | None]] = {
     "CustomHeader": {"name": None, "value": None},
 }
 
+_SCALARS = frozenset({"ID", "String", "Int", "Float", "Boolean", "NSCalendarDate"})
+for _type, _fields in TYPES.items():
+    SCHEMA[_type] = {
+        name: (None if kind.strip("[]!") in _SCALARS else kind.strip("[]!")) for name, kind in _fields.items()
+    }
+for _root in ENTITY_ROOTS.values():
+    SCHEMA[f"{_root.type_name}Page"] = {**dict.fromkeys(PAGE_FIELDS), "items": _root.type_name}
+    SCHEMA["Query"][_root.query] = _root.type_name
+    SCHEMA["Query"][_root.page_query] = f"{_root.type_name}Page"
+
 #: Arguments each root field takes (anything else is an error, as at a real server).
 ROOT_ARGUMENTS: dict[str, frozenset[str]] = {"webhookDeliveryJobPage": frozenset({"pageable"})}
+
+#: The argument types of the record queries, as Carerix's schema declares them; checked before resolving.
+_PAGE_ARGUMENTS = {
+    "language": "Language",
+    "norestrict": "Boolean",
+    "pageable": "Pageable",
+    "qualifier": "String",
+}
+ARGUMENT_TYPES: dict[str, dict[str, str]] = {}
+for _root in ENTITY_ROOTS.values():
+    _todo = {"ekey": "ToDoEkeyEnum"} if _root.query == "crToDo" else {}
+    ARGUMENT_TYPES[_root.query] = {"_id": "ID!", **_todo, "language": "Language"}
+    ARGUMENT_TYPES[_root.page_query] = {**_todo, **_PAGE_ARGUMENTS}
+    ROOT_ARGUMENTS[_root.query] = frozenset(ARGUMENT_TYPES[_root.query])
+    ROOT_ARGUMENTS[_root.page_query] = frozenset(ARGUMENT_TYPES[_root.page_query])
+
+_ENUMS = {
+    "Direction": ("ASC", "DESC"),
+    "Language": (
+        "DUTCH",
+        "ENGLISH",
+        "FRENCH",
+        "GERMAN",
+        "HUNGARIAN",
+        "ITALIAN",
+        "POLISH",
+        "PORTUGUESE",
+        "SPANISH",
+    ),
+    "ToDoEkeyEnum": (
+        "activity",
+        "campaign",
+        "edition",
+        "email",
+        "meeting",
+        "newsLetter",
+        "note",
+        "system",
+        "task",
+    ),
+}
+_INPUTS = {
+    "Pageable": {"page": "Int", "size": "Int", "sort": "[Order]"},
+    "Order": {"direction": "Direction", "property": "String!"},
+}
+
+
+def _check_value(value: Any, kind: str, where: str) -> None:
+    """A GraphQL input value against its declared type (what a server validates before resolving)."""
+    if value is None:
+        if kind.endswith("!"):
+            raise GraphQLError(f"Validation error: {where} of type {kind} must not be null")
+        return
+    base = kind.rstrip("!")
+    if base.startswith("["):
+        items = value if isinstance(value, list) else [value]  # input coercion: one value is a list of one
+        for n, item in enumerate(items):
+            _check_value(item, base[1:-1], f"{where}[{n}]")
+        return
+    ok = {
+        "Int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "Boolean": lambda v: isinstance(v, bool),
+        "String": lambda v: isinstance(v, str),
+        "ID": lambda v: isinstance(v, (str, int)) and not isinstance(v, bool),
+    }.get(base)
+    if ok is not None:
+        if not ok(value):
+            raise GraphQLError(f"Validation error: {where} is not a valid '{base}': {value!r}")
+        return
+    if base in _ENUMS:
+        if value not in _ENUMS[base]:
+            raise GraphQLError(
+                f"Validation error: {where} is not a valid '{base}' (one of {', '.join(_ENUMS[base])})"
+            )
+        return
+    if base in _INPUTS:
+        if not isinstance(value, dict):
+            raise GraphQLError(f"Validation error: {where} is not a valid '{base}' input object")
+        unknown = set(value) - set(_INPUTS[base])
+        if unknown:
+            raise GraphQLError(
+                f"Validation error: field(s) {sorted(unknown)} are not defined by type '{base}' ({where})"
+            )
+        for name, field_kind in _INPUTS[base].items():
+            _check_value(value.get(name), field_kind, f"{where}.{name}")
+        return
+    raise GraphQLError(f"Validation error: unknown type {base!r} at {where}")  # pragma: no cover
+
 
 _TOKEN = re.compile(
     r"""
@@ -262,11 +383,23 @@ def _substitute(value: Any, variables: dict[str, Any]) -> Any:
     return value
 
 
-def _project(value: Any, type_name: str, selections: list[_Field], path: str) -> Any:
+def _project(
+    value: Any,
+    type_name: str,
+    selections: list[_Field],
+    path: str,
+    trail: list[str | int] | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> Any:
+    trail = trail if trail is not None else [path]
     if value is None:
         return None
+    if isinstance(value, Broken):
+        if errors is not None:
+            errors.append({"message": value.message, "path": trail, "extensions": _FETCH_ERROR})
+        return None
     if isinstance(value, list):
-        return [_project(v, type_name, selections, path) for v in value]
+        return [_project(v, type_name, selections, path, [*trail, n], errors) for n, v in enumerate(value)]
     fields = SCHEMA[type_name]
     out: dict[str, Any] = {}
     for field in selections:
@@ -286,9 +419,25 @@ def _project(value: Any, type_name: str, selections: list[_Field], path: str) ->
             )
         raw = value.get(field.name) if isinstance(value, dict) else None
         out[field.alias] = (
-            raw if child is None else _project(raw, child, field.selections or [], f"{path}.{field.name}")
+            raw
+            if child is None
+            else _project(
+                raw, child, field.selections or [], f"{path}.{field.name}", [*trail, field.alias], errors
+            )
         )
     return out
+
+
+def root_fields(request: dict[str, Any]) -> list[str] | None:
+    """The root field names a request asks for (``None`` if it does not parse: ``execute`` says why)."""
+    query = request.get("query")
+    if not isinstance(query, str):
+        return None
+    try:
+        selections, _ = _Parser(query).document()
+    except GraphQLError:
+        return None
+    return [f.name for f in selections]
 
 
 def execute(request: dict[str, Any], resolvers: dict[str, Callable[[dict[str, Any]], Any]]) -> dict[str, Any]:
@@ -299,10 +448,12 @@ def execute(request: dict[str, Any], resolvers: dict[str, Callable[[dict[str, An
         return {"errors": [{"message": "'query' must be a non-empty string"}], "data": None}
     if not isinstance(variables, dict):
         return {"errors": [{"message": "'variables' must be an object"}], "data": None}
+    errors: list[dict[str, Any]] = []
     try:
         selections, defaults = _Parser(query).document()
         variables = {**defaults, **variables}
         data: dict[str, Any] = {}
+        checked = []
         for field in selections:
             if field.name == "__typename":
                 data[field.alias] = "Query"
@@ -315,13 +466,28 @@ def execute(request: dict[str, Any], resolvers: dict[str, Callable[[dict[str, An
             if field.selections is None:
                 raise GraphQLError(f"Field {field.name!r} must have a selection of subfields")
             arguments = _substitute(field.arguments, variables)
-            result = resolvers[field.name](arguments)
+            for name, kind in ARGUMENT_TYPES.get(field.name, {}).items():
+                _check_value(arguments.get(name), kind, f"argument '{name}' of '{field.name}'")
+            checked.append((field, arguments))
+        # Every field's arguments are checked before any resolves: a bad query is refused, never half answered.
+        for field, arguments in checked:
+            try:
+                result = resolvers[field.name](arguments)
+            except FieldError as exc:
+                errors.append({"message": str(exc), "path": [field.alias], "extensions": _FETCH_ERROR})
+                data[field.alias] = None
+                continue
             data[field.alias] = _project(
-                result, SCHEMA["Query"][field.name] or "", field.selections, field.name
+                result,
+                SCHEMA["Query"][field.name] or "",
+                field.selections or [],
+                field.name,
+                [field.alias],
+                errors,
             )
     except GraphQLError as exc:
         return {"errors": [{"message": str(exc)}], "data": None}
-    return {"data": data}
+    return {"data": data, "errors": errors} if errors else {"data": data}
 
 
 class GraphQLMixin(DeliveryMixin):

@@ -21,12 +21,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from airflow_provider_carerix.emulator.graphql import GraphQLMixin, execute
+from airflow_provider_carerix.emulator.dataset import ENTITY_ROOTS as _ENTITY_ROOTS
+from airflow_provider_carerix.emulator.dataset import generate
+from airflow_provider_carerix.emulator.graphql import execute, root_fields
 from airflow_provider_carerix.emulator.management import ManagementMixin
+from airflow_provider_carerix.emulator.records import RecordsMixin
 from airflow_provider_carerix.emulator.state import (
     API_PREFIX,
     APPLICATION_KINDS,
     CONTROL_PREFIX,
+    DATA_SCOPE,
+    DEFAULT_MAX_PAGE_SIZE,
     DEFAULT_RETRY_SCHEDULE,
     GRAPHQL_PATH,
     MANAGE_SCOPE,
@@ -62,7 +67,7 @@ class _EmulatorServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-class CarerixEmulator(ManagementMixin, GraphQLMixin, TokenMixin):
+class CarerixEmulator(ManagementMixin, RecordsMixin, TokenMixin):
     """An in-memory Carerix on loopback. Thread-safe; every knob can be changed while it runs.
 
     List behaviour (what Carerix does not publish): ``list_shape`` ``"array"`` or ``"items"``; ``slim=True``
@@ -73,6 +78,12 @@ class CarerixEmulator(ManagementMixin, GraphQLMixin, TokenMixin):
     GraphQL schema ``WebhookApplication``); both are accepted on create. ``retry_schedule``: seconds to wait
     after each failed attempt before the next (its length is the number of retries; ``()`` never retries).
     ``key_retention``: how long a rotated-out signing key can still be used with ``deliver(signing="previous")``.
+
+    Records (:mod:`.records`): a data set generated from ``data_seed`` (``data_sizes`` per entity, e.g.
+    ``{"cremployee": 150}``); ``max_page_size`` caps ``pageable.size`` (``None``: no cap);
+    ``max_qualifier_terms`` refuses longer ``OR`` chains (``None``: no limit; Carerix publishes none).
+    ``client_scopes``: what the client may ask for (by default the Webhooks and the data scope, one client
+    holding both); a token gets what its request names, all of them when it names none.
     """
 
     def __init__(
@@ -83,7 +94,7 @@ class CarerixEmulator(ManagementMixin, GraphQLMixin, TokenMixin):
         realm: str = "demo",
         clients: dict[str, str] | None = None,
         token_lifetime: float = 300,
-        client_scopes: Iterable[str] = (MANAGE_SCOPE,),
+        client_scopes: Iterable[str] = (MANAGE_SCOPE, DATA_SCOPE),
         list_shape: str = "array",
         slim: bool = False,
         id_key: str = "_id",
@@ -93,6 +104,10 @@ class CarerixEmulator(ManagementMixin, GraphQLMixin, TokenMixin):
         retry_schedule: Iterable[float] = DEFAULT_RETRY_SCHEDULE,
         key_retention: float = 3600.0,
         key_size: int = 2048,
+        data_seed: int = 29,
+        data_sizes: dict[str, int] | None = None,
+        max_page_size: int | None = DEFAULT_MAX_PAGE_SIZE,
+        max_qualifier_terms: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -127,6 +142,12 @@ class CarerixEmulator(ManagementMixin, GraphQLMixin, TokenMixin):
         self.deliveries: list[Delivery] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.max_page_size = max_page_size
+        self.max_qualifier_terms = max_qualifier_terms
+        self._data_seed = data_seed
+        self._data_sizes = dict(data_sizes or {})
+        self._records = generate(data_seed, self._data_sizes)
+        self._broken: dict[tuple[str, str], str] = {}
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -199,21 +220,18 @@ class CarerixEmulator(ManagementMixin, GraphQLMixin, TokenMixin):
         secret = client_secret if client_secret is not None else self.clients.get(cid, "")
         return cid, secret
 
-    def connection_json(self, client_id: str | None = None, client_secret: str | None = None) -> str:
-        """``AIRFLOW_CONN_...`` value (JSON form) for a ``carerix`` connection to this emulator."""
+    def connection_json(
+        self, client_id: str | None = None, client_secret: str | None = None, *, scope: str | None = None
+    ) -> str:
+        """``AIRFLOW_CONN_...`` value (JSON form) for a ``carerix`` connection to this emulator.
+
+        ``scope``: the connection's ``scope`` extra (e.g. both scopes, space-separated, to read records too).
+        """
         cid, secret = self._credentials(client_id, client_secret)
-        return json.dumps(
-            {
-                "conn_type": "carerix",
-                "host": self.url,
-                "extra": {
-                    "client_id": cid,
-                    "client_secret": secret,
-                    "realm": self.realm,
-                    "identity_host": self.url,
-                },
-            }
-        )
+        extra = {"client_id": cid, "client_secret": secret, "realm": self.realm, "identity_host": self.url}
+        if scope is not None:
+            extra["scope"] = scope
+        return json.dumps({"conn_type": "carerix", "host": self.url, "extra": extra})
 
     def connection_uri(self, client_id: str | None = None, client_secret: str | None = None) -> str:
         """``AIRFLOW_CONN_...`` value (URI form; client id/secret as login/password)."""
@@ -257,8 +275,10 @@ class CarerixEmulator(ManagementMixin, GraphQLMixin, TokenMixin):
     # ------------------------------------------------------------------------------------------ state
 
     def clear(self) -> None:
-        """Forget applications, webhooks, tokens, faults and the log."""
+        """Forget applications, webhooks, tokens, faults and the log; the records go back to the data set."""
         with self._lock:
+            self._records = generate(self._data_seed, self._data_sizes)
+            self._broken.clear()
             self._apps.clear()
             self._hooks.clear()
             self._tokens.clear()
@@ -285,8 +305,13 @@ class CarerixEmulator(ManagementMixin, GraphQLMixin, TokenMixin):
                     "application_kind": self.application_kind,
                     "retry_schedule": list(self.retry_schedule),
                     "key_retention": self.key_retention,
+                    "max_page_size": self.max_page_size,
+                    "max_qualifier_terms": self.max_qualifier_terms,
                 },
                 "jobs": len(self._jobs),
+                "records": {
+                    name: len(self._of(root, deleted=True)) for name, root in sorted(_ENTITY_ROOTS.items())
+                },
             }
 
     # ------------------------------------------------------------------------------------------ faults
@@ -365,12 +390,20 @@ class CarerixEmulator(ManagementMixin, GraphQLMixin, TokenMixin):
         if path.rstrip("/") == GRAPHQL_PATH:
             if method != "POST":
                 return _Response(405, {"error": "method not allowed"})
-            denied = self._authorize(headers)
+            denied = self._authorize(headers, scopes=())
             if denied is not None:
                 return denied
             request = _json_object(body)
             if request is None:
                 return _Response(400, {"errors": [{"message": "body must be a JSON object"}]})
+            # Each root field needs its scope: the delivery log the Webhooks one, records the data one.
+            needed = {
+                MANAGE_SCOPE if f == "webhookDeliveryJobPage" else DATA_SCOPE
+                for f in root_fields(request) or ()
+            }
+            denied = self._authorize(headers, scopes=sorted(needed))
+            if denied is not None:
+                return denied
             with self._lock:
                 return _Response(200, execute(request, self._graphql_root()))
         return _Response(404, {"error": "not found"})
@@ -410,6 +443,8 @@ class CarerixEmulator(ManagementMixin, GraphQLMixin, TokenMixin):
                 return _Response(400, {"error": f"unknown keys: {sorted(unknown)}"})
             self.inject_fault(**data)
             return _Response(201, {"faults": len(self._faults)})
+        if action.startswith(("records/", "break-records")):
+            return self._records_control(method, action, data)
         if action == "faults" and method == "DELETE":
             self.clear_faults()
             return _Response(204)
@@ -423,6 +458,8 @@ class CarerixEmulator(ManagementMixin, GraphQLMixin, TokenMixin):
                 "application_kind",
                 "retry_schedule",
                 "key_retention",
+                "max_page_size",
+                "max_qualifier_terms",
             }
             unknown = set(data) - allowed
             if unknown:

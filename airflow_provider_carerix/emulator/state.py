@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 MANAGE_SCOPE = "urn:cx/webhooks:data:manage"
+#: The scope the record queries (``crEmployeePage``, ...) need: what public client code reads data with [T].
+DATA_SCOPE = "urn:cx/cx5Wrapper:data:manage"
+#: Records per page at most, whatever ``pageable.size`` asks: public client code reports Carerix caps pages at
+#: 100 [U]; the emulator caps silently (the harder case for a client, which must follow the pages).
+DEFAULT_MAX_PAGE_SIZE = 100
 API_PREFIX = "/webhooks/v1"
 CONTROL_PREFIX = "/_emulator"
 GRAPHQL_PATH = "/graphql/v1/graphql"
@@ -156,6 +161,8 @@ class EmulatorState:
     retry_schedule: tuple[float, ...]
     key_retention: float
     key_size: int
+    max_page_size: int | None
+    max_qualifier_terms: int | None
 
     # State, guarded by _lock.
     _lock: threading.RLock
@@ -168,6 +175,9 @@ class EmulatorState:
     _faults: list[Fault]
     _log: list[RecordedRequest]
     deliveries: list[Delivery]
+    _records: dict[str, dict[str, dict[str, Any]]]  # record type -> _id -> record (see dataset.py)
+    _broken: dict[tuple[str, str], str]  # (record type, _id) -> the error resolving it gives
+    _data_seed: int
 
     # The running server and its threads (None while stopped).
     _retry_wakeup: threading.Event

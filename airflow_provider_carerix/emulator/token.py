@@ -89,7 +89,12 @@ class TokenMixin(EmulatorState):
             {"Cache-Control": "no-store", "Pragma": "no-cache"},
         )
 
-    def _authorize(self, headers: Any) -> _Response | None:
+    def _authorize(self, headers: Any, scopes: Iterable[str] = (MANAGE_SCOPE,)) -> _Response | None:
+        """``None`` when the bearer token is valid and carries every scope in ``scopes``; else the answer.
+
+        A missing scope is a 403 naming it, as Carerix answers (the GraphQL endpoint checks the scopes of
+        the root fields a query asks for: the delivery log needs the Webhooks scope, records the data scope).
+        """
         auth = headers.get("Authorization") or ""
         challenge = {"WWW-Authenticate": 'Bearer realm="carerix", error="invalid_token"'}
         if not auth.lower().startswith("bearer "):
@@ -100,6 +105,7 @@ class TokenMixin(EmulatorState):
             return _Response(
                 401, {"error": "invalid_token", "message": "token expired or unknown"}, challenge
             )
-        if MANAGE_SCOPE not in token.scopes:
-            return _Response(403, {"error": "insufficient_scope", "message": f"token lacks {MANAGE_SCOPE}"})
+        for scope in scopes:
+            if scope not in token.scopes:
+                return _Response(403, {"error": "insufficient_scope", "message": f"token lacks {scope}"})
         return None

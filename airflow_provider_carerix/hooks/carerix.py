@@ -1,11 +1,12 @@
-"""Hook for Carerix's Webhooks Management API (``https://api.carerix.io/webhooks/v1``).
+"""Hook for Carerix's Webhooks Management API (``https://api.carerix.io/webhooks/v1``) and its GraphQL API.
 
 Carerix publishes little about this API beyond a getting-started guide, so the hook is written to survive
 what is not promised: list answers as a bare array or wrapped in ``items``, list entries that carry only
 ``_kind``/``_id``, ids as ``_id`` or ``id``, collection paths with or without a trailing slash. Everything
 else follows the usual shape of Airflow's HTTP hooks (see the dbt Cloud provider): a cached connection, a
 ``requests`` auth class that sets the bearer token, one ``requests.Session`` per hook, one tenacity retry
-policy, typed errors.
+policy, typed errors. The GraphQL calls (the delivery log, and the records behind events, whose batching and
+paging live in :mod:`.carerix_data`) go through the same session, token cache and retry policy.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -30,6 +31,7 @@ from requests.auth import AuthBase
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from airflow_provider_carerix import __version__
+from airflow_provider_carerix.definitions.entities import DEFAULT_BATCH_SIZE
 from airflow_provider_carerix.definitions.models import (
     Application,
     DeliveryJob,
@@ -42,6 +44,7 @@ from airflow_provider_carerix.exceptions import (
     CarerixConfigError,
     CarerixConnectionError,
     CarerixError,
+    CarerixGraphQLError,
     CarerixNotFoundError,
     api_error,
     scrub,
@@ -61,6 +64,9 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "https://api.carerix.io"
 DEFAULT_IDENTITY_HOST = "https://id.carerix.io"
 DEFAULT_SCOPE = "urn:cx/webhooks:data:manage"
+#: What reading records needs besides (``get_entities``, the coverage sweep): the scope public client code reads
+#: Carerix's data with [T]; Carerix publishes no read-only one. Add it to the connection's ``scope``.
+DATA_SCOPE = "urn:cx/cx5Wrapper:data:manage"
 API_PATH = "/webhooks/v1"
 GRAPHQL_PATH = "/graphql/v1/graphql"
 #: The delivery-log query. Carerix documents the ``WebhookDeliveryJobPage`` type and the ``Pageable`` input
@@ -122,7 +128,11 @@ class CarerixSettings:
     token_url: str
     client_id: str
     client_secret: str = field(repr=False)
-    scope: str
+    scope: str  # one or more scopes, space-separated (OAuth2's own form), whitespace normalised
+
+    @property
+    def scopes(self) -> list[str]:
+        return self.scope.split()
 
 
 def _clean(value: Any) -> str | None:
@@ -202,7 +212,8 @@ def resolve_settings(conn: Connection, conn_id: str | None = None) -> CarerixSet
         token_url=token_url,
         client_id=client_id,
         client_secret=client_secret,
-        scope=extra("scope") or DEFAULT_SCOPE,
+        # Several scopes are written space-separated (OAuth2's form); commas and newlines are read as spaces too.
+        scope=" ".join((extra("scope") or DEFAULT_SCOPE).replace(",", " ").split()),
     )
 
 
@@ -710,25 +721,23 @@ class CarerixHook(BaseHook):
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         """Run a GraphQL query with the connection's token and retry policy; ``data`` or a typed error.
 
-        A query is a read, so it is retried like one. GraphQL reports errors in a 200 answer: they raise
-        :class:`CarerixApiError` with the first message, never the payload.
+        A query is a read, so it is retried like one. GraphQL reports errors in a 200 answer: any error, also
+        beside data (partial data), raises :class:`CarerixGraphQLError` with every message and path, never
+        the payload.
         """
         url = self.graphql_url
         response = self._call("POST", url, absolute=True, json={"query": query, "variables": variables or {}})
         body = self._json(response)
         errors = body.get("errors") if isinstance(body, dict) else None
-        if errors or not isinstance(body, dict) or not isinstance(body.get("data"), dict):
-            first = errors[0] if isinstance(errors, list) and errors else {}
-            message = first.get("message") if isinstance(first, dict) else None
-            raise CarerixApiError(
-                response.status_code,
-                "POST",
+        data = body.get("data") if isinstance(body, dict) else None
+        if errors or not isinstance(data, dict):
+            raise CarerixGraphQLError(
                 url,
-                "",
-                reason=f"GraphQL error: {message or 'answer holds no data'}",
+                errors if isinstance(errors, list) else [],
+                partial=isinstance(data, dict) and any(v is not None for v in data.values()),
                 secrets=self._secrets(),
             )
-        return body["data"]
+        return data
 
     def iter_delivery_jobs(
         self, *, since: datetime | None = None, page_size: int = 100
@@ -776,6 +785,58 @@ class CarerixHook(BaseHook):
             ):
                 return
             page += 1
+
+    # -- records (GraphQL): the batching, paging and error handling live in hooks/carerix_data.py
+
+    def get_entities(
+        self,
+        entity: str,
+        ids: Iterable[str | int],
+        fields: Iterable[str] | None = None,
+        *,
+        deleted: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> dict[str, dict[str, Any]]:
+        """``{id: record}`` for the ids that exist, in as few requests as the qualifier allows.
+
+        :param entity: as webhooks name it (``cremployee``, ``crvacancy``, ``crjob``, ``crmatch``,
+            ``crpublication``, ``crcompany``, ``crcontact``, ``crtodo``; ``cremployee:updated`` works too).
+        :param ids: the events' ``data.entityId`` values (the numeric key; duplicates are asked once).
+        :param fields: dotted GraphQL paths (``toStatusNode.value``), any case (``touser.lastname``);
+            ``None``: the entity's defaults. The ids, ``creationDate``, ``modificationDate`` and ``deleted``
+            always come along.
+        :param deleted: also records of deleted entities (``norestrict``), with ``deleted: 1``.
+        :param batch_size: ids per request (an ``OR`` chain of the key; one page).
+
+        Records hold personal data: keep them out of logs and XCom (docs/data.md). Errors: an unknown entity
+        or field, or an id that is not a number, raises ``EntityError`` before any request; GraphQL errors and
+        partial data raise :class:`CarerixGraphQLError` naming the entity and ids; a token without the data
+        scope raises ``CarerixScopeError`` naming the scope to add.
+        """
+        from airflow_provider_carerix.hooks.carerix_data import get_entities
+
+        return get_entities(self, entity, ids, fields, deleted=deleted, batch_size=batch_size)
+
+    def iter_entities(
+        self,
+        entity: str,
+        *,
+        modified_since: datetime,
+        fields: Iterable[str] | None = None,
+        deleted: bool = False,
+        page_size: int = DEFAULT_BATCH_SIZE,
+    ) -> Iterator[dict[str, Any]]:
+        """Records changed at or after ``modified_since``, newest ``modificationDate`` first, each once.
+
+        Paged newest first: a record changed while paging moves to the first page (already read), so others
+        shift to later pages and may be seen twice (yielded once), never skipped; the changed record itself
+        is for the next call. ``deleted=True`` includes deleted records (a deletion is a change too).
+        """
+        from airflow_provider_carerix.hooks.carerix_data import iter_entities
+
+        return iter_entities(
+            self, entity, modified_since=modified_since, fields=fields, deleted=deleted, page_size=page_size
+        )
 
     # -- webhooks
 
@@ -839,6 +900,8 @@ class CarerixHook(BaseHook):
 
 
 __all__ = [
+    "DATA_SCOPE",
+    "DEFAULT_SCOPE",
     "CarerixBearerAuth",
     "CarerixHook",
     "CarerixNotFoundError",

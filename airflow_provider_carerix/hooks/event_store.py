@@ -41,6 +41,7 @@ from typing import Any
 from sqlalchemy.engine import URL, make_url
 
 from airflow_provider_carerix import settings
+from airflow_provider_carerix.definitions.changes import EntityChange, group_changes
 from airflow_provider_carerix.durations import parse_duration
 from airflow_provider_carerix.settings import ConfigurationError, StoreLocation
 from airflow_provider_carerix.store import (
@@ -296,6 +297,11 @@ class ClaimedEvent(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self.payload)
 
+    @property
+    def swept(self) -> bool:
+        """Stored by the coverage sweep (a change Carerix sent no webhook for), not delivered by Carerix."""
+        return isinstance(self.payload.get("sweep"), dict)
+
     def reference(self) -> dict[str, Any]:
         """JSON-safe, payload-free summary (for XCom or logs)."""
         return {
@@ -328,6 +334,18 @@ class Claim:
 
     def __bool__(self) -> bool:
         return bool(self.events)
+
+    def entities(self, entity: str | None = None) -> list[EntityChange]:
+        """The claimed events grouped per record (optionally of one entity), by their latest event.
+
+        50 updates to 5 candidates are 5 changes; fetch their records in one call:
+        ``CarerixHook().get_entities("cremployee", [c.entity_id for c in claim.entities("cremployee")])``.
+        """
+        return group_changes(self.events, entity)
+
+    def entity_ids(self, entity: str) -> list[str]:
+        """The ids of the records of ``entity`` the claimed events name, each once."""
+        return [change.entity_id for change in group_changes(self.events, entity)]
 
 
 class CarerixEventStoreHook(BaseHook):

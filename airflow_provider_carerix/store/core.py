@@ -18,6 +18,7 @@ from airflow_provider_carerix.definitions.models import EventPayload
 __all__ = ["EventStore"]
 
 from airflow_provider_carerix.store.base import StoreBase, _aware, _retry_on_disconnect
+from airflow_provider_carerix.store.coverage import Coverage
 from airflow_provider_carerix.store.errors import EventRejected, StoreUnavailable, _unavailable
 from airflow_provider_carerix.store.leases import Leases
 from airflow_provider_carerix.store.postgres import PostgresWrites
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 _PROBE_ROW = -1
 
 
-class EventStore(Leases, Registry, Retention, PostgresWrites, StoreBase):
+class EventStore(Leases, Registry, Retention, Coverage, PostgresWrites, StoreBase):
     """Thread-safe handle on the store; the schema is created or migrated on first use, not at construction.
 
     Lazy so that a receiver starts (and answers 503, which makes Carerix retry) while its database is down.
