@@ -40,7 +40,7 @@ from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 
-from airflow_provider_carerix import settings
+from airflow_provider_carerix import metrics, settings
 from airflow_provider_carerix.durations import parse_duration
 from airflow_provider_carerix.settings import ConfigurationError, StoreLocation
 from airflow_provider_carerix.store import (
@@ -607,6 +607,8 @@ class CarerixEventStoreHook(BaseHook):
         with contextlib.suppress(StoreUnavailable):
             self.check_receivers()
         self._acquire(consumer, owner=owner, holder=holder, ttl=lease_seconds, wait_timeout=wait_timeout)
+        leased_at = time.monotonic()
+        outcome = "failed"
         stop = threading.Event()
         lost = threading.Event()
         renewer = threading.Thread(
@@ -620,6 +622,7 @@ class CarerixEventStoreHook(BaseHook):
         try:
             rows, upto, more = self.unprocessed(consumer, flt, limit=limit)
             claim = Claim(consumer, [ClaimedEvent.from_stored(r) for r in rows], has_more=more, upto=upto)
+            metrics.incr(metrics.CLAIM_EVENTS, len(claim), consumer=consumer)
             log.info(
                 "Carerix consumer %r: %d unprocessed event(s) claimed%s",
                 consumer,
@@ -633,16 +636,24 @@ class CarerixEventStoreHook(BaseHook):
                 consumer, holder, cursor=cursor_names(consumer)[1], sequence=upto
             ):
                 released = True  # nothing of ours left to release
+                outcome = "lease_lost"
                 raise LeaseLost(
                     f"Carerix consumer {consumer!r}: the lease expired while processing (longer than "
                     f"lease_seconds={lease_seconds:g} without a renewal); nothing was recorded as processed, "
                     "the events will be handed out again"
                 )
             released = True
+            outcome = "processed"
         finally:
             stop.set()
             if renewer.is_alive():
                 renewer.join()
+            metrics.timing(
+                metrics.CLAIM_DURATION,
+                (time.monotonic() - leased_at) * 1000.0,
+                consumer=consumer,
+                outcome=outcome,
+            )
             if not released:
                 # Failed block: release without recording anything; the retry gets the same events.
                 with contextlib.suppress(Exception):
@@ -656,6 +667,9 @@ class CarerixEventStoreHook(BaseHook):
         while True:
             lease = self.store.acquire_lease(consumer, owner=owner, holder=holder, ttl=ttl)
             if lease.acquired:
+                metrics.timing(
+                    metrics.CLAIM_LEASE_WAIT, (time.monotonic() - started) * 1000.0, consumer=consumer
+                )
                 if logged_at is not None:
                     log.info(
                         "Carerix consumer %r: lease taken after waiting %.1f s",
@@ -665,6 +679,7 @@ class CarerixEventStoreHook(BaseHook):
                 return
             now = time.monotonic()
             if wait_timeout is not None and now - started >= wait_timeout:
+                metrics.incr(metrics.CLAIM_BUSY, consumer=consumer)
                 raise ConsumerBusy(
                     f"Carerix consumer {consumer!r} is busy: {lease.holder} holds its lease until "
                     f"{iso(lease.until)}; gave up after wait_timeout={wait_timeout:g} s"
