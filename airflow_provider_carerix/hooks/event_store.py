@@ -704,3 +704,40 @@ class CarerixEventStoreHook(BaseHook):
                     return
             except Exception as exc:  # a blip: the next renewal (or the release) decides
                 log.warning("Carerix consumer %r: lease renewal failed: %s", consumer, type(exc).__name__)
+
+    # -- freshness (issue 30) -------------------------------------------------------------------------------
+
+    def consumer_exists(self, consumer: str) -> bool:
+        """Whether a watcher or a claim created this consumer in the store (its origin marker is set)."""
+        return self.store.get_cursor(cursor_names(consumer)[2]) > 0
+
+    def recorded_filter(self, consumer: str) -> EventFilter | None:
+        """The filter the consumer's claims recorded (``None``: no claim ran yet)."""
+        raw = self.store.consumer_filter(consumer)
+        if not raw:
+            return None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(value, dict):
+            return None
+        return EventFilter.build(
+            value.get("event_types"),
+            value.get("condition"),
+            value.get("webhook_id"),
+            value.get("application_id"),
+            value.get("tenant"),
+        )
+
+    def backlog(self, consumer: str, flt: EventFilter | None = None) -> tuple[StoredEvent | None, int]:
+        """The consumer's oldest matching event not processed yet (``None``: nothing waits) and how many wait
+        (counted up to 1,000). ``flt``: the consumer's filter; by default the one its claims recorded."""
+        if flt is None:
+            flt = self.recorded_filter(consumer) or EventFilter.build(None, None, None, None, None)
+        events, _, more = self.unprocessed(consumer, flt, limit=1000)
+        return (events[0] if events else None), len(events) + (1 if more else 0)
+
+    def last_event(self, event_types: str | list[str] | None = None) -> StoredEvent | None:
+        """The newest stored event of these types (patterns as in filters; ``None``: any type)."""
+        return self.store.last_event(event_types)
