@@ -209,6 +209,7 @@ class StorePoller:
                 if pos is None:
                     pos = await asyncio.to_thread(store.last_sequence)
                     self.queries += 1
+                    metrics.incr(metrics.WATCHER_POLLS, outcome="ok")
                     head = StoreBatch(after=pos, upto=pos)
                     last_yield = loop.time()
                     yield head, head
