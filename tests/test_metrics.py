@@ -16,7 +16,6 @@ import uuid
 from pathlib import Path
 
 import httpx
-import pytest
 
 from airflow_provider_carerix import metrics
 from airflow_provider_carerix.definitions.models import EventPayload
