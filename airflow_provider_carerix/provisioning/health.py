@@ -96,22 +96,19 @@ class WebhookHealth:
         rate = self.failure_rate
         said = []
         if "disabled" in self.problems:
-            said.append("is disabled in Carerix (nothing is delivered)")
+            said.append("disabled in Carerix, nothing is delivered")
         if "error" in self.problems:
-            said.append("is in error in Carerix (nothing is delivered)")
-        deliveries = (
-            f"{self.failed} of {self.attempts} deliveries failed in the last {_span(window)}"
-            + (f" ({rate:.0%})" if rate is not None else "")
-            if self.attempts
-            else f"no delivery in the last {_span(window)}"
-        )
-        if "failure_rate" in self.problems:
-            said.append(deliveries)
+            said.append("in error in Carerix, nothing is delivered")
+        if self.attempts:
+            said.append(
+                f"{self.failed} of {self.attempts} deliveries failed in the last {_span(window)}"
+                + (f" ({rate:.0%})" if rate is not None else "")
+                + (", too many" if "failure_rate" in self.problems else "")
+            )
+        else:
+            said.append(f"no delivery in the last {_span(window)}")
         head = f"webhook {self.webhook_id} of application {self.application_name!r} ({self.url})"
-        tail = f"; last failure: {self.last_failure()}"
-        if "failure_rate" not in self.problems:
-            tail = f"; {deliveries}" + tail
-        return f"{head} {' and '.join(said) or 'is healthy'}{tail}"
+        return f"{head}: {'; '.join(said)}; last failure: {self.last_failure()}"
 
     def row(self, window_start: datetime) -> dict[str, Any]:
         """What the store records for the Carerix page (``record_webhook_health``)."""
@@ -183,7 +180,7 @@ class HealthReport:
 
 def _span(window: timedelta) -> str:
     seconds = int(window.total_seconds())
-    if seconds % 86400 == 0:
+    if seconds % 86400 == 0 and seconds > 2 * 86400:
         return f"{seconds // 86400} d"
     if seconds % 3600 == 0:
         return f"{seconds // 3600} h"
