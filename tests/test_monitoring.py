@@ -316,3 +316,68 @@ def test_a_webhook_in_error_is_a_problem(carerix: dict[str, Any]) -> None:
     [bad] = report.unhealthy
     assert bad.webhook_id == carerix["ok"] and bad.problems == ["error"]
     assert "in error in Carerix, nothing is delivered" in report.message()
+
+
+# -- the example monitoring DAG, run by Airflow -----------------------------------------------------------------
+
+
+def test_the_example_monitoring_dag_passes_then_fails_when_a_webhook_is_disabled(
+    airflow_db: None,
+    emulator_factory: Any,
+    receiver: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    from airflow_provider_carerix.hooks.carerix import CarerixHook
+    from tests.fixtures.airflow import DagBag
+
+    store_url = f"sqlite:///{tmp_path / 'events.db'}"
+    monkeypatch.setenv("CARERIX_EVENT_STORE_URL", store_url)
+    url, _ = receiver(store_url, SECRET)
+    monkeypatch.setenv("AIRFLOW_VAR_CARERIX_RECEIVER_URL", f"{url}/events")
+    monkeypatch.setenv("AIRFLOW_VAR_CARERIX_RECEIVER_SECRET", SECRET)
+    emulator = emulator_factory(retry_schedule=())
+    app = emulator.add_application("airflow-carerix")
+    webhook = emulator.add_webhook(
+        app,
+        {
+            "url": f"{url}/events",
+            "filters": [{"eventType": "cremployee:*"}],
+            "customHeaders": [{"name": "X-Carerix-Secret", "value": SECRET}],
+        },
+    )
+    hook = CarerixEventStoreHook(store_conn_id=None, store_url=store_url)
+    hook.ensure_consumer(
+        "carerix_cremployee_updated", EventFilter.build(["cremployee:updated"]), start_from="new"
+    )
+    hook.close()
+    for n in range(10):
+        assert emulator.deliver("cremployee:created", {"entityId": str(n)})[0].ok  # not the consumer's type
+    bag = DagBag(dag_folder=str(ROOT / "example_dags" / "carerix_monitoring.py"))
+    assert not bag.import_errors
+    dag = bag.get_dag("carerix_monitoring")
+
+    def states(run_id: str) -> dict[str, str]:
+        with create_session() as session:
+            rows = session.query(TaskInstance).filter_by(dag_id="carerix_monitoring", run_id=run_id).all()
+            return {ti.task_id: str(ti.state) for ti in rows}
+
+    healthy = dag.test()
+    assert str(healthy.state) == "success", states(healthy.run_id)
+
+    CarerixHook().disable_webhook(app, webhook)
+    capfd.readouterr()
+    failed = dag.test()
+    output = "".join(capfd.readouterr())
+    assert str(failed.state) == "failed"
+    assert states(failed.run_id) == {
+        "employee_updates_processed": "success",
+        "candidate_events_arrive": "success",
+        "webhooks_healthy": "failed",
+    }
+    assert f"webhook {webhook} of application 'airflow-carerix'" in output and "disabled in Carerix" in output
+    assert SECRET not in output
