@@ -183,11 +183,12 @@ def test_the_page_shows_each_consumers_age_and_the_last_event_of_each_type(
     hook.close()
     put(store, "crjob:updated", hours_ago=5)
     put(store, "cremployee:updated", hours_ago=3)
+    put(store, "cremployee:created", hours_ago=0.5)
     newest_job = put(store, "crjob:updated", hours_ago=1)
     [consumer] = consumers(store)
-    assert consumer["lag"] == 1 and 3 * 3600 - 60 < consumer["age_seconds"] < 3 * 3600 + 60
+    assert consumer["lag"] == 2 and 3 * 3600 - 60 < consumer["age_seconds"] < 3 * 3600 + 60
     by_type = {row["type"]: row for row in last_events(store)}
-    assert set(by_type) == {"crjob:updated", "cremployee:updated"}
+    assert set(by_type) == {"crjob:updated", "cremployee:updated", "cremployee:created"}
     assert by_type["crjob:updated"]["sequence"] == newest_job
     assert 3600 - 60 < by_type["crjob:updated"]["age_seconds"] < 3600 + 60
     store.advance_cursor("employees:processed", newest_job)
