@@ -14,8 +14,10 @@ import sys
 import textwrap
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from airflow_provider_carerix import metrics
 from airflow_provider_carerix.definitions.models import EventPayload
@@ -226,3 +228,44 @@ def _child_env() -> dict[str, str]:
     import os
 
     return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+# -- inside Airflow: the triggerer's watcher and the task's claim ---------------------------------------------
+
+
+@pytest.mark.airflow_e2e
+@pytest.mark.timeout(900)  # starts Airflow
+def test_airflow_components_send_the_metrics_where_metrics_go(
+    airflow_stack: Any, statsd: StatsdListener, tmp_path: Path
+) -> None:
+    """The 3.2+ triggerer sets Airflow's core Stats up and forks its trigger runner; a task sets the SDK's up:
+    the watcher and the claim each find the one their process uses."""
+    from tests.fixtures.airflow_stack import AirflowStack, wait_for
+    from tests.fixtures.receiver import start_receiver
+
+    store_url = f"sqlite:///{tmp_path / 'carerix_events.db'}"
+    store = EventStore(store_url)
+    store.ping()
+    receiver_url, stop_receiver = start_receiver(store_url, SECRET)
+    try:
+        stack: AirflowStack = airflow_stack(env={"CARERIX_EVENT_STORE_URL": store_url, **statsd.env()})
+        stack.wait_healthy()
+        wait_for(
+            lambda: store.get_cursor("carerix_cremployee_updated:origin") > 0, "the watcher", timeout=300
+        )
+        for _ in range(3):
+            response = httpx.post(f"{receiver_url}/events", content=body(), headers=HEADERS, timeout=30)
+            assert response.status_code == 201
+        statsd.wait_for(
+            lambda s: s.total("airflow.carerix.claim.events.carerix_cremployee_updated") >= 3,
+            "the task's claim metrics",
+            timeout=300,
+        )
+    finally:
+        stop_receiver()
+        store.close()
+    assert statsd.total("airflow.carerix.watcher.fired.carerix_cremployee_updated") >= 3
+    assert statsd.total("airflow.carerix.watcher.polls.ok") > 0
+    assert statsd.values("airflow.carerix.watcher.lag.carerix_cremployee_updated")
+    assert statsd.values("airflow.carerix.claim.duration.carerix_cremployee_updated.processed")
+    assert statsd.values("airflow.carerix.claim.lease_wait.carerix_cremployee_updated")
