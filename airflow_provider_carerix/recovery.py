@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_carerix import metrics
 from airflow_provider_carerix.store import Provenance
 
 if TYPE_CHECKING:
@@ -116,6 +117,10 @@ def recover_events(
         if len(batch) >= batch_size:
             flush()
     flush()
+    metrics.incr(metrics.RECOVERY_JOBS, result.stored, outcome="stored")
+    metrics.incr(metrics.RECOVERY_JOBS, result.duplicates, outcome="duplicate")
+    metrics.incr(metrics.RECOVERY_JOBS, result.skipped_delivered, outcome="skipped")
+    metrics.incr(metrics.RECOVERY_JOBS, len(result.invalid), outcome="invalid")
     say(
         f"recovery: {result.jobs} delivery job(s) read, {result.stored} event(s) stored, "
         f"{result.duplicates} already stored, {result.skipped_delivered} skipped as delivered, "

@@ -15,6 +15,8 @@ What differs today:
   is a plain base class and each trigger polls on its own.
 * Airflow 3.2 builds the connection form from provider info (``conn-fields``); 3.1 asks the hook class
   (``get_connection_form_widgets`` / ``get_ui_field_behaviour``). The hook provides both.
+* Airflow's ``Stats`` (metrics) is one self-configuring class on 3.1 and two singletons (core and Task SDK)
+  that each component sets up on 3.2+; :func:`airflow_stats` finds the one this process uses.
 * ``BaseHook``, ``BaseOperator``, ``BaseSensorOperator``, ``PokeReturnValue``, ``Asset``, ``AssetWatcher``
   and the trigger base classes live in the same place on every supported version; they are re-exported here
   so that stays a single decision.
@@ -114,6 +116,50 @@ def ui_field_behaviour(hook_class: type) -> dict[str, Any]:
     return {key.replace("-", "_"): value for key, value in behaviour.items()}
 
 
+def airflow_stats() -> Any:
+    """Airflow's ``Stats`` for this process, set up from ``[metrics]`` if no Airflow component did.
+
+    * 3.1: ``airflow.stats.Stats`` sets itself up from ``[metrics]`` on first use.
+    * 3.2 and 3.3 keep two of them: the core's (set up by the scheduler, the triggerer, which its trigger
+      runner inherits by fork, the DAG processor and the API server) and the Task SDK's (set up in tasks and
+      wherever the SDK's serde is imported). The one already set up in this process is used, the SDK's first,
+      so no second OpenTelemetry meter provider is made; in a process of its own (``carerix-receiver
+      serve``), the SDK's is set up here, as Airflow's components set up theirs.
+    """
+    import importlib
+
+    if not AIRFLOW_V_3_2_PLUS:
+        return importlib.import_module("airflow.stats").Stats
+
+    def set_up(module: Any) -> bool:
+        if AIRFLOW_V_3_3_PLUS:
+            return getattr(module, "_factory", None) is not None
+        return type.__getattribute__(module.Stats, "factory") is not None
+
+    sdk = importlib.import_module("airflow.sdk._shared.observability.metrics.stats")
+    for name in (
+        "airflow.sdk._shared.observability.metrics.stats",
+        "airflow._shared.observability.metrics.stats",
+    ):
+        try:
+            module = importlib.import_module(name)
+            if set_up(module):
+                return module.Stats
+        except (ImportError, AttributeError):
+            continue
+    from airflow.configuration import conf
+    from airflow.sdk.observability.metrics import stats_utils
+
+    if AIRFLOW_V_3_3_PLUS:
+        sdk.initialize(
+            factory=stats_utils.get_stats_factory(),
+            export_legacy_names=conf.getboolean("metrics", "legacy_names_on", fallback=True),
+        )
+    else:  # 3.2: the factory takes the Stats class (DogStatsD needs it)
+        sdk.Stats.initialize(factory=stats_utils.get_stats_factory(sdk.Stats))  # type: ignore[call-arg]
+    return sdk.Stats
+
+
 __all__ = [
     "AIRFLOW_V_3_2_PLUS",
     "AIRFLOW_V_3_3_PLUS",
@@ -134,6 +180,7 @@ __all__ = [
     "SharedStreamProducer",
     "TaskDeferred",
     "TriggerEvent",
+    "airflow_stats",
     "connection_form_widgets",
     "hookimpl",
     "ui_field_behaviour",

@@ -12,7 +12,9 @@ posting the guide's payload with a new event id per request:
 (d) ``sqlite``: ``carerix-receiver serve``'s app and server, SQLite WAL, synchronous=FULL (durable on 2xx),
     with every limit in force (head size and deadline, body deadline and minimum rate, connection cap,
     strict input, signature lookup),
-(e) ``postgresql`` (``--postgres``): the receiver on a throwaway PostgreSQL cluster, fsync on.
+(e) ``postgresql`` (``--postgres``): the receiver on a throwaway PostgreSQL cluster, fsync on,
+(f) ``sqlite-metrics``: (d) with Airflow's metrics on (``[metrics] statsd_on``), sending to a StatsD listener
+    in this process, which counts the packets (every other scenario runs with metrics off, Airflow's default).
 
 Printed per scenario: events/s, p50/p99 latency, non-2xx answers, CPU seconds of the server and of wrk (so a
 saturated load generator or machine is visible), the load average; then the ratios. The targets: the durable
@@ -54,7 +56,9 @@ from tests.guide import GUIDE_EVENT  # noqa: E402
 
 # Measured on uvicorn's defaults, as a user would run them; the receiver runs on its own server settings.
 BASELINES = ("bare", "handwritten")
-SCENARIOS = ("bare", "handwritten", "no-op", "sqlite", "postgresql")
+SCENARIOS = ("bare", "handwritten", "no-op", "sqlite", "sqlite-metrics", "postgresql")
+# Where the sqlite-metrics server sends its StatsD packets (set by run()).
+STATSD: dict[str, Any] = {}
 # The server processes inherit it through the environment.
 SECRET = os.environ.setdefault("CARERIX_BENCH_SECRET", "bench-" + uuid.uuid4().hex)
 
@@ -156,6 +160,9 @@ def serve(kind: str, store_url: str, port: int, profile: Path | None) -> None:
         store = _noop_store(store_url) if kind == "no-op" else EventStore(store_url)
         store.ping()
         app = create_app(store, secrets=[SECRET])
+        from airflow_provider_carerix import metrics
+
+        print(f"{kind}: metrics {metrics.describe()}", file=sys.stderr)  # set up at start, as serve does
         config = build_config(
             app, host="127.0.0.1", port=port, limits=ServerLimits(), log_level="warning", access_log=False
         )
@@ -200,7 +207,7 @@ class Result:
 
     def line(self) -> str:
         return (
-            f"{self.name:<11} {self.rate:8.0f} {self.p50_ms:8.1f} {self.p99_ms:8.1f} {self.non2xx:8d}"
+            f"{self.name:<15} {self.rate:8.0f} {self.p50_ms:8.1f} {self.p99_ms:8.1f} {self.non2xx:8d}"
             f"   {self.cpu_server:6.1f} ({self.cpu_server / self.seconds:4.0%})"
             f"   {self.cpu_wrk:5.1f} ({self.cpu_wrk / self.seconds:4.0%})   {self.load:4.1f}"
         )
@@ -233,7 +240,15 @@ def scenario(
     cmd = [sys.executable, __file__, "--serve", kind, "--store", store_url, "--port", str(port)]
     if profile is not None:
         cmd += ["--profile-to", str(profile)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if kind == "sqlite-metrics":
+        env.update(
+            AIRFLOW__METRICS__STATSD_ON="True",
+            AIRFLOW__METRICS__STATSD_HOST="127.0.0.1",
+            AIRFLOW__METRICS__STATSD_PORT=str(STATSD["port"]),
+        )
+    packets_before = STATSD.get("packets", 0)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     try:
         wait_for_port(port, proc=proc)
         _wrk(script, port, 2, args.connections, f"warm-{kind}-{uuid.uuid4().hex[:6]}")  # not measured
@@ -249,6 +264,10 @@ def scenario(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    if kind == "sqlite-metrics":
+        print(
+            f"sqlite-metrics: {STATSD['packets'] - packets_before} StatsD packets received", file=sys.stderr
+        )
     return Result(
         name=kind,
         ok=figures["requests"] - figures["non2xx"],
@@ -266,6 +285,7 @@ def run(args: argparse.Namespace) -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk (Debian/Ubuntu)")
     rounds: list[list[Result]] = []
+    _statsd_listener()
     with tempfile.TemporaryDirectory(prefix="carerix-bench-") as tmp:
         script = Path(tmp) / "receiver.lua"
         script.write_text(WRK_SCRIPT)
@@ -296,7 +316,7 @@ def run(args: argparse.Namespace) -> None:
         f"\nreceiver benchmark: wrk 1 thread, {args.connections} connections, {args.seconds:g} s per scenario, "
         f"{args.rounds} round(s), {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f} at the end)"
     )
-    header = "scenario    events/s   p50 ms   p99 ms  non-2xx   CPU s server      CPU s wrk   load"
+    header = "scenario        events/s   p50 ms   p99 ms  non-2xx   CPU s server      CPU s wrk   load"
     for number, results in enumerate(rounds):
         print(f"round {number + 1}" + ("" if number % 2 == 0 else " (backwards)"))
         print(header)
@@ -312,6 +332,23 @@ def run(args: argparse.Namespace) -> None:
         _ratios(medians)
     if profile_text:
         print("\nsqlite server profile (cumulative, top 40):\n" + profile_text)
+
+
+def _statsd_listener() -> None:
+    """A UDP socket that drains and counts StatsD packets, as a StatsD daemon would take them."""
+    import socket
+    import threading
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    STATSD.update(port=sock.getsockname()[1], packets=0)
+
+    def drain() -> None:
+        while True:
+            sock.recv(65536)
+            STATSD["packets"] += 1
+
+    threading.Thread(target=drain, daemon=True, name="statsd-listener").start()
 
 
 def _median(results: list[Result]) -> Result:
@@ -340,7 +377,13 @@ def _ratios(results: list[Result]) -> None:
     noop = by_name.get("no-op")
     if noop is not None and bare is not None:
         print(f"ratio no-op/bare: {noop.rate / bare.rate:.2f}")
-    for name in ("sqlite", "postgresql"):
+    sqlite, with_metrics = by_name.get("sqlite"), by_name.get("sqlite-metrics")
+    if sqlite is not None and with_metrics is not None:
+        print(
+            f"ratio sqlite-metrics/sqlite: {with_metrics.rate / sqlite.rate:.2f} "
+            f"(p99 {with_metrics.p99_ms:.1f} vs {sqlite.p99_ms:.1f} ms)"
+        )
+    for name in ("sqlite", "sqlite-metrics", "postgresql"):
         durable = by_name.get(name)
         if durable is None:
             continue

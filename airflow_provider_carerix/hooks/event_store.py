@@ -40,7 +40,7 @@ from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 
-from airflow_provider_carerix import settings
+from airflow_provider_carerix import metrics, settings
 from airflow_provider_carerix.definitions.changes import EntityChange, group_changes
 from airflow_provider_carerix.durations import parse_duration
 from airflow_provider_carerix.settings import ConfigurationError, StoreLocation
@@ -625,6 +625,8 @@ class CarerixEventStoreHook(BaseHook):
         with contextlib.suppress(StoreUnavailable):
             self.check_receivers()
         self._acquire(consumer, owner=owner, holder=holder, ttl=lease_seconds, wait_timeout=wait_timeout)
+        leased_at = time.monotonic()
+        outcome = "failed"
         stop = threading.Event()
         lost = threading.Event()
         renewer = threading.Thread(
@@ -638,6 +640,7 @@ class CarerixEventStoreHook(BaseHook):
         try:
             rows, upto, more = self.unprocessed(consumer, flt, limit=limit)
             claim = Claim(consumer, [ClaimedEvent.from_stored(r) for r in rows], has_more=more, upto=upto)
+            metrics.incr(metrics.CLAIM_EVENTS, len(claim), consumer=consumer)
             log.info(
                 "Carerix consumer %r: %d unprocessed event(s) claimed%s",
                 consumer,
@@ -651,16 +654,24 @@ class CarerixEventStoreHook(BaseHook):
                 consumer, holder, cursor=cursor_names(consumer)[1], sequence=upto
             ):
                 released = True  # nothing of ours left to release
+                outcome = "lease_lost"
                 raise LeaseLost(
                     f"Carerix consumer {consumer!r}: the lease expired while processing (longer than "
                     f"lease_seconds={lease_seconds:g} without a renewal); nothing was recorded as processed, "
                     "the events will be handed out again"
                 )
             released = True
+            outcome = "processed"
         finally:
             stop.set()
             if renewer.is_alive():
                 renewer.join()
+            metrics.timing(
+                metrics.CLAIM_DURATION,
+                (time.monotonic() - leased_at) * 1000.0,
+                consumer=consumer,
+                outcome=outcome,
+            )
             if not released:
                 # Failed block: release without recording anything; the retry gets the same events.
                 with contextlib.suppress(Exception):
@@ -674,6 +685,9 @@ class CarerixEventStoreHook(BaseHook):
         while True:
             lease = self.store.acquire_lease(consumer, owner=owner, holder=holder, ttl=ttl)
             if lease.acquired:
+                metrics.timing(
+                    metrics.CLAIM_LEASE_WAIT, (time.monotonic() - started) * 1000.0, consumer=consumer
+                )
                 if logged_at is not None:
                     log.info(
                         "Carerix consumer %r: lease taken after waiting %.1f s",
@@ -683,6 +697,7 @@ class CarerixEventStoreHook(BaseHook):
                 return
             now = time.monotonic()
             if wait_timeout is not None and now - started >= wait_timeout:
+                metrics.incr(metrics.CLAIM_BUSY, consumer=consumer)
                 raise ConsumerBusy(
                     f"Carerix consumer {consumer!r} is busy: {lease.holder} holds its lease until "
                     f"{iso(lease.until)}; gave up after wait_timeout={wait_timeout:g} s"
@@ -707,3 +722,40 @@ class CarerixEventStoreHook(BaseHook):
                     return
             except Exception as exc:  # a blip: the next renewal (or the release) decides
                 log.warning("Carerix consumer %r: lease renewal failed: %s", consumer, type(exc).__name__)
+
+    # -- freshness (issue 30) -------------------------------------------------------------------------------
+
+    def consumer_exists(self, consumer: str) -> bool:
+        """Whether a watcher or a claim created this consumer in the store (its origin marker is set)."""
+        return self.store.get_cursor(cursor_names(consumer)[2]) > 0
+
+    def recorded_filter(self, consumer: str) -> EventFilter | None:
+        """The filter the consumer's claims recorded (``None``: no claim ran yet)."""
+        raw = self.store.consumer_filter(consumer)
+        if not raw:
+            return None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(value, dict):
+            return None
+        return EventFilter.build(
+            value.get("event_types"),
+            value.get("condition"),
+            value.get("webhook_id"),
+            value.get("application_id"),
+            value.get("tenant"),
+        )
+
+    def backlog(self, consumer: str, flt: EventFilter | None = None) -> tuple[StoredEvent | None, int]:
+        """The consumer's oldest matching event not processed yet (``None``: nothing waits) and how many wait
+        (counted up to 1,000). ``flt``: the consumer's filter; by default the one its claims recorded."""
+        if flt is None:
+            flt = self.recorded_filter(consumer) or EventFilter.build(None, None, None, None, None)
+        events, _, more = self.unprocessed(consumer, flt, limit=1000)
+        return (events[0] if events else None), len(events) + (1 if more else 0)
+
+    def last_event(self, event_types: str | list[str] | None = None) -> StoredEvent | None:
+        """The newest stored event of these types (patterns as in filters; ``None``: any type)."""
+        return self.store.last_event(event_types)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from airflow_provider_carerix import metrics
 from airflow_provider_carerix.definitions import conditions
 from airflow_provider_carerix.definitions.models import Application, Webhook
 from airflow_provider_carerix.definitions.redaction import MASK, display_url
@@ -527,6 +528,8 @@ def apply(sync_plan: SyncPlan, hook: WebhookApi, *, say: Callable[[str], None] |
             results.append(_apply_application(app_plan, hook, say))
         else:
             results.append(_planned_result(app_plan))
+        for action in Action:
+            metrics.incr(metrics.SYNC_WEBHOOKS, len(app_plan.of(action)), action=action.value)
     return SyncResult(sync_plan, results, dry_run=False)
 
 

@@ -28,6 +28,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from airflow_provider_carerix import metrics
 from airflow_provider_carerix.delivery.signing import SigningKeyCache, StoreKeyVerifier
 from airflow_provider_carerix.receiver.auth import (
     DEFAULT_SECRET_HEADER,
@@ -325,6 +326,7 @@ class _Door:
             # A bug, not the client's fault and maybe not lasting: 503 (Carerix retries), never a 500. By type
             # only: the message of an unexpected error may quote the payload.
             log.error("Carerix delivery failed unexpectedly: %s", type(exc).__name__)
+            metrics.incr(metrics.RECEIVER_STORE_ERRORS, cause="unexpected")
             with contextlib.suppress(Exception):
                 await _send_json(send, 503, {"detail": "unexpected error; retry later"}, _CLOSE)
 
@@ -367,14 +369,14 @@ class _Door:
         except EventRejected as exc:
             # Only after parsing: ``event`` is bound.
             detail = f"event {event.id} cannot be stored: {exc}"
-            await self._refuse(scope, send, 422, detail, exc.field, close=False)
+            await self._refuse(scope, send, 422, detail, exc.field, close=False, reason="store_refused")
             return
         except StoreUnavailable as exc:
             await self._refuse(scope, send, 503, f"{exc}; retry later", cause=exc.cause, close=not body_read)
             return
         except asyncio.TimeoutError:
             detail = f"the event store did not confirm the commit within {self.ack_timeout:g} s; retry later"
-            await self._refuse(scope, send, 503, detail, cause="timeout", close=False)
+            await self._refuse(scope, send, 503, detail, cause="timeout", close=False, reason="ack_timeout")
             return
         answer = {"id": event.id, "sequence": sequence, "duplicate": not inserted}
         await _send_json(send, 201 if inserted else 200, answer)
@@ -399,7 +401,12 @@ class _Door:
         *,
         cause: str | None = None,
         close: bool,
+        reason: str | None = None,
     ) -> None:
+        if status == 503:
+            metrics.incr(metrics.RECEIVER_STORE_ERRORS, cause=reason or cause)
+        else:
+            metrics.incr(metrics.RECEIVER_REFUSED, reason=reason or _REASONS.get(status, str(status)))
         client = scope.get("client")
         # Reason and field name only: never the secret, the signature or any of the payload; nothing the
         # client chose reaches the log unescaped (its address may come from a proxy's header).
@@ -426,6 +433,16 @@ class _Door:
 
 
 _CLOSE = ((b"connection", b"close"),)
+# A refusal's reason as ``carerix.receiver.refused`` tags it (docs/monitoring.md).
+_REASONS = {
+    400: "bad_request",
+    401: "unauthenticated",
+    408: "body_timeout",
+    413: "too_large",
+    415: "media_type",
+    422: "invalid_event",
+    431: "head_too_large",
+}
 
 
 class _HeadFields:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from airflow_provider_carerix import settings
+from airflow_provider_carerix import metrics, settings
 from airflow_provider_carerix.console import EXIT_PROBLEMS, EXIT_USAGE, Typer, version_option
 from airflow_provider_carerix.delivery.signing import SigningKeyCache
 from airflow_provider_carerix.durations import parse_duration
@@ -237,6 +237,8 @@ def serve(
         **app_kwargs,
     )
     log.info("Carerix receiver on http://%s:%d/events, event store %s", host, port, location.describe())
+    # Airflow's Stats, set up here from [metrics] as Airflow's own components set theirs up.
+    log.info("Carerix receiver metrics: %s", metrics.describe())
     heartbeat = ReceiverHeartbeat(event_store, kind="standalone").start()
     # Startup objects never die: keep them out of the collector so full collections stay short (p99).
     gc.collect()

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from airflow_provider_carerix import metrics
 from airflow_provider_carerix.definitions.models import EventPayload
 from airflow_provider_carerix.store import (
     EventRejected,
@@ -103,8 +104,10 @@ class GroupCommitter:
                     self._queue.put(_STOP)  # after this group
                     break
                 batch.append(waiting)
+            started = time.perf_counter()
             results = self._commit([item for item, _, _ in batch])
             self._record(results)
+            _count(results, (time.perf_counter() - started) * 1000.0)
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], _Result]]] = {}
             for (_, future, loop), result in zip(batch, results, strict=True):
                 by_loop.setdefault(loop, []).append((future, result))
@@ -165,6 +168,21 @@ class GroupCommitter:
         if not self._closed:
             self._closed = True
             self._queue.put(_STOP)
+
+
+def _count(results: Sequence[_Result], milliseconds: float) -> None:
+    """One group's metrics, sent from the writer thread: the requests' event loop sends nothing on success."""
+    stored = duplicates = 0
+    for result in results:
+        if isinstance(result, tuple):
+            if result[1]:
+                stored += 1
+            else:
+                duplicates += 1
+    metrics.incr(metrics.RECEIVER_STORED, stored)
+    metrics.incr(metrics.RECEIVER_DUPLICATES, duplicates)
+    metrics.timing(metrics.RECEIVER_COMMIT, milliseconds)
+    metrics.gauge(metrics.RECEIVER_GROUP_SIZE, len(results))
 
 
 def _answer(answers: list[tuple[asyncio.Future[Any], _Result]]) -> None:

@@ -45,6 +45,7 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from airflow_provider_carerix import metrics
 from airflow_provider_carerix.receiver.validation import DEFAULT_MAX_HEADER_BYTES
 
 __all__ = ["ServerLimits", "build_config"]
@@ -142,6 +143,7 @@ def _protocol_class(limits: ServerLimits) -> type[HttpToolsProtocol]:
                 )
                 transport.write(_SERVICE_UNAVAILABLE)
                 transport.close()
+                metrics.incr(metrics.RECEIVER_REFUSED, reason="too_many_connections")
                 return
             self._arm_header_timer()
 
@@ -219,6 +221,7 @@ def _protocol_class(limits: ServerLimits) -> type[HttpToolsProtocol]:
 
         def _refuse(self, answer: bytes) -> None:
             self._cancel_header_timer()
+            metrics.incr(metrics.RECEIVER_REFUSED, reason="head_too_large")
             if not self.transport.is_closing():
                 self.transport.write(answer)
                 self.transport.close()

@@ -25,7 +25,7 @@ from airflow_provider_carerix.store.postgres import PostgresWrites
 from airflow_provider_carerix.store.records import _DELIVERED, Provenance, StoredEvent, _Item, _stored_event
 from airflow_provider_carerix.store.registry import Registry
 from airflow_provider_carerix.store.retention import Retention
-from airflow_provider_carerix.store.schema import cursors, events, schema_version, type_filter
+from airflow_provider_carerix.store.schema import consumers, cursors, events, schema_version, type_filter
 from airflow_provider_carerix.store.sessions import _PG_INSERT_LOCK
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,29 @@ class EventStore(Leases, Registry, Retention, Coverage, PostgresWrites, StoreBas
             if self.dialect == "postgresql" and self._pg_announce_in_flight:
                 stmt = stmt.where(events.c.sequence <= self._pg_read_bound(conn))
             return int(conn.execute(stmt).scalar() or 0)
+
+    @_retry_on_disconnect
+    def last_event(self, event_types: Iterable[str] | None = None) -> StoredEvent | None:
+        """The newest stored event of these types (``entity:action`` patterns; ``None``: any), or ``None``.
+
+        One index seek per exact type (``(type, sequence)``); a pattern scans the types it covers.
+        """
+        self._ensure_schema()
+        stmt = sa.select(events).order_by(events.c.sequence.desc()).limit(1)
+        if event_types is not None:
+            clause = type_filter([event_types] if isinstance(event_types, str) else list(event_types))
+            if clause is not None:
+                stmt = stmt.where(clause)
+        with self._guard(), self._engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        return None if row is None else _stored_event(row)
+
+    @_retry_on_disconnect
+    def consumer_filter(self, name: str) -> str | None:
+        """The filter (JSON) a consumer's claims recorded (``describe_consumer``), or ``None``."""
+        self._ensure_schema()
+        with self._guard(), self._engine.connect() as conn:
+            return conn.execute(sa.select(consumers.c.filter).where(consumers.c.name == name)).scalar()
 
     @_retry_on_disconnect
     def get_cursor(self, name: str) -> int:

@@ -22,6 +22,7 @@ from airflow_provider_carerix.store.schema import (
     receivers,
     signing_keys,
     store_info,
+    webhook_health,
     webhooks,
 )
 
@@ -129,6 +130,39 @@ class Registry(StoreBase):
             conn.execute(webhooks.delete().where(webhooks.c.application_id == application_id))
             if values:
                 conn.execute(webhooks.insert(), values)
+
+    @_retry_on_disconnect
+    def record_webhook_health(self, application_id: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Replace what the last health check saw of one application's webhooks with ``rows`` (one transaction).
+
+        Each row: ``webhook_id``, ``application_name``, ``url`` (masked), ``status``, ``attempts``, ``failed``,
+        ``failure_rate``, ``last_failure_status``, ``last_failure_at``, ``problems`` (list of words),
+        ``window_start``. Counts and statuses only: no payload, no header value.
+        """
+        self._ensure_schema()
+        now = _utcnow()
+        values = [
+            {
+                "application_id": application_id,
+                "webhook_id": str(row["webhook_id"]),
+                "application_name": row.get("application_name"),
+                "url": row.get("url"),
+                "status": row.get("status"),
+                "attempts": int(row.get("attempts") or 0),
+                "failed": int(row.get("failed") or 0),
+                "failure_rate": row.get("failure_rate"),
+                "last_failure_status": row.get("last_failure_status"),
+                "last_failure_at": row.get("last_failure_at"),
+                "problems": json.dumps(list(row.get("problems") or []), separators=(",", ":")),
+                "window_start": row.get("window_start"),
+                "checked_at": now,
+            }
+            for row in rows
+        ]
+        with self._guard(), self._write() as conn:
+            conn.execute(webhook_health.delete().where(webhook_health.c.application_id == application_id))
+            if values:
+                conn.execute(webhook_health.insert(), values)
 
     @_retry_on_disconnect
     def identity(self) -> StoreIdentity:

@@ -242,6 +242,32 @@ def _migration_7(conn: Connection) -> None:
         conn.execute(store_info.insert().values(id=1, store_id=uuid.uuid4().hex, created_at=_utcnow()))
 
 
+# What the last webhook health check saw of each webhook in Carerix (its status and delivery log), for the
+# Carerix page: the page never calls Carerix. Replaced per application on every check.
+webhook_health = sa.Table(
+    "carerix_webhook_health",
+    metadata,
+    sa.Column("application_id", sa.String(_ID_MAX), primary_key=True),
+    sa.Column("webhook_id", sa.String(_ID_MAX), primary_key=True),
+    sa.Column("application_name", sa.String(_ID_MAX)),
+    sa.Column("url", sa.Text),  # masked (display_url): never credentials or a query string
+    sa.Column("status", sa.String(_ID_MAX)),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("failed", sa.Integer, nullable=False),
+    sa.Column("failure_rate", sa.Float),
+    sa.Column("last_failure_status", sa.Integer),
+    sa.Column("last_failure_at", _UTCDateTime),
+    sa.Column("problems", sa.Text, nullable=False),  # JSON list of words: disabled, error, failure_rate
+    sa.Column("window_start", _UTCDateTime),
+    sa.Column("checked_at", _UTCDateTime, nullable=False),
+)
+
+
+def _migration_8(conn: Connection) -> None:
+    """What the webhook health check saw (issue 30). Self-contained: a new table, nothing else."""
+    webhook_health.create(conn, checkfirst=True)
+
+
 # Append steps, never edit shipped ones: version N means steps 1..N ran.
 _MIGRATIONS = [
     _migration_1,
@@ -251,6 +277,7 @@ _MIGRATIONS = [
     _migration_5,
     _migration_6,
     _migration_7,
+    _migration_8,
 ]
 
 

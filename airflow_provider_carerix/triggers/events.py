@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Hashable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
+from airflow_provider_carerix import metrics
 from airflow_provider_carerix.hooks.event_store import (
     DEFAULT_CONN_ID,
     DEFAULT_START_FROM,
@@ -210,30 +211,41 @@ class CarerixEventTrigger(BaseEventTrigger):
     async def _handle(self, batch: StoreBatch, hook: CarerixEventStoreHook) -> AsyncIterator[TriggerEvent]:
         """Yield this watcher's events of one batch, catching up from its cursor first if it is behind."""
         assert self._position is not None
-        fired = False
-        position = self._position
-        assert position is not None  # set by _start, before the first batch
-        if batch.after > position:
-            # Joined late, or restarted: events between the cursor and the batch were broadcast before this
-            # watcher subscribed. Read them with this watcher's own filters, inside this batch's ack window.
-            rows = await retry_while_unavailable(
-                f"catching up Carerix watcher {self.consumer!r}",
-                lambda: list(hook.matching_after(self.filter, position, upto=batch.after)),
-            )
-            for stored, matched in rows:
-                if matched:
-                    fired = True
+        fired = 0
+        oldest: datetime | None = None
+        try:
+            position = self._position
+            assert position is not None  # set by _start, before the first batch
+            if batch.after > position:
+                # Joined late, or restarted: events between the cursor and the batch were broadcast before this
+                # watcher subscribed. Read them with this watcher's own filters, inside this batch's ack window.
+                rows = await retry_while_unavailable(
+                    f"catching up Carerix watcher {self.consumer!r}",
+                    lambda: list(hook.matching_after(self.filter, position, upto=batch.after)),
+                )
+                for stored, matched in rows:
+                    if matched:
+                        fired += 1
+                        oldest = oldest or stored.received_at
+                        yield TriggerEvent(event_payload(stored))
+                    self._position = stored.sequence
+                self._position = max(self._position, batch.after)
+            for stored in batch.events:
+                if stored.sequence <= self._position:
+                    continue  # redelivery after a restart: already fired
+                if self.filter.matches(stored):
+                    fired += 1
+                    oldest = oldest or stored.received_at
                     yield TriggerEvent(event_payload(stored))
                 self._position = stored.sequence
-            self._position = max(self._position, batch.after)
-        for stored in batch.events:
-            if stored.sequence <= self._position:
-                continue  # redelivery after a restart: already fired
-            if self.filter.matches(stored):
-                fired = True
-                yield TriggerEvent(event_payload(stored))
-            self._position = stored.sequence
-        self._position = max(self._position, batch.upto)
+            self._position = max(self._position, batch.upto)
+        finally:
+            # Also when the triggerer stops taking events in the middle of the batch.
+            if fired:
+                metrics.incr(metrics.WATCHER_FIRED, fired, consumer=self.consumer)
+                if oldest is not None:
+                    lag = (datetime.now(timezone.utc) - oldest).total_seconds() * 1000.0
+                    metrics.timing(metrics.WATCHER_LAG, max(lag, 0.0), consumer=self.consumer)
         now = asyncio.get_running_loop().time()
         if fired or now - self._last_done_at >= IDLE_CURSOR_REFRESH:
             self._last_done_at = now

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from airflow_provider_carerix import metrics
 from airflow_provider_carerix.store import StoredEvent, StoreUnavailable
 from airflow_provider_carerix.version_compat import HAS_SHARED_STREAMS, AdvanceItem, SharedStreamProducer
 
@@ -208,13 +209,16 @@ class StorePoller:
                 if pos is None:
                     pos = await asyncio.to_thread(store.last_sequence)
                     self.queries += 1
+                    metrics.incr(metrics.WATCHER_POLLS, outcome="ok")
                     head = StoreBatch(after=pos, upto=pos)
                     last_yield = loop.time()
                     yield head, head
                 wake.clear()
                 rows = await asyncio.to_thread(store.events_after, pos, limit=PAGE_SIZE, **self.query)
                 self.queries += 1
+                metrics.incr(metrics.WATCHER_POLLS, outcome="ok")
             except StoreUnavailable as exc:
+                metrics.incr(metrics.WATCHER_POLLS, outcome="unavailable")
                 # Transient (database down, locked): no event, no DAG run. Log once per outage, retry from the
                 # same position with backoff, so nothing stored is skipped when the store returns.
                 if outage_since is None:
