@@ -42,6 +42,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_provider_carerix.operators.webhooks",
                     "airflow_provider_carerix.operators.recovery",
                     "airflow_provider_carerix.operators.sweep",
+                    "airflow_provider_carerix.operators.monitoring",
                 ],
             }
         ],

@@ -22,6 +22,7 @@ No Airflow import until the first metric is sent: the command-line tools import 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -313,18 +314,34 @@ def _configure() -> _Emitter:
         if on("statsd_datadog_enabled"):
             tagged = on("statsd_datadog_metrics_tags")
             where = f"DogStatsD {conf.get('metrics', 'statsd_host', fallback='localhost')}"
+            client = ("datadog", "statsd_datadog_enabled", "apache-airflow[datadog]")
         elif on("statsd_on"):
             tagged = on("statsd_influxdb_enabled")
             where = (
                 f"StatsD {conf.get('metrics', 'statsd_host', fallback='localhost')}:"
                 f"{conf.get('metrics', 'statsd_port', fallback='8125')}"
             )
+            client = ("statsd", "statsd_on", "apache-airflow[statsd]")
         elif on("otel_on"):
             tagged = True
             where = "OpenTelemetry"
+            client = ("opentelemetry.sdk", "otel_on", "apache-airflow[otel]")
         else:
             return _Emitter(
                 None, False, "off ([metrics] statsd_on, otel_on and statsd_datadog_enabled are off)"
+            )
+        module, option, extra = client
+        if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+            # Airflow would log an error and count into a no-op logger: say once, plainly, what to install.
+            log.warning(
+                "Carerix metrics are off: [metrics] %s is set but the %s package is not installed "
+                "(pip install '%s')",
+                option,
+                module,
+                extra,
+            )
+            return _Emitter(
+                None, False, f"off ([metrics] {option} is set but {module} is not installed: {extra})"
             )
         from airflow_provider_carerix.version_compat import airflow_stats
 

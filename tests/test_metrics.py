@@ -269,3 +269,30 @@ def test_airflow_components_send_the_metrics_where_metrics_go(
     assert statsd.values("airflow.carerix.watcher.lag.carerix_cremployee_updated")
     assert statsd.values("airflow.carerix.claim.duration.carerix_cremployee_updated.processed")
     assert statsd.values("airflow.carerix.claim.lease_wait.carerix_cremployee_updated")
+
+
+def test_a_backend_without_its_client_package_is_reported_off_not_pretended(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Airflow logs an error and counts into a no-op when ``statsd`` is missing: the start-up line says so."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "statsd" else real(name, *a)
+    )
+    monkeypatch.setenv("AIRFLOW__METRICS__STATSD_ON", "True")
+    metrics.reset()
+    try:
+        with caplog.at_level("WARNING", logger="airflow_provider_carerix.metrics"):
+            where = metrics.describe()
+        assert (
+            where.startswith("off")
+            and "statsd is not installed" in where
+            and "apache-airflow[statsd]" in where
+        )
+        assert any("statsd package is not installed" in r.getMessage() for r in caplog.records)
+        metrics.incr(metrics.RECEIVER_STORED)  # a no-op, never an error
+    finally:
+        monkeypatch.undo()
+        metrics.reset()
