@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_carerix.definitions import entities
 from airflow_provider_carerix.definitions.models import EventPayload
-from airflow_provider_carerix.store import Provenance
+from airflow_provider_carerix.store import Provenance, insert_counted
 
 if TYPE_CHECKING:
     from airflow_provider_carerix.store import EventStore
@@ -128,13 +128,7 @@ def sweep_records(
             }
             raw = json.dumps(payload, separators=(",", ":"))
             items.append((raw, EventPayload.model_validate(payload), SWEPT))
-        if items:
-            for (_, event, _), (_, inserted) in zip(items, store.insert_many(items), strict=True):
-                if inserted:
-                    result.stored += 1
-                    result.stored_ids.append(event.id)
-                else:
-                    result.duplicates += 1
+        insert_counted(store, items, result)
         batch.clear()
 
     for record in records:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_carerix import metrics
-from airflow_provider_carerix.store import Provenance
+from airflow_provider_carerix.store import Provenance, insert_counted
 
 if TYPE_CHECKING:
     from airflow_provider_carerix.definitions.models import DeliveryJob, EventPayload
@@ -92,14 +92,7 @@ def recover_events(
     batch: list[tuple[bytes, EventPayload, Provenance]] = []
 
     def flush() -> None:
-        if not batch:
-            return
-        for (_, event, _), (_, inserted) in zip(batch, store.insert_many(batch), strict=True):
-            if inserted:
-                result.stored += 1
-                result.stored_ids.append(event.id)
-            else:
-                result.duplicates += 1
+        insert_counted(store, batch, result)
         batch.clear()
 
     for job in jobs:

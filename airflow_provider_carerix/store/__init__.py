@@ -40,7 +40,7 @@ Guarantees the rest of the provider builds on:
 from __future__ import annotations
 
 from airflow_provider_carerix.store.base import resolve_store_url
-from airflow_provider_carerix.store.core import EventStore
+from airflow_provider_carerix.store.core import EventStore, insert_counted
 from airflow_provider_carerix.store.errors import (
     CAUSES,
     ConsumerOwned,
@@ -73,6 +73,7 @@ __all__ = [
     "StoreIdentity",
     "StoreUnavailable",
     "StoredEvent",
+    "insert_counted",
     "key_fingerprint",
     "resolve_store_url",
     "unavailable_cause",

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from airflow_provider_carerix.definitions.models import EventPayload
 
-__all__ = ["EventStore"]
+__all__ = ["EventStore", "insert_counted"]
 
 from airflow_provider_carerix.store.base import StoreBase, _aware, _retry_on_disconnect
 from airflow_provider_carerix.store.coverage import Coverage
@@ -265,4 +266,25 @@ class EventStore(Leases, Registry, Retention, Coverage, PostgresWrites, StoreBas
             return exc
         return None
 
-    # -- SQLite file identity -------------------------------------------------------------------------------
+
+class _Counts(Protocol):
+    stored: int
+    duplicates: int
+    stored_ids: list[str]
+
+
+def insert_counted(
+    store: EventStore, items: Sequence[tuple[Any, EventPayload, Provenance]], result: _Counts
+) -> None:
+    """``store.insert_many(items)``, counting what was new (and its ids) and what the store already held.
+
+    Shared by recovery and the coverage sweep, which store events the receiver did not deliver.
+    """
+    if not items:
+        return
+    for (_, event, _), (_, inserted) in zip(items, store.insert_many(items), strict=True):
+        if inserted:
+            result.stored += 1
+            result.stored_ids.append(event.id)
+        else:
+            result.duplicates += 1
