@@ -479,3 +479,129 @@ def test_old_reservations_are_forgotten(
     put(store)
     Run(hook, "run-b", airflow).reserve()
     assert store.reserved_ids("c", "run-a") is None and store.reserved_ids("c", "run-b") is not None
+
+
+# -- in Airflow (dag.test): the example DAG, a run with nothing to map, a retried instance, run states -------
+
+
+def _mapped(dag_run: Any, task_id: str) -> dict[int, tuple[str, Any]]:
+    """map index -> (state, XCom) of one mapped task's instances in a run."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tis = session.scalars(
+            sa.select(TaskInstance).where(
+                TaskInstance.dag_id == dag_run.dag_id,
+                TaskInstance.run_id == dag_run.run_id,
+                TaskInstance.task_id == task_id,
+            )
+        ).all()
+        result = {}
+        for ti in tis:
+            row = session.scalars(
+                XComModel.get_many(
+                    run_id=dag_run.run_id,
+                    dag_ids=dag_run.dag_id,
+                    task_ids=task_id,
+                    map_indexes=ti.map_index,
+                    key="return_value",
+                )
+            ).first()
+            result[ti.map_index] = (str(ti.state), None if row is None else XComModel.deserialize_value(row))
+        return result
+
+
+def _fresh_consumer(store: EventStore, consumer: str) -> None:
+    """The session's store may hold other tests' events: this consumer starts after them."""
+    store.advance_cursor(f"{consumer}:origin", store.last_sequence() + 1)
+    store.advance_cursor(f"{consumer}:processed", store.last_sequence())
+
+
+@pytest.mark.timeout(300)
+def test_example_dag_maps_one_instance_per_event_and_none_when_nothing_is_left(airflow_db: None) -> None:
+    from airflow_provider_carerix.store import resolve_store_url
+    from tests.test_sensors import load_dag
+
+    dag = load_dag("carerix_event_per_task")
+    consumer = "carerix_cremployee_updated_per_task"
+    store = EventStore(resolve_store_url())
+    try:
+        _fresh_consumer(store, consumer)
+        sent = [put(store), put(store, "crjob:created"), put(store), put(store)]
+        mine = [sent[0], sent[2], sent[3]]
+        first = dag.test()
+        assert first.state == "success"
+        assert _mapped(first, "handle") == {i: ("success", event_id) for i, event_id in enumerate(mine)}
+        assert store.get_cursor(f"{consumer}:processed") == sequence_of(store, sent[3])
+        second = dag.test()  # nothing left: zero instances, skipped, and the run succeeds
+        assert second.state == "success"
+        assert _mapped(second, "handle") == {-1: ("skipped", None)}
+        assert _mapped(second, "release") == {-1: ("success", None)}
+    finally:
+        store.close()
+
+
+@pytest.mark.timeout(300)
+def test_a_failed_instance_is_retried_with_its_own_event_and_airflow_tells_runs_apart(
+    airflow_db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    from airflow.sdk import DAG, task
+
+    from airflow_provider_carerix.events import CarerixEvents, _alive_in_airflow, _context_ti
+    from airflow_provider_carerix.store import resolve_store_url
+    from tests.test_claim_exclusive import run_dag
+
+    consumer = "per_task_retry_test"
+    store = EventStore(resolve_store_url())
+    _fresh_consumer(store, consumer)
+    events = CarerixEvents(consumer, event_types=["cremployee:updated"])
+    sent = [put(store) for _ in range(3)]
+    failed: list[tuple[str, int]] = []
+    handled: list[tuple[str, int, int]] = []
+    runs: list[str] = []
+    answers: list[list[bool | None]] = []
+
+    with DAG("carerix_per_task_retry", schedule=None) as dag:
+
+        @task
+        def reserve() -> list[str]:
+            ti = _context_ti()
+            alive = _alive_in_airflow(ti)
+            answers.append([alive(ti.run_id, ti.dag_id), alive("no-such-run", ti.dag_id)])
+            answers[-1] += [alive(run_id, ti.dag_id) for run_id in runs]  # earlier runs: over
+            runs.append(ti.run_id)
+            return events.reserve()
+
+        @task(retries=1, retry_delay=timedelta(seconds=0))
+        def handle(event_id: str) -> str:
+            ti = _context_ti()
+            with events.claim_event(event_id) as event:
+                if event_id == sent[1] and not failed:
+                    failed.append((event_id, ti.map_index))
+                    raise RuntimeError("forced failure")
+                handled.append((event.event_id, ti.map_index, ti.try_number))
+            return event_id
+
+        @task
+        def release() -> int:
+            return events.release()
+
+        handle.expand(event_id=reserve()) >> release().as_teardown()
+
+    try:
+        run_dag(dag)
+        assert failed == [(sent[1], 1)]
+        assert sorted(handled, key=lambda h: h[1]) == [
+            (sent[0], 0, 1),
+            (sent[1], 1, 2),
+            (sent[2], 2, 1),
+        ]  # try 2: its own
+        assert store.get_cursor(f"{consumer}:processed") == sequence_of(store, sent[2])
+        run_dag(dag)
+        assert answers == [[True, False], [True, False, False]]
+    finally:
+        store.close()
