@@ -238,6 +238,31 @@ def test_a_cleared_run_reserves_its_own_list_again_and_takes_back_what_it_gave_b
     assert a.process(sent[0]).event_id == sent[0]
 
 
+def test_a_cleared_run_takes_its_events_back_from_a_run_that_is_over_before_it_returns_them(
+    store: EventStore, hook: CarerixEventStoreHook, airflow: Airflow
+) -> None:
+    """What reserve() returns is the run's from then on: an event of its list that a dead run still holds is
+    given back and reserved for it inside reserve(), not left for a concurrent new run's give-back to take."""
+    hook.ensure_consumer("c")
+    sent = put(store)
+    a = Run(hook, "run-a", airflow, lease=0.3)
+    assert a.reserve() == [sent]
+    airflow.over.add("run-a")  # marked failed before its mapped task ran
+    time.sleep(0.5)
+    b = Run(hook, "run-b", airflow, lease=0.3)
+    assert b.reserve() == [sent]  # run-a is over: its event is run-b's
+    airflow.over.add("run-b")  # marked failed too, and run-a cleared: running again
+    airflow.over.discard("run-a")
+    time.sleep(0.5)
+    assert a.reserve() == [sent]  # its own list again, the event held by run-b (over) taken back
+    assert store.event_states("c")[sequence_of(store, sent)].reserved_by == "run-a"
+    assert Run(hook, "run-c", airflow).reserve() == []  # run-a is alive and reserved it
+    with pytest.raises(reservations.EventNotYours, match="reserved for run run-a"):
+        b.process(sent)  # a late try of run-b
+    assert a.process(sent).event_id == sent
+    assert hook.processed_position("c") == sequence_of(store, sent)
+
+
 def test_a_try_killed_mid_event_is_taken_over_by_its_retry_after_its_lease(
     store: EventStore, store_url: str, hook: CarerixEventStoreHook, airflow: Airflow
 ) -> None:
@@ -545,7 +570,7 @@ def test_example_dag_maps_one_instance_per_event_and_none_when_nothing_is_left(a
 
 @pytest.mark.timeout(300)
 def test_a_failed_instance_is_retried_with_its_own_event_and_airflow_tells_runs_apart(
-    airflow_db: None, monkeypatch: pytest.MonkeyPatch
+    airflow_db: None,
 ) -> None:
     from datetime import timedelta
 
@@ -587,13 +612,21 @@ def test_a_failed_instance_is_retried_with_its_own_event_and_airflow_tells_runs_
             return event_id
 
         @task
+        def again(event_id: str) -> None:
+            with events.claim_event(event_id):  # recorded already: the task is skipped, this never runs
+                raise AssertionError(f"{event_id} handed out twice")
+
+        @task
         def release() -> int:
             return events.release()
 
-        handle.expand(event_id=reserve()) >> release().as_teardown()
+        reserved = reserve()
+        handle.expand(event_id=reserved) >> again.expand(event_id=reserved) >> release().as_teardown()
 
     try:
-        run_dag(dag)
+        first = run_dag(dag)
+        assert first.state == "success"
+        assert [state for state, _ in _mapped(first, "again").values()] == ["skipped"] * 3
         assert failed == [(sent[1], 1)]
         assert sorted(handled, key=lambda h: h[1]) == [
             (sent[0], 0, 1),

@@ -110,6 +110,11 @@ def reserve(
     done = False
     try:
         more = False
+        # First, in both branches: a run reserving again (a cleared run) may find an event of its own list
+        # held by a run that is over since (it took it when this run was over). Given back here, the
+        # reservation below makes it this run's again before reserve() returns it; left held, a concurrent
+        # new run's give-back would hand it to that run while this one, alive, maps an instance for it.
+        store.give_back_dead(consumer, alive)
         if store.reserved_ids(consumer, run_id) is not None:
             result = store.reserve_events(
                 consumer,
@@ -121,7 +126,6 @@ def reserve(
                 ttl=lease_seconds,
             )
         else:
-            store.give_back_dead(consumer, alive)
             after = hook.processed_position(consumer)
             states = store.event_states(consumer, after=after)
             wanted: list[tuple[int, str]] = []
