@@ -325,6 +325,25 @@ def test_a_stalled_try_whose_event_was_taken_over_records_nothing(
     assert hook.processed_position("c") == sequence_of(store, sent)
 
 
+def test_a_stalled_try_that_ends_while_its_successor_processes_records_nothing(
+    store: EventStore, hook: CarerixEventStoreHook, airflow: Airflow
+) -> None:
+    hook.ensure_consumer("c")
+    sent = put(store)
+    a = Run(hook, "run-a", airflow)
+    assert a.reserve() == [sent]
+    second = a.claim_event(sent, holder="try 2")
+    with pytest.raises(LeaseLost), a.claim_event(sent, holder="try 1"):
+        with store._engine.begin() as conn:  # try 1 stalled past its processing lease
+            conn.execute(
+                sa.text("UPDATE carerix_event_states SET lease_until = :t"), {"t": "2000-01-01 00:00:00"}
+            )
+        second.__enter__()  # try 2 took it over and is still in its block when try 1 comes back
+    assert not store.was_processed("c", sequence_of(store, sent))
+    second.__exit__(None, None, None)
+    assert store.was_processed("c", sequence_of(store, sent))
+
+
 def test_another_try_in_its_block_makes_the_retry_wait(
     store: EventStore, hook: CarerixEventStoreHook, airflow: Airflow
 ) -> None:
@@ -486,6 +505,137 @@ def test_concurrent_runs_with_failing_tries_record_every_event_exactly_once(
     assert sorted(counts) == sorted(sent)
     assert store.get_cursor("c:processed") == sequence_of(store, sent[-1])
     assert store.event_states("c") == {}
+
+
+_RESERVER = textwrap.dedent(
+    """
+    import json, sys, time
+    from airflow_provider_carerix.hooks import reservations
+    from airflow_provider_carerix.hooks.event_store import CarerixEventStoreHook
+    from airflow_provider_carerix.store.filters import EventFilter
+
+    url, name = sys.argv[1], sys.argv[2]
+    hook = CarerixEventStoreHook(store_url=url)
+    hook.store.last_sequence()  # connected, schema checked
+    print("READY", flush=True)
+    sys.stdin.readline()  # every process is ready: go
+    got = {}
+    until = time.monotonic() + 1.5
+    i = 0
+    while time.monotonic() < until:
+        run_id = f"run-{name}-{i}"
+        got[run_id] = reservations.reserve(
+            hook, "c", EventFilter.build(["cremployee:updated"]), run_id=run_id, dag_id="dag",
+            holder=f"{run_id} reserve", lease_seconds=60, alive=lambda run_id, dag_id: True,
+        ).event_ids
+        i += 1
+        time.sleep(0.05)
+    hook.close()
+    print("RESERVED", json.dumps(got), flush=True)
+    """
+)
+
+
+def _line(proc: subprocess.Popen[bytes], prefix: str) -> str:
+    """The child's next stdout line starting with ``prefix`` (its log lines skipped)."""
+    assert proc.stdout is not None
+    while True:
+        line = proc.stdout.readline().decode()
+        assert line, f"the reserving process ended before printing {prefix}"
+        if line.startswith(prefix):
+            return line.removeprefix(prefix).strip()
+
+
+def test_runs_reserving_at_once_in_separate_processes_never_get_the_same_event(
+    store: EventStore, store_url: str, hook: CarerixEventStoreHook, airflow: Airflow
+) -> None:
+    """Four processes (four workers) reserve for one run after another, all at the same time, while events
+    keep arriving: the lists are disjoint, and with a last run's every event is reserved once; the processed
+    cursor has not moved (nothing is processed)."""
+    url = with_options(store_url, **PATIENT) if store_url.startswith("postgresql") else store_url
+    hook.ensure_consumer("c")
+    start_position = hook.processed_position("c")
+    sent = [put(store) for _ in range(10)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RESERVER, url, str(n)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        for n in range(4)
+    ]
+    lists: dict[str, list[str]] = {}
+    try:
+        for proc in procs:
+            _line(proc, "READY")
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+        until = time.monotonic() + 1.0
+        while time.monotonic() < until:
+            sent.append(put(store))
+            time.sleep(0.02)
+        for proc in procs:
+            lists.update(json.loads(_line(proc, "RESERVED ")))
+            assert proc.wait(timeout=120) == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    winners = {run_id.split("-")[1] for run_id, ids in lists.items() if ids}
+    assert len(winners) > 1  # events went to runs of several processes: they did contend
+    lists["run-last"] = Run(hook, "run-last", airflow).reserve()
+    taken = Counter(event_id for ids in lists.values() for event_id in ids)
+    assert {k: v for k, v in taken.items() if v != 1} == {}, "an event reserved for two runs"
+    assert sorted(taken) == sorted(sent)
+    assert hook.processed_position("c") == start_position
+    owners = {state.event_id: state.reserved_by for state in store.event_states("c").values()}
+    assert owners == {event_id: run_id for run_id, ids in lists.items() for event_id in ids}
+
+
+def test_a_run_airflow_cannot_tell_about_keeps_its_events_until_it_releases_them(
+    store: EventStore, hook: CarerixEventStoreHook, airflow: Airflow
+) -> None:
+    """No answer from Airflow (None) counts as alive: an expired lease alone never gives events away."""
+    hook.ensure_consumer("c")
+    sent = [put(store), put(store)]
+    a = Run(hook, "run-a", airflow, lease=0.3)
+    assert a.reserve() == sent
+    time.sleep(0.5)
+
+    def unknown(run_id: str, dag_id: str | None) -> bool | None:
+        return None
+
+    b = reservations.reserve(
+        hook, "c", EMPLOYEES, run_id="run-b", dag_id="dag", holder="run-b reserve", alive=unknown
+    )
+    assert b.event_ids == []
+    with hook.claim("c", EMPLOYEES, owner="dag", alive=unknown) as claim:
+        assert not claim
+    assert a.release() == 2
+    assert Run(hook, "run-c", airflow).reserve() == sent
+
+
+def test_a_released_run_keeps_the_event_a_stalled_try_is_still_processing(
+    store: EventStore, hook: CarerixEventStoreHook, airflow: Airflow
+) -> None:
+    """The run was marked failed and its teardown released it while one try still runs its block: that event
+    stays the run's (the try records it), the rest go to the next run; nothing is processed twice."""
+    hook.ensure_consumer("c")
+    sent = [put(store), put(store)]
+    a = Run(hook, "run-a", airflow, lease=30.0)
+    assert a.reserve() == sent
+    with a.claim_event(sent[0], holder="run-a stalled try") as event:
+        airflow.over.add("run-a")
+        assert a.release() == 1
+        assert Run(hook, "run-b", airflow).reserve() == [sent[1]]
+        assert Run(hook, "run-c", airflow).reserve() == []
+    assert event.event_id == sent[0]
+    assert store.was_processed("c", sequence_of(store, sent[0]))
+    assert hook.processed_position("c") == sequence_of(store, sent[0])
 
 
 def test_old_reservations_are_forgotten(
