@@ -99,6 +99,8 @@ class Env:
     receiver_url: str
     client: httpx.Client
     markers: Any
+    #: Headers for Airflow's REST API (its token); the receiver gets only its own secret header.
+    api: dict[str, str]
 
     def post(self, body: dict[str, Any]) -> None:
         response = self.client.post(
@@ -238,8 +240,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             env={"AIRFLOW_CONN_CARERIX_EVENT_STORE": json.dumps(connection), "CARERIX_EVENT_STORE_URL": ""},
         )
         stack.wait_healthy()
+        # All-admins mode: Airflow 3.3's API takes requests without a token, 3.1 wants the one it hands out.
+        token = client.get(f"{stack.api_url}/auth/token")
+        assert token.status_code in (200, 201), token.text
+        api = {"Authorization": f"Bearer {token.json()['access_token']}"}
         wait_for(lambda: store.get_cursor(f"{CONSUMER}:origin") > 0, "the watcher to start", timeout=300)
-        yield Env(stack=stack, store=store, receiver_url=receiver_url, client=client, markers=markers)
+        yield Env(
+            stack=stack, store=store, receiver_url=receiver_url, client=client, markers=markers, api=api
+        )
     finally:
         if stack is not None:
             stack.stop()
@@ -283,7 +291,7 @@ def test_a_burst_in_waves_maps_each_run_over_its_own_events_each_recorded_once(e
     assert env.store.event_states(CONSUMER) == {}
     # A run with nothing left to reserve maps zero instances: skipped, and the run succeeds.
     response = env.client.post(
-        f"{env.stack.api_url}/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None}
+        f"{env.stack.api_url}/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None}, headers=env.api
     )
     assert response.status_code in (200, 201), response.text
     empty = response.json()["dag_run_id"]
@@ -322,7 +330,9 @@ def test_a_run_marked_failed_gives_its_event_back_to_a_later_run(env: Env) -> No
     env.post(hang)
     doomed = env.marker(f"hang-{tag}")["run_id"]  # its instance holds the event now
     response = env.client.patch(
-        f"{env.stack.api_url}/api/v2/dags/{DAG_ID}/dagRuns/{doomed}", json={"state": "failed"}
+        f"{env.stack.api_url}/api/v2/dags/{DAG_ID}/dagRuns/{doomed}",
+        json={"state": "failed"},
+        headers=env.api,
     )
     assert response.status_code == 200, response.text
     marked = time.monotonic()
