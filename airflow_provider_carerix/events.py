@@ -21,6 +21,29 @@ burst, a run that fails records nothing (its retry gets the same events plus new
 finds nothing new is a no-op. A lease on the consumer in the store makes concurrent runs take turns: no
 ``max_active_runs=1`` needed.
 
+One task instance per event (retried and shown on its own) is the other shape, on the same consumer lease:
+
+.. code-block:: python
+
+    @task
+    def reserve() -> list[str]:
+        return open_for_work.reserve()  # this run's events, ids only
+
+    @task(retries=3)
+    def handle(event_id: str) -> None:
+        with open_for_work.claim_event(event_id) as event:  # recorded processed when the block exits cleanly
+            load_candidate(event["data"]["entityId"])
+
+    @task
+    def release() -> None:
+        open_for_work.release()  # what failed tasks left goes to the next run at once
+
+    handle.expand(event_id=reserve()) >> release().as_teardown()
+
+:meth:`CarerixEvents.reserve` keeps the run's events from every other run while the run is alive (its lease,
+then Airflow's word that it is queued or running); :meth:`CarerixEvents.claim_event` records each event once,
+in any order, and the processed cursor moves over the contiguous prefix of processed events.
+
 The scheduler sees only the serialised Asset (name, URI, watcher); the worker re-parses the DAG file, so
 ``claim`` runs on the same module-level object the DAG declared.
 """
@@ -34,20 +57,23 @@ import socket
 import sys
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from airflow_provider_carerix.hooks import reservations
 from airflow_provider_carerix.hooks.event_store import (
     DEFAULT_CONN_ID,
     DEFAULT_LEASE_SECONDS,
     DEFAULT_START_FROM,
     CarerixEventStoreHook,
     Claim,
+    ClaimedEvent,
     normalise_start_from,
 )
 from airflow_provider_carerix.store.filters import EventFilter
 from airflow_provider_carerix.triggers.events import DEFAULT_POLL_INTERVAL, CarerixEventTrigger
-from airflow_provider_carerix.version_compat import Asset, AssetWatcher
+from airflow_provider_carerix.version_compat import AirflowSkipException, Asset, AssetWatcher
 
 __all__ = ["CarerixEvents"]
 
@@ -82,6 +108,92 @@ def _current_task() -> tuple[str | None, str]:
     if dag_id is None:
         return None, f"outside a task ({where})"
     return dag_id, f"{dag_id} run {run_id} try {try_number} ({where})"
+
+
+#: Airflow's DAG run states in which a run may still run tasks (a run cleared after it ended is queued again).
+_ALIVE_STATES = ["queued", "running"]
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The DAG run and task try calling ``reserve()``, ``claim_event()`` or ``release()``."""
+
+    dag_id: str
+    run_id: str
+    #: Unique per call, readable: "<dag> run <run_id> task <task>[<map index>] try <n> (<host>:<pid>:<id>)".
+    holder: str
+    ti: Any
+
+
+def _current_run(what: str) -> _Run:
+    """The run and try of the task calling ``what``; a clear error outside a task (there is no run then).
+
+    Inside a task the context names them; where it is not available (``@task.virtualenv`` and the like)
+    Airflow's ``AIRFLOW_CTX_*`` environment variables still do, but the run's state cannot be asked there.
+    """
+    ti = None
+    try:
+        from airflow.sdk import get_current_context
+
+        ti = get_current_context().get("ti")
+        dag_id, run_id = getattr(ti, "dag_id", None), getattr(ti, "run_id", None)
+        task_id, try_number = getattr(ti, "task_id", None), getattr(ti, "try_number", None)
+        map_index = getattr(ti, "map_index", None)
+    except Exception:
+        ti = None
+        dag_id = os.environ.get("AIRFLOW_CTX_DAG_ID") or None
+        run_id = os.environ.get("AIRFLOW_CTX_DAG_RUN_ID") or None
+        task_id = os.environ.get("AIRFLOW_CTX_TASK_ID") or None
+        try_number = os.environ.get("AIRFLOW_CTX_TRY_NUMBER") or None
+        map_index = None
+    if not dag_id or not run_id:
+        raise RuntimeError(
+            f"CarerixEvents.{what} runs inside an Airflow task: it works for the task's DAG run. Outside a task, "
+            "process events with claim()"
+        )
+    task = f"{task_id}[{map_index}]" if map_index not in (None, -1) else str(task_id)
+    where = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return _Run(dag_id, run_id, f"{dag_id} run {run_id} task {task} try {try_number} ({where})", ti)
+
+
+def _context_ti() -> Any:
+    """The running task instance (None outside a task's own context)."""
+    try:
+        from airflow.sdk import get_current_context
+
+        return get_current_context().get("ti")
+    except Exception:
+        return None
+
+
+def _alive_in_airflow(ti: Any) -> reservations.Alive:
+    """Whether a run of this DAG is still queued or running, asked through the task's own Airflow API."""
+
+    def alive(run_id: str, dag_id: str | None) -> bool | None:
+        if ti is None or not hasattr(ti, "get_dr_count"):
+            return None
+        try:
+            count = ti.get_dr_count(dag_id=dag_id or ti.dag_id, run_ids=[run_id], states=_ALIVE_STATES)
+        except Exception as exc:
+            log.warning(
+                "Cannot ask Airflow whether run %s is still running (%s): its events stay reserved for it",
+                run_id,
+                type(exc).__name__,
+            )
+            return None
+        return int(count) > 0
+
+    return alive
+
+
+def _max_map_length() -> int:
+    """Airflow's ``[core] max_map_length``: a mapped task cannot expand over a longer list."""
+    try:
+        from airflow.configuration import conf
+
+        return conf.getint("core", "max_map_length", fallback=1024)
+    except Exception:
+        return 1024
 
 
 class CarerixEvents(Asset):
@@ -175,7 +287,103 @@ class CarerixEvents(Asset):
                 wait_timeout=wait_timeout,
                 holder=holder,
                 start_from=self.start_from,
+                alive=_alive_in_airflow(_context_ti()),
             ) as claim:
                 yield claim
+        finally:
+            hook.close()
+
+    # -- one task instance per event -------------------------------------------------------------------------
+
+    def reserve(self, limit: int | None = None, *, wait_timeout: float | None = None) -> list[str]:
+        """Reserve this run's events and return their ids, oldest first: what a mapped task expands over.
+
+        Every event the consumer has not processed and no other live run holds is reserved for this DAG run
+        until the run is over: no other run (and no ``claim()``) gets it meanwhile. Only ids are returned (a
+        small XCom); :meth:`claim_event` reads each event from the store. Called again in the same run (a
+        retry, a cleared run), it returns the same ids in the same order. An empty list maps zero task
+        instances: the mapped task is skipped, not failed.
+
+        ``limit`` caps the events of one run; it defaults to, and cannot exceed, Airflow's
+        ``[core] max_map_length`` (1024 by default), the longest list a task can be mapped over. What is left
+        goes to the next run. ``wait_timeout`` bounds the wait while a ``claim()`` or another reservation
+        holds the consumer (``ConsumerBusy``).
+        """
+        run = _current_run("reserve()")
+        most = _max_map_length()
+        if limit is not None and limit > most:
+            log.info("reserve(limit=%d) capped at [core] max_map_length = %d", limit, most)
+        hook = CarerixEventStoreHook(store_conn_id=self.store_conn_id)
+        try:
+            reserved = reservations.reserve(
+                hook,
+                self.name,
+                self.filter,
+                run_id=run.run_id,
+                dag_id=run.dag_id,
+                holder=run.holder,
+                limit=most if limit is None else min(limit, most),
+                lease_seconds=self.lease_seconds,
+                wait_timeout=wait_timeout,
+                start_from=self.start_from,
+                alive=_alive_in_airflow(run.ti),
+            )
+        finally:
+            hook.close()
+        if reserved.has_more:
+            log.warning(
+                "More events of %r are waiting than one run may map (%d, [core] max_map_length): the next run "
+                "takes them",
+                self.name,
+                most,
+            )
+        return reserved.event_ids
+
+    @contextlib.contextmanager
+    def claim_event(self, event_id: str, *, wait_timeout: float | None = None) -> Iterator[ClaimedEvent]:
+        """The event with this id, as :meth:`claim` hands events; recorded processed when the block exits cleanly.
+
+        For the mapped task over what :meth:`reserve` returned. An exception in the block records nothing and
+        the task's retry gets the same event. The task is skipped (the block does not run) when the event is
+        recorded processed already (an earlier try recorded it and died before Airflow heard) or belongs to
+        another run that is still alive. While another try holds the event (one killed a moment ago), this
+        waits for its lease to end (``wait_timeout`` bounds that wait).
+        """
+        run = _current_run("claim_event()")
+        hook = CarerixEventStoreHook(store_conn_id=self.store_conn_id)
+        try:
+            with contextlib.ExitStack() as stack:
+                try:
+                    event = stack.enter_context(
+                        reservations.claim_event(
+                            hook,
+                            self.name,
+                            event_id,
+                            run_id=run.run_id,
+                            dag_id=run.dag_id,
+                            holder=run.holder,
+                            lease_seconds=self.lease_seconds,
+                            wait_timeout=wait_timeout,
+                            alive=_alive_in_airflow(run.ti),
+                        )
+                    )
+                except reservations.EventNotYours as exc:
+                    log.info("%s", exc)
+                    raise AirflowSkipException(str(exc)) from None
+                yield event
+        finally:
+            hook.close()
+
+    def release(self) -> int:
+        """Give back this run's events that no task recorded processed, for the next run; returns how many.
+
+        For the run's last task, ``release().as_teardown()`` after the mapped task: it runs whatever the
+        mapped tasks did, and does not decide the run's state. Without it the events of a run that failed go
+        back once the run's lease expired and Airflow no longer has the run queued or running.
+        """
+        run = _current_run("release()")
+        hook = CarerixEventStoreHook(store_conn_id=self.store_conn_id)
+        try:
+            return reservations.release(hook, self.name, run_id=run.run_id)
         finally:
             hook.close()

@@ -37,6 +37,8 @@ class Plant:
 
 
 LEASE_TEST = "tests/test_store.py::test_a_lease_has_one_holder_until_it_expires_and_only_its_holder_commits"
+# One task instance per event (issue 31): the store and hook tests, without the two dag.test() ones.
+PER_EVENT = ("tests/test_event_per_task.py", "-k", "not example_dag and not failed_instance_is_retried")
 
 PLANTS = (
     Plant(
@@ -228,6 +230,88 @@ PLANTS = (
         "if owner is not None and row.owner is not None and row.owner != owner:",
         "if False:",
         (LEASE_TEST,),
+    ),
+    Plant(
+        "reservations: a cleared run reuses its list before the give-back of runs that are over",
+        "hooks/reservations.py",
+        """        store.give_back_dead(consumer, alive)
+        if store.reserved_ids(consumer, run_id) is not None:""",
+        """        if store.reserved_ids(consumer, run_id) is None:
+            store.give_back_dead(consumer, alive)
+        if store.reserved_ids(consumer, run_id) is not None:""",
+        PER_EVENT,
+    ),
+    Plant(
+        "reservations: reserve() takes events another run holds",
+        "hooks/reservations.py",
+        "(state is None or (state.reserved_by is None and not state.processed))",
+        "(state is None or not state.processed)",
+        PER_EVENT,
+    ),
+    Plant(
+        "reservations: processed cursor moved onto the first unprocessed event",
+        "store/reservations.py",
+        "else min(int(upto), int(first_open) - 1)",
+        "else min(int(upto), int(first_open))",
+        PER_EVENT,
+    ),
+    Plant(
+        "reservations: no answer from Airflow counts as a run that is over",
+        "store/reservations.py",
+        "or (alive is not None and alive(run.run_id, run.dag_id) is False)",
+        "or (alive is None or alive(run.run_id, run.dag_id) is False)",
+        PER_EVENT,
+    ),
+    Plant(
+        "reservations: a run's events given back while its lease runs",
+        "store/reservations.py",
+        "            if run.expired\n            and (",
+        "            if (",
+        PER_EVENT,
+    ),
+    Plant(
+        "reservations: held_runs reads a live lease as expired",
+        "store/reservations.py",
+        "or r.lease_until <= now",
+        "or r.lease_until > now",
+        PER_EVENT,
+    ),
+    Plant(
+        "reservations: a try starts an event reserved for another run",
+        "store/reservations.py",
+        """            if row.reserved_by != run_id:
+                return StartOutcome("elsewhere", row.reserved_by)""",
+        """            if row.reserved_by is None:
+                return StartOutcome("elsewhere", row.reserved_by)""",
+        PER_EVENT,
+    ),
+    Plant(
+        "reservations: a try starts an event another try holds a live lease on",
+        "store/reservations.py",
+        "if row.holder not in (None, holder) and row.lease_until is not None and row.lease_until > now:",
+        "if row.holder not in (None, holder) and row.lease_until is not None and row.lease_until < now:",
+        PER_EVENT,
+    ),
+    Plant(
+        "reservations: a try that lost its event records it anyway",
+        "store/reservations.py",
+        "if row.holder != holder or row.reserved_by != run_id:",
+        "if row.reserved_by != run_id:",
+        PER_EVENT,
+    ),
+    Plant(
+        "reservations: release gives back the event a stalled try still processes",
+        "store/reservations.py",
+        ".where(mine, free)",
+        ".where(mine)",
+        PER_EVENT,
+    ),
+    Plant(
+        "reservations: claim() hands out events a run reserved",
+        "hooks/event_store.py",
+        "if state.processed or state.reserved_by is not None",
+        "if state.processed",
+        PER_EVENT,
     ),
     Plant(
         "store: events_after includes the cursor's own event (> into >=)",

@@ -108,7 +108,8 @@ def claim_in_a_virtualenv(result_file: str) -> None:
         json.dump(outcome, f)
 
 
-def run_dag(dag: Any) -> None:
+def run_dag(dag: Any) -> Any:
+    """``dag.test()`` of a DAG built in the test (synced to the metadata database first, as a parse would)."""
     import importlib
 
     from airflow.dag_processing.bundles.manager import DagBundlesManager
@@ -120,7 +121,7 @@ def run_dag(dag: Any) -> None:
     bag = DagBag(dag_folder=str(ROOT / "tests" / "data" / "no-such-folder"))
     bag.bag_dag(dag)
     sync_bag_to_db(bag, "dags-folder", None)
-    dag.test()
+    return dag.test()
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)

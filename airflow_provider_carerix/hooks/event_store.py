@@ -51,6 +51,7 @@ from airflow_provider_carerix.store import (
     StoreUnavailable,
 )
 from airflow_provider_carerix.store.filters import EventFilter, iso
+from airflow_provider_carerix.store.reservations import Alive
 from airflow_provider_carerix.version_compat import (
     AIRFLOW_V_3_2_PLUS,
     BaseHook,
@@ -587,12 +588,21 @@ class CarerixEventStoreHook(BaseHook):
     def unprocessed(
         self, consumer: str, flt: EventFilter, *, limit: int | None = None
     ) -> tuple[list[StoredEvent], int, bool]:
-        """(matching events after the processed cursor, sequence to record when done, more left?)."""
+        """(matching events after the processed cursor, sequence to record when done, more left?).
+
+        Events a run reserved (one task per event: ``CarerixEvents.reserve()``) or recorded out of order are
+        not handed out; events a run gave back are.
+        """
         after = self.processed_position(consumer)
+        taken = {
+            sequence
+            for sequence, state in self.store.event_states(consumer, after=after).items()
+            if state.processed or state.reserved_by is not None
+        }
         events: list[StoredEvent] = []
         upto = after
         for stored, matched in self.matching_after(flt, after):
-            if matched:
+            if matched and stored.sequence not in taken:
                 if limit is not None and len(events) >= limit:
                     return events, upto, True
                 events.append(stored)
@@ -611,12 +621,15 @@ class CarerixEventStoreHook(BaseHook):
         wait_timeout: float | None = None,
         holder: str | None = None,
         start_from: str = DEFAULT_START_FROM,
+        alive: Alive | None = None,
     ) -> Iterator[Claim]:
         """Lease the consumer, yield its unprocessed events, record them processed only on a clean exit.
 
         :param owner: the claiming DAG's id; a consumer used by another DAG raises ``ConsumerOwned``.
         :param wait_timeout: seconds to wait while another run holds the lease (``None``: as long as it takes;
             the lease of a crashed holder expires after ``lease_seconds``).
+        :param alive: whether a run that reserved events of this consumer is still running (see
+            :mod:`~airflow_provider_carerix.hooks.reservations`); the events of runs that are over are claimed.
         """
         if limit is not None and limit < 1:
             raise ValueError("limit must be a positive number of events (or None for all)")
@@ -638,6 +651,7 @@ class CarerixEventStoreHook(BaseHook):
         renewer.start()
         released = False
         try:
+            self.store.give_back_dead(consumer, alive)
             rows, upto, more = self.unprocessed(consumer, flt, limit=limit)
             claim = Claim(consumer, [ClaimedEvent.from_stored(r) for r in rows], has_more=more, upto=upto)
             metrics.incr(metrics.CLAIM_EVENTS, len(claim), consumer=consumer)
@@ -650,8 +664,8 @@ class CarerixEventStoreHook(BaseHook):
             yield claim
             stop.set()
             renewer.join()
-            if lost.is_set() or not self.store.release_lease(
-                consumer, holder, cursor=cursor_names(consumer)[1], sequence=upto
+            if lost.is_set() or not self.store.finish_claim(
+                consumer, holder, sequence=upto, events=[(e.sequence, e.event_id) for e in claim]
             ):
                 released = True  # nothing of ours left to release
                 outcome = "lease_lost"

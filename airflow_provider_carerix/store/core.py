@@ -21,10 +21,10 @@ __all__ = ["EventStore", "insert_counted"]
 from airflow_provider_carerix.store.base import StoreBase, _aware, _retry_on_disconnect
 from airflow_provider_carerix.store.coverage import Coverage
 from airflow_provider_carerix.store.errors import EventRejected, StoreUnavailable, _unavailable
-from airflow_provider_carerix.store.leases import Leases
 from airflow_provider_carerix.store.postgres import PostgresWrites
 from airflow_provider_carerix.store.records import _DELIVERED, Provenance, StoredEvent, _Item, _stored_event
 from airflow_provider_carerix.store.registry import Registry
+from airflow_provider_carerix.store.reservations import Reservations
 from airflow_provider_carerix.store.retention import Retention
 from airflow_provider_carerix.store.schema import consumers, cursors, events, schema_version, type_filter
 from airflow_provider_carerix.store.sessions import _PG_INSERT_LOCK
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 _PROBE_ROW = -1
 
 
-class EventStore(Leases, Registry, Retention, Coverage, PostgresWrites, StoreBase):
+class EventStore(Reservations, Registry, Retention, Coverage, PostgresWrites, StoreBase):
     """Thread-safe handle on the store; the schema is created or migrated on first use, not at construction.
 
     Lazy so that a receiver starts (and answers 503, which makes Carerix retry) while its database is down.

@@ -268,6 +268,51 @@ def _migration_8(conn: Connection) -> None:
     webhook_health.create(conn, checkfirst=True)
 
 
+# One task instance per event (``CarerixEvents.reserve()`` and ``claim_event()``): what a run reserved, and the
+# state of each event after its consumer's processed cursor that a run reserved (or a claim recorded out of
+# order). Rows at or below the cursor are processed by definition and deleted as the cursor passes them.
+reservations = sa.Table(
+    "carerix_reservations",
+    metadata,
+    sa.Column("consumer", sa.String(_ID_MAX), primary_key=True),
+    # The DAG run that reserved (its id in Airflow; the consumer's owner DAG is the run's DAG).
+    sa.Column("run_id", sa.String(_ID_MAX), primary_key=True),
+    sa.Column("dag_id", sa.String(_ID_MAX)),
+    # The run's lease, renewed by reserve() and by its mapped tasks while they run; once it expired, the
+    # run's events go to another run only if Airflow says the run is no longer queued or running.
+    sa.Column("lease_until", _UTCDateTime),
+    # The event ids reserve() returned, in that order (JSON): the same list when reserve() runs again.
+    sa.Column("event_ids", sa.Text, nullable=False),
+    sa.Column("created_at", _UTCDateTime, nullable=False),
+    sa.Column("updated_at", _UTCDateTime, nullable=False),
+    # Set when the run gave back what it left (its last task), or when another run took its events over.
+    sa.Column("released_at", _UTCDateTime),
+)
+
+
+event_states = sa.Table(
+    "carerix_event_states",
+    metadata,
+    sa.Column("consumer", sa.String(_ID_MAX), primary_key=True),
+    sa.Column("sequence", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("event_id", sa.String(_ID_MAX), nullable=False),
+    # The run it is reserved for (NULL: given back, free for the next run).
+    sa.Column("reserved_by", sa.String(_ID_MAX)),
+    # The task try processing it right now and its lease (renewed while its block runs).
+    sa.Column("holder", sa.Text),
+    sa.Column("lease_until", _UTCDateTime),
+    sa.Column("processed_at", _UTCDateTime),
+    sa.Column("processed_by", sa.Text),
+    sa.Column("updated_at", _UTCDateTime, nullable=False),
+)
+
+
+def _migration_9(conn: Connection) -> None:
+    """Per-event reservations and processed state (one task instance per event, issue 31). Self-contained."""
+    reservations.create(conn, checkfirst=True)
+    event_states.create(conn, checkfirst=True)
+
+
 # Append steps, never edit shipped ones: version N means steps 1..N ran.
 _MIGRATIONS = [
     _migration_1,
@@ -278,6 +323,7 @@ _MIGRATIONS = [
     _migration_6,
     _migration_7,
     _migration_8,
+    _migration_9,
 ]
 
 
