@@ -523,7 +523,52 @@ DATA_PLANTS = (
         ("tests/test_emulator_records.py", "-k", "outside_the_language"),
     ),
 )
-PLANTS = (*PLANTS, *DATA_PLANTS)
+# Knowing when the flow stops (issue 30): the freshness and webhook-health judgements, and the metric names.
+MONITORING_PLANTS = (
+    Plant(
+        "monitoring: a failure rate at the threshold counted as over it",
+        "provisioning/health.py",
+        "rate > max_failure_rate:",
+        "rate >= max_failure_rate:",
+        ("tests/test_monitoring.py", "-k", "passes_once_fixed"),
+    ),
+    Plant(
+        "monitoring: min_attempts ignored (one failed attempt judged by rate)",
+        "provisioning/health.py",
+        "health.attempts >= min_attempts and",
+        "health.attempts >= 0 and",
+        ("tests/test_monitoring.py", "-k", "passes_once_fixed"),
+    ),
+    Plant(
+        "monitoring: a disabled webhook not a problem",
+        "provisioning/health.py",
+        'if health.status in ("disabled", "error"):',
+        'if health.status in ("error",):',
+        ("tests/test_monitoring.py", "-k", "names_a_failing_and_a_disabled"),
+    ),
+    Plant(
+        "monitoring: a consumer's backlog never too old",
+        "operators/monitoring.py",
+        "if oldest is not None and age > max_age:",
+        "if oldest is not None and age > max_age * 1000:",
+        ("tests/test_monitoring.py", "-k", "consumer_behind"),
+    ),
+    Plant(
+        "monitoring: silence never too long",
+        "operators/monitoring.py",
+        "if silent > max_silence:",
+        "if silent > max_silence * 1000:",
+        ("tests/test_monitoring.py", "-k", "silence_fails"),
+    ),
+    Plant(
+        "metrics: plain StatsD drops the tag values instead of putting them in the name",
+        "metrics.py",
+        'return metric.name + "." + ".".join(_name_part(values[key]) for key in metric.tags), None',
+        "return metric.name, None",
+        ("tests/test_metrics.py", "-k", "receiver_process_sends"),
+    ),
+)
+PLANTS = (*PLANTS, *DATA_PLANTS, *MONITORING_PLANTS)
 
 
 def _copy_project(dest: Path) -> None:

@@ -29,14 +29,23 @@ os.environ.pop("CARERIX_RECEIVER_SECRET", None)
 
 @pytest.fixture(autouse=True)
 def _restore_process_context() -> Iterator[None]:
-    """CLIs run in-process let lookups read the metadata database (``_AIRFLOW_PROCESS_CONTEXT=server``, as
-    Airflow's own CLI does); that must not leak into the next test."""
-    before = os.environ.get("_AIRFLOW_PROCESS_CONTEXT")
+    """What a test's in-process Airflow leaves in the environment must not leak into the next test: CLIs run
+    in-process let lookups read the metadata database (``_AIRFLOW_PROCESS_CONTEXT=server``, as Airflow's own
+    CLI does), and ``dag.test()`` leaves the last task's ``AIRFLOW_CTX_*`` (a claim outside a task then
+    names that DAG as the consumer's owner)."""
+
+    def snapshot() -> dict[str, str]:
+        return {
+            k: v
+            for k, v in os.environ.items()
+            if k == "_AIRFLOW_PROCESS_CONTEXT" or k.startswith("AIRFLOW_CTX_")
+        }
+
+    before = snapshot()
     yield
-    if before is None:
-        os.environ.pop("_AIRFLOW_PROCESS_CONTEXT", None)
-    else:
-        os.environ["_AIRFLOW_PROCESS_CONTEXT"] = before
+    for key in snapshot().keys() - before.keys():
+        os.environ.pop(key, None)
+    os.environ.update(before)
 
 
 pytest_plugins = sorted(

@@ -196,13 +196,14 @@ def test_a_run_that_is_over_gives_its_events_to_the_next_run(
 ) -> None:
     hook.ensure_consumer("c")
     sent = [put(store), put(store), put(store)]
-    a = Run(hook, "run-a", airflow, lease=0.5)
+    # Long enough that a loaded machine still asks run-b's question inside it (0.5 s left little margin).
+    a = Run(hook, "run-a", airflow, lease=3.0)
     assert a.reserve() == sent
     a.process(sent[1])
     airflow.over.add("run-a")  # marked failed, or its tasks out of retries without a release
     b = Run(hook, "run-b", airflow)
     assert b.reserve() == []  # its lease has not expired yet: run-a may still be finishing
-    time.sleep(0.7)
+    time.sleep(3.2)
     c = Run(hook, "run-c", airflow)
     assert c.reserve() == [sent[0], sent[2]]
     with pytest.raises(reservations.EventNotYours, match="reserved for run run-c") as caught:
