@@ -75,12 +75,10 @@ def test_from_a_claim(
             store.insert(json.dumps(payload), EventPayload.model_validate(payload))
     # [START howto_claim_entities]
     with candidates.claim() as claim:
-        changes = claim.entities(
-            "cremployee"
-        )  # one per candidate: its events, the latest, their changedFields
-        named = [
-            c.entity_id for c in changes if not c.deleted and c.changed("touser.lastname", "tostatusnode")
-        ]
+        # One change per candidate: its events, the latest, the union of their changedFields.
+        changes = claim.entities("cremployee")
+        live = [c for c in changes if not c.deleted]
+        named = [c.entity_id for c in live if c.changed("touser.lastname", "tostatusnode")]
         records = CarerixHook().get_entities("cremployee", named, ["toUser.lastName", "toStatusNode.value"])
         deleted = [c.entity_id for c in changes if c.deleted]  # remove these downstream
     # [END howto_claim_entities]
