@@ -177,6 +177,14 @@ class Reservations(Leases):
 
     # -- transactions ---------------------------------------------------------------------------------------
 
+    def _state(self, conn: Connection, consumer: str, sequence: int) -> Any:
+        """The state row of one event of a consumer (None: never reserved, or at or below the cursor)."""
+        return conn.execute(
+            sa.select(event_states).where(
+                event_states.c.consumer == consumer, event_states.c.sequence == sequence
+            )
+        ).first()
+
     def _processed(self, conn: Connection, consumer: str) -> int:
         value = conn.execute(
             sa.select(cursors.c.sequence).where(cursors.c.name == consumer + PROCESSED_SUFFIX)
@@ -488,11 +496,7 @@ class Reservations(Leases):
             self._lock_consumer(conn, consumer)
             if sequence <= self._processed(conn, consumer):
                 return StartOutcome("processed")
-            row = conn.execute(
-                sa.select(event_states).where(
-                    event_states.c.consumer == consumer, event_states.c.sequence == sequence
-                )
-            ).first()
+            row = self._state(conn, consumer, sequence)
             if row is None:
                 return StartOutcome("unreserved")
             if row.processed_at is not None:
@@ -532,11 +536,7 @@ class Reservations(Leases):
                     return StartOutcome("unreserved")
                 if sequence <= self._processed(conn, consumer):
                     return StartOutcome("processed")
-                row = conn.execute(
-                    sa.select(event_states).where(
-                        event_states.c.consumer == consumer, event_states.c.sequence == sequence
-                    )
-                ).first()
+                row = self._state(conn, consumer, sequence)
                 if row is None:
                     return StartOutcome("unreserved")
                 if row.processed_at is not None:
@@ -602,11 +602,7 @@ class Reservations(Leases):
         with self._guard(), self._write() as conn:
             now = self._lease_now(conn)
             self._lock_consumer(conn, consumer)
-            row = conn.execute(
-                sa.select(event_states).where(
-                    event_states.c.consumer == consumer, event_states.c.sequence == sequence
-                )
-            ).first()
+            row = self._state(conn, consumer, sequence)
             if row is None:
                 return "lost"
             if row.processed_at is not None:
