@@ -298,16 +298,25 @@ class Airflow:
     def dag_loaded(self, dag_id: str) -> bool:
         return self.client.get(f"/dags/{dag_id}").status_code == 200
 
+    def _write(self, method: str, url: str, body: dict[str, Any]) -> httpx.Response:
+        """A write, tried again on a 5xx: Airflow's default metadata database is SQLite, and a write that meets
+        the scheduler's for longer than its busy timeout answers 500 ("database is locked") and is rolled back.
+        """
+        for attempt in range(5):
+            r = self.client.request(method, url, json=body)
+            if r.status_code < 500 or attempt == 4:
+                break
+            time.sleep(1 + attempt)
+        r.raise_for_status()
+        return r
+
     def unpause(self, dag_id: str) -> None:
-        self.client.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+        self._write("PATCH", f"/dags/{dag_id}", {"is_paused": False})
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
-        r = self.client.post(
-            f"/dags/{dag_id}/dagRuns",
-            json={"dag_run_id": f"demo__{uuid.uuid4().hex[:8]}", "logical_date": None, "conf": conf or {}},
-        )
-        r.raise_for_status()
-        return str(r.json()["dag_run_id"])
+        # The run id is made once, so a retried POST that did commit after all answers 409, never a second run.
+        body = {"dag_run_id": f"demo__{uuid.uuid4().hex[:8]}", "logical_date": None, "conf": conf or {}}
+        return str(self._write("POST", f"/dags/{dag_id}/dagRuns", body).json()["dag_run_id"])
 
     def runs(self, dag_id: str) -> list[dict[str, Any]]:
         r = self.client.get(f"/dags/{dag_id}/dagRuns", params={"order_by": "run_after", "limit": 100})

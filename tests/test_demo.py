@@ -366,3 +366,39 @@ def test_sigterm_while_airflow_starts_stops_everything(tmp_path: Path) -> None:
     assert "interrupted" in output, output
     assert session_members(set(sessions)) == [], "processes left behind"
     assert not (state_dir / "pids.json").exists()
+
+
+def test_the_demos_writes_to_airflow_are_tried_again_on_a_5xx(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow on its default SQLite answers 500 when a write waits out the scheduler's lock (seen in CI: the
+    demo's unpause failed once). The demo tries again; a 4xx or five 5xx in a row still fail, saying so."""
+    import httpx
+
+    demo = load_demo()
+    monkeypatch.setattr(demo.time, "sleep", lambda seconds: None)
+    answers: list[int] = []
+    seen: list[tuple[str, str, bytes]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.path, request.content))
+        status = answers.pop(0)
+        return httpx.Response(status, json={"dag_run_id": json.loads(request.content).get("dag_run_id")})
+
+    airflow = demo.Airflow("http://airflow.invalid")
+    airflow.client = httpx.Client(
+        base_url="http://airflow.invalid/api/v2", transport=httpx.MockTransport(handler)
+    )
+    answers[:] = [500, 500, 200]
+    airflow.unpause("d")
+    assert [(m, p) for m, p, _ in seen] == [("PATCH", "/api/v2/dags/d")] * 3
+    seen.clear()
+    answers[:] = [503, 200]
+    run_id = airflow.trigger("d")
+    assert len(seen) == 2 and seen[0][2] == seen[1][2]  # the same run id both times: never two runs
+    assert run_id == json.loads(seen[0][2])["dag_run_id"]
+    answers[:] = [500] * 5
+    with pytest.raises(httpx.HTTPStatusError, match="500"):
+        airflow.unpause("d")
+    answers[:] = [404]
+    with pytest.raises(httpx.HTTPStatusError, match="404"):
+        airflow.unpause("d")
+    assert answers == []
